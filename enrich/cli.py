@@ -1,0 +1,33 @@
+"""The `enrich` command: one entry point, each package contributes its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Packages that add subcommands through `register(subparsers)`; imported lazily so `enrich --help` is fast.
+COMMAND_MODULES = ("localservices.cli", "training.cli", "workers.cli", "bench.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enrich", description="Real-time listing enrichment")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

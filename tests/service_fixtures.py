@@ -1,0 +1,1 @@
+"""Session fixtures for the real local services: Kafka (KRaft), redis-server, tritonserver."""
