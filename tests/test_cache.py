@@ -1,0 +1,153 @@
+"""Result cache: key derivation, and MGET / pipelined SET against a real redis-server, outage included."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from workers.cache import ResultCache, make_redis_client, normalise_text, unique_keys
+from workers.metrics import WorkerMetrics
+
+
+def _counts(metrics: WorkerMetrics) -> tuple[float, float, float]:
+    return tuple(  # type: ignore[return-value]
+        metrics.registry.get_sample_value(f"enrich_cache_{name}_total")
+        for name in ("hits", "misses", "errors")
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_normalised_texts_that_read_the_same_share_a_key() -> None:
+    cache = ResultCache(None, "v1", ttl_s=60)
+    decomposed = "Cafe\u0301  Bustelo\tESPRESSO\n"
+    assert normalise_text(decomposed) == "café bustelo espresso"
+    assert cache.key_for(decomposed) == cache.key_for(" café bustelo espresso")
+    assert cache.key_for("Straße") == cache.key_for("STRASSE")
+    assert cache.key_for("a b") != cache.key_for("ab")
+    assert re.fullmatch(r"enrich:v1:[0-9a-f]{64}", cache.key_for("x"))
+
+
+def test_model_version_is_part_of_the_key() -> None:
+    assert ResultCache(None, "v1", 60).key_for("mug") != ResultCache(None, "v2", 60).key_for("mug")
+
+
+def test_unique_keys_maps_every_position_back() -> None:
+    keys = ["a", "b", "a", "c", "b"]
+    unique, index_map = unique_keys(keys)
+    assert unique == ["a", "b", "c"]
+    assert [unique[i] for i in index_map] == keys
+    assert unique_keys([]) == ([], [])
+
+
+def test_disabled_cache_misses_without_counting() -> None:
+    metrics = WorkerMetrics()
+    cache = ResultCache(None, "v1", 60, metrics)
+    assert asyncio.run(cache.get_many(["k1", "k2"])) == [None, None]
+    asyncio.run(cache.put_many([("k1", b"x")]))
+    assert _counts(metrics) == (0, 0, 0)
+
+
+class _DownClient:
+    """Stands in for a Redis client whose server is gone; counts how often it was asked."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def mget(self, keys: list[str]) -> Any:
+        self.calls += 1
+        raise RedisConnectionError("connection refused")
+
+
+def test_after_a_failure_redis_is_left_alone_for_retry_after_s() -> None:
+    now = [0.0]
+    client = _DownClient()
+    metrics = WorkerMetrics()
+    cache = ResultCache(client, "v1", 60, metrics, retry_after_s=5.0, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        assert await cache.get_many(["k"]) == [None]
+        now[0] = 4.0
+        assert await cache.get_many(["k"]) == [None]
+        assert client.calls == 1, "skipped during the cool-down"
+        now[0] = 5.0
+        assert await cache.get_many(["k"]) == [None]
+        assert client.calls == 2, "tried again after it"
+
+    asyncio.run(scenario())
+    assert _counts(metrics) == (0, 0, 3)
+
+
+def test_unreachable_redis_gives_misses_and_counts_errors() -> None:
+    metrics = WorkerMetrics()
+
+    async def scenario() -> None:
+        client = make_redis_client(f"redis://127.0.0.1:{_free_port()}/0")
+        cache = ResultCache(client, "v1", 60, metrics, retry_after_s=0.0)
+        try:
+            assert await cache.get_many(["a", "b"]) == [None, None]
+            await cache.put_many([("a", b"1")])
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    assert _counts(metrics) == (0, 0, 2)
+
+
+@pytest.mark.services
+def test_round_trip_with_ttl(redis_server: Any) -> None:
+    metrics = WorkerMetrics()
+
+    async def scenario() -> None:
+        client = make_redis_client(redis_server.url)
+        cache = ResultCache(client, "roundtrip", 120, metrics)
+        keys = [cache.key_for(t) for t in ("red mug", "blue mug", "green mug")]
+        try:
+            await cache.put_many([(keys[0], b'{"a":1}'), (keys[1], b'{"b":2}')])
+            assert await cache.get_many(keys) == [b'{"a":1}', b'{"b":2}', None]
+            assert 0 < await client.ttl(keys[0]) <= 120
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    assert _counts(metrics) == (2, 1, 0)
+
+
+@pytest.mark.services
+def test_redis_outage_degrades_to_misses_and_recovers(redis_server: Any) -> None:
+    metrics = WorkerMetrics()
+
+    async def scenario() -> None:
+        client = make_redis_client(redis_server.url)
+        cache = ResultCache(client, "outage", 120, metrics, retry_after_s=0.0)
+        key = cache.key_for("espresso beans 1kg")
+        try:
+            await cache.put_many([(key, b"cached")])
+            assert await cache.get_many([key]) == [b"cached"]
+
+            redis_server.stop()
+            try:
+                assert await cache.get_many([key]) == [None]
+                await cache.put_many([(key, b"lost")])  # must not raise
+                assert _counts(metrics)[2] == 2
+            finally:
+                redis_server.start()
+
+            # The pooled connection died with the old server; the cache reconnects by itself.
+            await cache.put_many([(key, b"again")])
+            assert await cache.get_many([key]) == [b"again"]
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    hits, misses, errors = _counts(metrics)
+    assert (hits, misses, errors) == (2, 0, 2), "a failed lookup is an error, not a miss"

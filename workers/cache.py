@@ -1,0 +1,153 @@
+"""Result cache in Redis: one MGET per batch, one pipeline of SET … EX for the new results.
+
+The cache is an optimisation only. Any Redis failure turns into cache misses (reads) or a skipped write,
+is counted in ``cache_errors`` and logged, and the batch goes on uncached — the pipeline never sees a Redis
+exception. After a failure Redis is left alone for ``retry_after_s`` so that an outage costs each batch
+nothing instead of a socket timeout; then the next call tries again and the client reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from workers.metrics import WorkerMetrics
+
+__all__ = ["ResultCache", "make_redis_client", "normalise_text", "unique_keys"]
+
+log = logging.getLogger(__name__)
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """NFC, casefold, whitespace runs collapsed to one space, trimmed: texts that read the same hash alike."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text).casefold()).strip()
+
+
+def unique_keys(keys: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Deduplicate keys keeping first-seen order: ``unique[index_map[i]] == keys[i]`` for every i."""
+    position: dict[str, int] = {}
+    index_map: list[int] = []
+    for key in keys:
+        index_map.append(position.setdefault(key, len(position)))
+    return list(position), index_map
+
+
+def make_redis_client(
+    url: str,
+    *,
+    socket_timeout_s: float = 0.25,
+    connect_timeout_s: float = 0.25,
+) -> Redis:
+    """A client suited to the cache: short timeouts and one immediate retry.
+
+    The single retry lets a pooled connection that died with a Redis restart be replaced transparently;
+    more retries would only stretch the stall when Redis is really gone.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=10,
+    )
+
+
+class ResultCache:
+    """Cached inference results keyed by model version and the hash of the normalised text.
+
+    ``client=None`` disables the cache: every lookup misses (not counted), writes are no-ops.
+    """
+
+    def __init__(
+        self,
+        client: Redis | None,
+        model_version: str,
+        ttl_s: int,
+        metrics: WorkerMetrics | None = None,
+        *,
+        retry_after_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0 seconds, got {ttl_s}")
+        if not model_version or ":" in model_version:
+            raise ValueError(f"model_version must be a non-empty string without ':', got {model_version!r}")
+        self._client = client
+        self._prefix = f"enrich:{model_version}:"
+        self._ttl_s = ttl_s
+        self._metrics = metrics
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._skip_until = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    def key_for(self, text: str) -> str:
+        digest = hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()
+        return self._prefix + digest
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Values for ``keys`` in order (None = miss) with one MGET; on any Redis failure all None."""
+        if not keys or self._client is None:
+            return [None] * len(keys)
+        if self._in_cooldown():
+            self._count_error()
+            return [None] * len(keys)
+        try:
+            values: list[bytes | None] = await self._client.mget(keys)
+        except (RedisError, OSError) as exc:
+            self._failed("MGET", len(keys), exc)
+            return [None] * len(keys)
+        hits = sum(value is not None for value in values)
+        if self._metrics is not None:
+            self._metrics.cache_hits.inc(hits)
+            self._metrics.cache_misses.inc(len(values) - hits)
+        return values
+
+    async def put_many(self, entries: list[tuple[str, bytes]]) -> None:
+        """Store ``(key, value)`` pairs with the TTL in one pipeline; failures are counted, never raised."""
+        if not entries or self._client is None:
+            return
+        if self._in_cooldown():
+            self._count_error()
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in entries:
+                    pipe.set(key, value, ex=self._ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("SET pipeline", len(entries), exc)
+
+    def _in_cooldown(self) -> bool:
+        return self._clock() < self._skip_until
+
+    def _failed(self, operation: str, n_keys: int, exc: BaseException) -> None:
+        self._skip_until = self._clock() + self._retry_after_s
+        self._count_error()
+        log.warning(
+            "redis %s failed, continuing without cache for %.1fs: %r",
+            operation,
+            self._retry_after_s,
+            exc,
+            extra={"cache_operation": operation, "keys": n_keys},
+        )
+
+    def _count_error(self) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_errors.inc()
