@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from workers.cache import ResultCache, make_redis_client, normalise_text, unique_keys
+from workers.cache import ResultCache, make_redis_client, make_result_cache, normalise_text, unique_keys
+from workers.config import CacheConfig
 from workers.metrics import WorkerMetrics
 
 
@@ -151,3 +152,19 @@ def test_redis_outage_degrades_to_misses_and_recovers(redis_server: Any) -> None
     asyncio.run(scenario())
     hits, misses, errors = _counts(metrics)
     assert (hits, misses, errors) == (2, 0, 2), "a failed lookup is an error, not a miss"
+
+
+@pytest.mark.services
+def test_make_result_cache_follows_the_config(redis_server: Any) -> None:
+    async def scenario() -> None:
+        assert not make_result_cache(CacheConfig(redis_url=""), "v1").enabled
+        cache = make_result_cache(CacheConfig(redis_url=redis_server.url, ttl_s=30), "v1")
+        assert cache.enabled
+        try:
+            await cache.put_many([("enrich:v1:factory", b"ok")])
+            assert await cache.get_many(["enrich:v1:factory"]) == [b"ok"]
+        finally:
+            await cache.close()
+        assert not cache.enabled
+
+    asyncio.run(scenario())

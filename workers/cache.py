@@ -22,9 +22,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
+    from workers.config import CacheConfig
     from workers.metrics import WorkerMetrics
 
-__all__ = ["ResultCache", "make_redis_client", "normalise_text", "unique_keys"]
+__all__ = ["ResultCache", "make_redis_client", "make_result_cache", "normalise_text", "unique_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,12 @@ class ResultCache:
         except (RedisError, OSError) as exc:
             self._failed("SET pipeline", len(entries), exc)
 
+    async def close(self) -> None:
+        """Close the Redis client (its connection pool); the cache is disabled afterwards."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
     def _in_cooldown(self) -> bool:
         return self._clock() < self._skip_until
 
@@ -151,3 +158,11 @@ class ResultCache:
     def _count_error(self) -> None:
         if self._metrics is not None:
             self._metrics.cache_errors.inc()
+
+
+def make_result_cache(
+    config: CacheConfig, model_version: str, metrics: WorkerMetrics | None = None
+) -> ResultCache:
+    """The cache ``config`` describes; an empty ``redis_url`` gives a disabled cache (always misses)."""
+    client = make_redis_client(config.redis_url) if config.redis_url else None
+    return ResultCache(client, model_version, config.ttl_s, metrics)

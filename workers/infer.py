@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import onnxruntime
     from tritonclient.grpc.aio import InferenceServerClient
 
+    from workers.config import BackendConfig
     from workers.metrics import WorkerMetrics
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ModelOutputs",
     "OnnxRuntimeBackend",
     "TritonBackend",
+    "make_backend",
 ]
 
 log = logging.getLogger(__name__)
@@ -323,3 +325,31 @@ class OnnxRuntimeBackend:
     async def close(self) -> None:
         self._session = None
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def make_backend(
+    config: BackendConfig, *, max_in_flight: int, metrics: WorkerMetrics | None = None
+) -> TritonBackend | OnnxRuntimeBackend:
+    """The backend ``config.kind`` names: ``triton`` (gRPC at ``triton_url``) or ``onnx`` (in-process).
+
+    For ``onnx`` the model is ``config.model_dir / "model.onnx"`` and ``max_in_flight`` becomes the number
+    of threads running the session; each uses ``config.intra_op_threads`` cores.
+    """
+    if config.kind == "triton":
+        return TritonBackend(
+            config.triton_url,
+            config.triton_model,
+            max_in_flight=max_in_flight,
+            timeout_s=config.timeout_s,
+            metrics=metrics,
+        )
+    if config.kind == "onnx":
+        if config.model_dir is None:
+            raise ValueError("the onnx backend needs a model directory (ENRICH_MODEL_DIR / --model-dir)")
+        return OnnxRuntimeBackend(
+            Path(config.model_dir) / "model.onnx",
+            intra_op_threads=config.intra_op_threads,
+            max_concurrency=max_in_flight,
+            metrics=metrics,
+        )
+    raise ValueError(f"unknown backend kind {config.kind!r}; expected 'triton' or 'onnx'")
