@@ -34,6 +34,7 @@ __all__ = [
     "ModelOutputs",
     "OnnxRuntimeBackend",
     "TritonBackend",
+    "check_triton_model_config",
     "make_backend",
 ]
 
