@@ -17,6 +17,7 @@ Broker settings, chosen for tests on a small machine:
 from __future__ import annotations
 
 import base64
+import signal
 import time
 import uuid
 from collections.abc import Mapping
@@ -123,11 +124,18 @@ class KafkaCluster:
         self.started_in_s = time.monotonic() - started
         return self
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM every node at once (controlled shutdown), SIGKILL whatever is left after `timeout_s`."""
+    def stop(self, timeout_s: float = 20.0, *, graceful: bool = True) -> None:
+        """SIGTERM every node at once (controlled shutdown), SIGKILL whatever is left after `timeout_s`.
+
+        `graceful=False` SIGKILLs at once: for throwaway multi-node clusters, whose controlled shutdown
+        takes seconds as the quorum shrinks under it.
+        """
         running = [node.process for node in self.nodes.values() if node.process is not None]
         for process in running:
-            process.signal(15)
+            if graceful:
+                process.signal(signal.SIGTERM)
+            else:
+                process.kill()
         deadline = time.monotonic() + timeout_s
         for process in running:
             process.stop(timeout_s=max(0.1, deadline - time.monotonic()))

@@ -83,6 +83,9 @@ class ManagedProcess:
         self.log_path = log_path
         self.marker = marker
         self._popen = popen
+        # True once the PID was seen running as our process (spawned here, or marker matched); only then
+        # may leftovers of its process group be killed.
+        self._verified = popen is not None
 
     @classmethod
     def spawn(cls, name: str, argv: Sequence[str], *, log_path: Path, marker: str,
@@ -108,7 +111,9 @@ class ManagedProcess:
         if self._popen is not None:
             return self._popen.poll() is None
         fields = _proc_stat_fields(self.pid)
-        return fields is not None and fields[0] != "Z" and self.marker in _cmdline(self.pid)
+        running = fields is not None and fields[0] != "Z" and self.marker in _cmdline(self.pid)
+        self._verified = self._verified or running
+        return running
 
     @property
     def returncode(self) -> int | None:
@@ -162,6 +167,8 @@ class ManagedProcess:
 
     def _kill_group_leftovers(self) -> None:
         # Our PID leads its own session, so its process group holds only what it forked.
+        if not self._verified:
+            return
         for pid in _group_members(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -1,1 +1,62 @@
-"""Session fixtures for the real local services: Kafka (KRaft), redis-server, tritonserver."""
+"""Session fixtures for the real local services: Kafka (KRaft), redis-server, tritonserver.
+
+Each service gets its own run folder from tmp_path_factory, so parallel test runs never collide; logs stay
+there (pytest keeps the last few basetemp folders) for post-mortems.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localservices.kafka import KafkaCluster
+from localservices.redis_server import RedisServer
+from localservices.triton import TritonServer
+
+__all__ = ["kafka", "new_topic", "redis_server", "triton_factory"]
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One-node Kafka for the whole session; `.bootstrap_servers`. Topics are not auto-created."""
+    with KafkaCluster(tmp_path_factory.mktemp("kafka")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def new_topic(kafka: KafkaCluster) -> Callable[..., str]:
+    """Create a uniquely named topic on the session Kafka: `new_topic(partitions=1, config=None)`."""
+
+    def create(partitions: int = 1, config: Mapping[str, str] | None = None, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        kafka.create_topic(name, partitions=partitions, config=config)
+        return name
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """redis-server for the whole session; `.url`, `.port`, `.client()`."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def triton_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., TritonServer]]:
+    """`triton_factory(model_repository, models=None, **kwargs)` starts a ready tritonserver (all models in
+    the repository by default); every server started is stopped at the end of the session."""
+    servers: list[TritonServer] = []
+
+    def start(model_repository: Path, models: Sequence[str] | None = None, **kwargs: Any) -> TritonServer:
+        server = TritonServer(tmp_path_factory.mktemp("triton"), model_repository, models=models, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
