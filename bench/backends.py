@@ -175,3 +175,49 @@ def measure_ort_throughput(
     elapsed = time.perf_counter() - started
     label = f"onnxruntime(intra_op={intra_op_threads})"
     return _summarise(label, input_ids, concurrency, elapsed, latencies)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.backends --onnx models/x/1/model.onnx --triton-url HOST:PORT``: JSON lines."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx", type=Path, help="model.onnx to run in-process")
+    parser.add_argument("--triton-url", help="Triton gRPC host:port")
+    parser.add_argument("--model-name", default="attribute_extractor")
+    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated")
+    parser.add_argument("--seq-len", type=int, default=32)
+    parser.add_argument("--in-flight", default="1,4", help="comma-separated Triton requests in flight")
+    parser.add_argument("--ort-threads", type=int, default=1, help="ORT sessions' intra-op threads")
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--vocab-size", type=int, default=100)
+    args = parser.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    for batch_size in batch_sizes:
+        if args.onnx is not None:
+            row = measure_ort_throughput(
+                args.onnx,
+                batch_size=batch_size,
+                seq_len=args.seq_len,
+                intra_op_threads=args.ort_threads,
+                duration_s=args.duration_s,
+                vocab_size=args.vocab_size,
+            )
+            print(json.dumps(row.as_row()), flush=True)
+        if args.triton_url:
+            for in_flight in (int(n) for n in args.in_flight.split(",")):
+                row = measure_triton_throughput(
+                    args.triton_url,
+                    args.model_name,
+                    batch_size=batch_size,
+                    seq_len=args.seq_len,
+                    in_flight=in_flight,
+                    duration_s=args.duration_s,
+                    vocab_size=args.vocab_size,
+                )
+                print(json.dumps(row.as_row()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
