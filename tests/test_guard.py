@@ -1,0 +1,37 @@
+"""Stale-update guard: never an older listing_version after a newer one of the same listing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from workers.guard import StaleUpdateGuard
+
+
+def admit(guard: StaleUpdateGuard, updates: list[tuple[str, int]]) -> list[bool]:
+    return asyncio.run(guard.admit(updates))
+
+
+def test_older_versions_are_refused_equal_ones_admitted() -> None:
+    guard = StaleUpdateGuard()
+    assert admit(guard, [("a", 2), ("b", 1)]) == [True, True]
+    assert admit(guard, [("a", 1), ("a", 2), ("a", 3), ("b", 0)]) == [False, True, True, False]
+    assert admit(guard, [("a", 3), ("a", 2)]) == [True, False]
+
+
+def test_lru_capacity_bounds_memory() -> None:
+    guard = StaleUpdateGuard(capacity=2)
+    admit(guard, [("a", 5), ("b", 5), ("c", 5)])
+    assert admit(guard, [("a", 1)]) == [True]  # evicted: without a shared store it is forgotten
+    assert admit(guard, [("c", 1)]) == [False]
+
+
+class BrokenStore:
+    async def eval(self, *args: object) -> object:
+        raise ConnectionError("redis down")
+
+
+def test_store_failure_falls_back_to_local_memory() -> None:
+    errors: list[BaseException] = []
+    guard = StaleUpdateGuard(store=BrokenStore(), on_store_error=errors.append)
+    assert admit(guard, [("a", 2), ("a", 1)]) == [True, False]
+    assert len(errors) == 1

@@ -1,0 +1,143 @@
+"""The event contracts in code: schema files, the parsed listing, and the two events the worker writes.
+
+Shapes follow `schemas/` (listing v1 in, listing-attributes v1 and dead-letter v1 out); every output is
+orjson-serialised bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+__all__ = [
+    "SCHEMA_DIR",
+    "AttributeLike",
+    "Listing",
+    "SourceRecord",
+    "attribute_event",
+    "dead_letter_event",
+    "load_schema",
+    "max_payload_bytes",
+    "utc_now_iso",
+]
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_VERSION = 1
+
+
+@cache
+def load_schema(name: str, version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema of contract `name` (listing, listing-attributes, dead-letter) at `version`."""
+    path = SCHEMA_DIR / f"{name}.v{version}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def max_payload_bytes(schema: dict[str, Any]) -> int:
+    """The size limit a schema states (`x-max-payload-bytes`), checked before any parsing."""
+    return int(schema["x-max-payload-bytes"])
+
+
+class Listing(NamedTuple):
+    """A validated listing v1 event (a NamedTuple: immutable and cheap to build on the hot path)."""
+
+    listing_id: str
+    listing_version: int
+    title: str
+    event_time: str
+    description: str | None = None
+    category_hint: str | None = None
+    locale: str | None = None
+    marketplace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """Where an input record came from; enough to dead-letter it and to commit past it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int | None = None
+
+
+class AttributeLike(Protocol):
+    name: str
+    value: str
+    confidence: float
+    start: int
+    end: int
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def attribute_event(
+    listing: Listing,
+    *,
+    model_name: str,
+    model_version: str,
+    category: str,
+    category_confidence: float,
+    attributes: list[dict[str, Any]],
+    cache_hit: bool,
+    latency_ms: float,
+    worker_id: str,
+    processed_at: str | None = None,
+) -> bytes:
+    """A listing-attributes v1 event; `attributes`: dicts of name/value/confidence/start/end/source_field."""
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "listing_id": listing.listing_id,
+            "listing_version": listing.listing_version,
+            "model": {"name": model_name, "version": model_version},
+            "category": {"label": category, "confidence": round(float(category_confidence), 6)},
+            "attributes": attributes,
+            "cache_hit": cache_hit,
+            "processed_at": processed_at or utc_now_iso(),
+            "latency_ms": round(max(latency_ms, 0.0), 3),
+            "worker_id": worker_id,
+        }
+    )
+
+
+def _text_or_base64(data: bytes) -> tuple[str, str]:
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def dead_letter_event(
+    source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str
+) -> bytes:
+    """A dead-letter v1 record keeping the original bytes (as text when UTF-8, otherwise base64)."""
+    payload, encoding = _text_or_base64(value) if value is not None else (None, "utf-8")
+    key, key_encoding = _text_or_base64(source.key) if source.key is not None else (None, "utf-8")
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "source": {
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+                "key": key,
+                "key_encoding": key_encoding,
+                "timestamp_ms": source.timestamp_ms,
+            },
+            "payload": payload,
+            "payload_encoding": encoding,
+            "error": {"code": code, "message": message[:2048]},
+            "worker_id": worker_id,
+            "failed_at": utc_now_iso(),
+        }
+    )

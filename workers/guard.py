@@ -1,0 +1,107 @@
+"""Stale-update guard: the output never shows an older `listing_version` after a newer one of a listing.
+
+Batches finish out of order, and a listing can be updated while its older version is still in flight;
+the guard is asked right before an attribute event is produced. An update is admitted when its version is
+>= the highest version already admitted for that listing (equal versions are re-deliveries, allowed under
+at-least-once). Rejected updates are finished without output: a newer version is already downstream.
+
+Two memories: an in-process LRU (always), and optionally Redis, shared by all workers of the group, so a
+partition that moves to another worker or a restart after a crash cannot emit an older version either.
+Redis failures fall back to the in-process memory (counted and logged), like the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["StaleUpdateGuard"]
+
+log = logging.getLogger(__name__)
+
+# In order, per update: admit when no version is stored or the stored one is <= ARGV[i]; then store it.
+_ADMIT_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+local result = {}
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[i + 1])
+  local stored = redis.call('GET', key)
+  if stored and tonumber(stored) > version then
+    result[i] = 0
+  else
+    redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+    result[i] = 1
+  end
+end
+return result
+"""
+
+
+class VersionStore(Protocol):
+    """The part of `redis.asyncio.Redis` the guard uses."""
+
+    async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any: ...
+
+
+class StaleUpdateGuard:
+    """Admits (listing_id, version) updates in order; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        capacity: int = 200_000,
+        store: VersionStore | None = None,
+        namespace: str = "enrich:version",
+        ttl_s: int = 30 * 24 * 3600,
+        on_store_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._latest: OrderedDict[str, int] = OrderedDict()
+        self._capacity = capacity
+        self._store = store
+        self._namespace = namespace
+        self._ttl_s = ttl_s
+        self._on_store_error = on_store_error
+
+    def _admit_locally(self, listing_id: str, version: int) -> bool:
+        latest = self._latest.get(listing_id)
+        if latest is not None and latest > version:
+            return False
+        self._latest[listing_id] = version
+        self._latest.move_to_end(listing_id)
+        if len(self._latest) > self._capacity:
+            self._latest.popitem(last=False)
+        return True
+
+    async def admit(self, updates: list[tuple[str, int]]) -> list[bool]:
+        """One flag per update, in order (a later update in the same call sees the earlier ones)."""
+        admitted = [self._admit_locally(listing_id, version) for listing_id, version in updates]
+        if self._store is None:
+            return admitted
+        candidates = [i for i, ok in enumerate(admitted) if ok]
+        if not candidates:
+            return admitted
+        keys = [f"{self._namespace}:{updates[i][0]}" for i in candidates]
+        versions = [updates[i][1] for i in candidates]
+        try:
+            shared = await self._store.eval(_ADMIT_SCRIPT, len(keys), *keys, self._ttl_s, *versions)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            self._store_failed(exc)
+            return admitted
+        except Exception as exc:  # redis.exceptions.RedisError without importing redis here
+            if type(exc).__module__.split(".")[0] != "redis":
+                raise
+            self._store_failed(exc)
+            return admitted
+        for i, ok in zip(candidates, shared, strict=True):
+            if not int(ok):
+                admitted[i] = False
+        return admitted
+
+    def _store_failed(self, exc: BaseException) -> None:
+        log.warning("version store unavailable, guarding with this worker's memory only: %r", exc)
+        if self._on_store_error is not None:
+            self._on_store_error(exc)

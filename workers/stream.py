@@ -1,0 +1,430 @@
+"""The stream worker: consume -> validate -> batch -> cache -> infer -> decode -> guard -> emit -> commit.
+
+Assembled by `workers.pipeline.build_worker`.
+
+`StreamWorker.run()` is one asyncio loop. Its intake step consumes a chunk of records (in the consume
+thread), validates them (invalid ones go to the dead-letter topic), tokenizes the titles and puts them into
+length-bucketed micro-batches. Each released batch becomes a task: cache lookup, inference of the misses
+(retried behind the circuit breaker while the partitions are paused), decoding, the stale-update guard,
+then production of the attribute events. An input offset is finished when its output is acknowledged;
+commits only ever cover contiguous finished offsets (see commit.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from confluent_kafka import KafkaException, Message, Producer
+from prometheus_client import Counter
+
+from workers.batch import Batch, MicroBatcher
+from workers.cache import ResultCache, unique_keys
+from workers.commit import OffsetTracker, TopicPartitionKey, commit_offsets, commit_transaction
+from workers.config import BatchConfig, FlowConfig, KafkaConfig
+from workers.consume import KafkaSource
+from workers.decode import ModelLabels, decode_attributes, decode_category
+from workers.emit import Emitter
+from workers.encode import EncodedText, TitleEncoder
+from workers.errors import KafkaOperationFailed, ValidationFailed
+from workers.events import Listing, SourceRecord, attribute_event, dead_letter_event
+from workers.flow import Backoff, CircuitBreaker, retry_until_success
+from workers.guard import StaleUpdateGuard
+from workers.infer import InferenceBackend
+from workers.metrics import WorkerMetrics
+from workers.results import TokenSpanResult, ids_digest
+from workers.validate import ListingValidator
+
+__all__ = ["ServedModel", "StreamWorker", "WorkItem"]
+
+log = logging.getLogger(__name__)
+
+_POLL_TIMEOUT_S = 0.1
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the worker needs of a model directory: identity, tokenizer and label maps."""
+
+    name: str
+    version: str
+    labels: ModelLabels
+    encoder: TitleEncoder
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ServedModel:
+        info = json.loads((model_dir / "model_info.json").read_text(encoding="utf-8"))
+        return cls(
+            str(info["name"]),
+            str(info["version"]),
+            ModelLabels.from_file(model_dir / "labels.json"),
+            TitleEncoder.from_model_dir(model_dir),
+        )
+
+
+@dataclass(slots=True)
+class WorkItem:
+    source: SourceRecord
+    listing: Listing
+    encoded: EncodedText
+    consumed_at: float
+
+
+class StreamWorker:
+    """One consumer-group member; its collaborators are passed in (see `workers.pipeline`)."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaConfig,
+        batch: BatchConfig,
+        flow: FlowConfig,
+        worker_id: str,
+        source: KafkaSource,
+        producer: Producer,
+        backend: InferenceBackend,
+        cache: ResultCache,
+        guard: StaleUpdateGuard,
+        model: ServedModel,
+        metrics: WorkerMetrics,
+        validator: ListingValidator | None = None,
+    ) -> None:
+        self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
+        self._source, self._producer, self.backend, self._cache = source, producer, backend, cache
+        self._guard, self.model, self.metrics = guard, model, metrics
+        self._validator = validator or ListingValidator()
+        self._batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
+        self._tracker = OffsetTracker()
+        self._breaker = CircuitBreaker(
+            flow.failure_threshold, flow.reset_after_s, on_state_change=metrics.set_circuit_state
+        )
+        self._backoff = Backoff(
+            initial_s=flow.backoff_initial_s, max_s=max(flow.backoff_max_s, flow.backoff_initial_s)
+        )
+        self._stale = Counter(
+            "enrich_stale_dropped",
+            "Outputs not sent: a newer listing_version was already emitted",
+            registry=metrics.registry,
+        )
+        self._emit_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._blocked_batches = 0
+        self._fatal: BaseException | None = None
+        self._running = False
+        self._closing = False
+        self._heartbeat = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._emitter: Emitter | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def is_live(self) -> bool:
+        return self._running and time.monotonic() - self._heartbeat < self._kafka.drain_timeout_s + 30
+
+    def is_ready(self) -> bool:
+        return self._running and self._breaker.state == "closed"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until `stop` is set (SIGTERM), then drain, commit and leave the group."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._emitter = Emitter(self._producer, loop)
+        if self._kafka.exactly_once:
+            await asyncio.to_thread(self._producer.init_transactions, 60)
+            self._producer.begin_transaction()
+        self._source.subscribe(on_assign=lambda _: None, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._running = True
+        interval_s = self._kafka.commit_interval_ms / 1000
+        next_commit = loop.time() + interval_s
+        failed = True
+        try:
+            while not stop.is_set():
+                self._heartbeat = time.monotonic()
+                self._raise_if_failed()
+                await self._intake_once()
+                if loop.time() >= next_commit:
+                    await self._commit_tick()
+                    next_commit = loop.time() + interval_s
+            failed = False
+        finally:
+            await self._shutdown(failed=failed)
+
+    @property
+    def _emitter_(self) -> Emitter:
+        if self._emitter is None:
+            raise RuntimeError("StreamWorker.run() has not started")
+        return self._emitter
+
+    def _raise_if_failed(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        self._emitter_.raise_if_failed()
+
+    # ---- intake: consume, validate, tokenize, batch ------------------------------------------------------
+
+    async def _intake_once(self) -> None:
+        self._source.set_paused(
+            self._blocked_batches > 0 or self._tracker.unfinished() >= self._batch_config.max_pending
+        )
+        wait = self._batcher.seconds_until_due()
+        timeout = _POLL_TIMEOUT_S if wait is None else min(_POLL_TIMEOUT_S, max(wait, 0.001))
+        messages = await self._source.consume(self._kafka.consume_max_messages, timeout)
+        if messages:
+            await self._accept(messages)
+        for batch in self._batcher.due():
+            self._launch(batch)
+
+    async def _accept(self, messages: list[Message]) -> None:
+        valid: list[tuple[SourceRecord, Listing]] = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaOperationFailed("consume", str(error))
+                log.warning("consumer error (librdkafka retries it): %s", error)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if (topic, partition) not in self._source.assigned:
+                continue  # revoked meanwhile: its new owner reads it from the committed offset
+            self._tracker.track((topic, partition), offset)
+            self.metrics.events_in.inc()
+            ts_type, ts = msg.timestamp()
+            source = SourceRecord(topic, partition, offset, msg.key(), ts if ts_type else None)
+            try:
+                valid.append((source, self._validator.validate(msg.value(), source.key)))
+            except ValidationFailed as exc:
+                await self._dead_letter(source, msg.value(), exc)
+        if not valid:
+            return
+        encoder = self.model.encoder
+        encoded = encoder.encode([listing.title for _, listing in valid])
+        now = time.monotonic()
+        for (source, listing), enc in zip(valid, encoded, strict=True):
+            batch = self._batcher.add(WorkItem(source, listing, enc, now), encoder.bucket_for(enc.length))
+            if batch is not None:
+                self._launch(batch)
+
+    async def _dead_letter(self, source: SourceRecord, value: bytes | None, exc: ValidationFailed) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            source.topic,
+            source.partition,
+            source.offset,
+            exc,
+            extra={"code": exc.code, "partition": source.partition, "offset": source.offset},
+        )
+        self.metrics.dlq.labels(code=exc.code).inc()
+        record = dead_letter_event(source, value, exc.code, exc.message, self.worker_id)
+        await self._emitter_.produce(
+            self._kafka.dlq_topic,
+            source.key,
+            record,
+            on_delivered=partial(self._tracker.finish, (source.topic, source.partition), source.offset),
+            headers=[("error_code", exc.code.encode())],
+        )
+
+    def _launch(self, batch: Batch[WorkItem]) -> None:
+        task = asyncio.get_running_loop().create_task(self._process(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._fatal is None:
+            self._fatal = task.exception()
+            log.error("batch failed; stopping without committing past it: %r", self._fatal)
+
+    # ---- one batch: cache, infer, decode, guard, emit ----------------------------------------------------
+
+    async def _process(self, batch: Batch[WorkItem]) -> None:
+        self.metrics.in_flight_batches.inc()
+        self.metrics.batch_size.observe(len(batch))
+        try:
+            results = await self._results_for(batch.items)
+            await self._emit(batch.items, results)
+        finally:
+            self.metrics.in_flight_batches.dec()
+
+    async def _results_for(self, items: list[WorkItem]) -> list[tuple[TokenSpanResult, bool]]:
+        """(result, cache_hit) per item; duplicates inside the batch are inferred once."""
+        digests = [ids_digest(item.encoded.ids) for item in items]
+        keys = [self._cache.key_for(item.listing.title) for item in items]
+        unique, index_map = unique_keys(keys)
+        cached = [TokenSpanResult.from_bytes(v) if v else None for v in await self._cache.get_many(unique)]
+        found: list[tuple[TokenSpanResult, bool] | None] = [None] * len(items)
+        misses: dict[tuple[str, str], list[int]] = {}
+        for i, digest in enumerate(digests):
+            hit = cached[index_map[i]]
+            if hit is not None and hit.digest == digest:
+                found[i] = (hit, True)
+            else:
+                misses.setdefault((keys[i], digest), []).append(i)
+        if misses:
+            inferred = await self._infer([items[members[0]] for members in misses.values()])
+            for members, result in zip(misses.values(), inferred, strict=True):
+                for i in members:
+                    found[i] = (result, False)
+            await self._cache.put_many(
+                [(key, r.to_bytes()) for (key, _), r in zip(misses, inferred, strict=True)]
+            )
+        return [pair for pair in found if pair is not None]
+
+    async def _infer(self, items: list[WorkItem]) -> list[TokenSpanResult]:
+        encoder, labels = self.model.encoder, self.model.labels
+        input_ids, attention_mask = encoder.pad_to_bucket([item.encoded for item in items])
+        outputs = await retry_until_success(
+            lambda: self.backend.infer(input_ids, attention_mask),
+            breaker=self._breaker,
+            backoff=self._backoff,
+            on_blocked=self._backend_blocked,
+            on_unblocked=self._backend_unblocked,
+        )
+        results = []
+        for row, item in enumerate(items):
+            category, confidence = decode_category(outputs.category_probs[row], labels)
+            attributes = decode_attributes(
+                item.listing.title,
+                item.encoded.offsets,
+                outputs.tag_probs[row],
+                labels,
+                labels.attributes_by_category.get(category),
+            )
+            results.append(
+                TokenSpanResult.from_attributes(
+                    ids_digest(item.encoded.ids), category, confidence, attributes, item.encoded.offsets
+                )
+            )
+        return results
+
+    def _backend_blocked(self) -> None:
+        self._blocked_batches += 1
+
+    def _backend_unblocked(self) -> None:
+        self._blocked_batches -= 1
+
+    async def _emit(self, items: list[WorkItem], results: list[tuple[TokenSpanResult, bool]]) -> None:
+        # Guard decision and produce order must match: no other batch may emit in between.
+        async with self._emit_lock:
+            admitted = await self._guard.admit(
+                [(i.listing.listing_id, i.listing.listing_version) for i in items]
+            )
+            now = time.monotonic()
+            for item, (result, cache_hit), ok in zip(items, results, admitted, strict=True):
+                tp = (item.source.topic, item.source.partition)
+                if not ok:
+                    self._stale.inc()
+                    self._tracker.finish(tp, item.source.offset)
+                    continue
+                event = attribute_event(
+                    item.listing,
+                    model_name=self.model.name,
+                    model_version=self.model.version,
+                    category=result.category,
+                    category_confidence=result.category_confidence,
+                    attributes=result.attributes_for(item.listing.title, item.encoded.offsets),
+                    cache_hit=cache_hit,
+                    latency_ms=(now - item.consumed_at) * 1000,
+                    worker_id=self.worker_id,
+                )
+                await self._emitter_.produce(
+                    self._kafka.output_topic,
+                    item.listing.listing_id.encode(),
+                    event,
+                    on_delivered=partial(self._delivered, tp, item.source.offset),
+                )
+
+    def _delivered(self, tp: TopicPartitionKey, offset: int) -> None:
+        self._tracker.finish(tp, offset)
+        self.metrics.events_out.inc()
+
+    # ---- commit, rebalance, shutdown ---------------------------------------------------------------------
+
+    async def _commit_tick(self) -> None:
+        for (topic, partition), lag in self._source.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        if not self._kafka.exactly_once:
+            try:
+                commit_offsets(self._source.consumer, self._tracker, asynchronous=True)
+            except KafkaOperationFailed as exc:
+                log.warning("%s; retried at the next commit", exc)
+            return
+        if not self._tracker.committable() and not self._tracker.unfinished():
+            return
+        # Exactly-once: quiesce (intake waits here), so the transaction holds only finished offsets.
+        await self._finish_in_flight(None)
+        if self._tracker.unfinished():
+            log.warning("in-flight batches did not finish in time; transaction commit postponed")
+            return
+        await asyncio.to_thread(commit_transaction, self._producer, self._source.consumer, self._tracker)
+
+    async def _finish_in_flight(self, partitions: list[TopicPartitionKey] | None) -> None:
+        """Release every open batch and wait (bounded) until the tracked offsets are finished."""
+        for batch in self._batcher.drain():
+            self._launch(batch)
+        deadline = time.monotonic() + self._kafka.drain_timeout_s
+        while self._tracker.unfinished(partitions) and time.monotonic() < deadline and self._fatal is None:
+            await asyncio.sleep(0.005)
+
+    def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        """Consume thread: finish the revoked partitions' work, commit it, then let the rebalance go on."""
+        if self._closing or self._loop is None:
+            return
+        positions = asyncio.run_coroutine_threadsafe(self._drain(partitions), self._loop).result()
+        if positions:
+            from confluent_kafka import TopicPartition
+
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+            try:
+                self._source.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
+
+    async def _drain(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        scope = None if self._kafka.exactly_once else partitions
+        await self._finish_in_flight(scope)
+        positions: dict[TopicPartitionKey, int] = {}
+        if self._kafka.exactly_once:
+            await asyncio.to_thread(commit_transaction, self._producer, self._source.consumer, self._tracker)
+        else:
+            positions = self._tracker.committable(partitions)
+        self._tracker.forget(partitions)
+        return positions
+
+    def _on_lost(self, partitions: list[TopicPartitionKey]) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._tracker.forget, partitions)
+
+    async def _shutdown(self, *, failed: bool) -> None:
+        self._running = False
+        try:
+            if not failed:
+                await self._finish_in_flight(None)
+            await self._final_commit(failed)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._closing = True
+            await self._source.close()
+            await self._emitter_.flush(10)
+            self._emitter_.close()
+            await self.backend.close()
+            await self._cache.close()
+            log.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    async def _final_commit(self, failed: bool) -> None:
+        if not self._kafka.exactly_once:
+            # Safe even after a failure: only acknowledged, contiguous offsets are ever committable.
+            commit_offsets(self._source.consumer, self._tracker, asynchronous=False)
+        elif failed or self._tracker.unfinished():
+            await asyncio.to_thread(self._producer.abort_transaction, 30)
+        else:
+            await asyncio.to_thread(
+                partial(
+                    commit_transaction, self._producer, self._source.consumer, self._tracker, begin_next=False
+                )
+            )
