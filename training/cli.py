@@ -1,0 +1,101 @@
+"""`enrich train | augment | evaluate | export`: torch etc. imported in the handlers only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from training.config import add_config_arguments
+
+    train = subparsers.add_parser("train", help="fine-tune the attribute model, write a model directory")
+    add_config_arguments(train)
+    train.set_defaults(func=_train)
+
+    augment = subparsers.add_parser("augment", help="write augmented copies of OA-Mine-format offers")
+    augment.add_argument("input", type=Path, help="OA-Mine JSON-lines file")
+    augment.add_argument("output", type=Path, help="output JSON-lines file")
+    augment.add_argument("--copies", type=int, default=1, help="augmented variants per offer")
+    augment.add_argument("--seed", type=int, default=0, help="random seed")
+    augment.add_argument("--with-originals", action="store_true", help="also write the input offers")
+    augment.set_defaults(func=_augment)
+
+    evaluate = subparsers.add_parser("evaluate", help="score a model directory on an OA-Mine-format file")
+    evaluate.add_argument("model_dir", type=Path, help="models/<name>/<version>")
+    evaluate.add_argument("data", type=Path, help="OA-Mine JSON-lines file")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--charts", type=Path, help="folder for PNG charts (default: <model_dir>/eval)")
+    evaluate.add_argument("--decode-method", default="viterbi", choices=("viterbi", "argmax"))
+    evaluate.add_argument(
+        "--no-restrict", action="store_true", help="keep attributes not valid for the predicted category"
+    )
+    evaluate.set_defaults(func=_evaluate)
+
+    export = subparsers.add_parser("export", help="ONNX export + parity check + Triton CPU repository")
+    export.add_argument("model_dir", type=Path, help="models/<name>/<version>")
+    export.add_argument("--triton-repo", type=Path, help="CPU model repository (default: triton_repo/cpu)")
+    export.add_argument("--no-triton", action="store_true", help="only write model.onnx")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    export.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from training.config import config_from_args
+    from training.train import train
+
+    model_dir = train(config_from_args(args))
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    print(f"model directory: {model_dir}")
+    print(
+        f"dev micro-F1 {metrics['dev']['micro']['f1']:.4f} ({'with' if metrics['augmented'] else 'without'} "
+        f"augmentation), category accuracy {metrics['dev']['category_accuracy']:.3f}"
+    )
+    if "without_augmentation" in metrics:
+        print(
+            f"dev micro-F1 without augmentation (same run): "
+            f"{metrics['without_augmentation']['dev']['micro']['f1']:.4f}"
+        )
+    return 0
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from training.augment import augment_offers
+    from training.data import load_offers, write_offers
+
+    offers = load_offers(args.input)
+    augmented = augment_offers(offers, args.copies, seed=args.seed)
+    write_offers(args.output, [*offers, *augmented] if args.with_originals else augmented)
+    print(f"wrote {len(augmented) + (len(offers) if args.with_originals else 0)} offers to {args.output}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_model_dir, print_report, write_charts
+
+    metrics = evaluate_model_dir(
+        args.model_dir, args.data, decode_method=args.decode_method, restrict_to_category=not args.no_restrict
+    )
+    charts = write_charts(metrics, args.charts or args.model_dir / "eval")
+    metrics["charts"] = [str(path) for path in charts]
+    print_report(metrics, args.json)
+    if not args.json:
+        print("charts: " + ", ".join(metrics["charts"]))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from training.export import DEFAULT_TRITON_CPU_REPO, export_model
+
+    cpu_repo = None if args.no_triton else (args.triton_repo or DEFAULT_TRITON_CPU_REPO)
+    report = export_model(args.model_dir, cpu_repo=cpu_repo, opset=args.opset)
+    print(f"ONNX parity: max absolute difference torch vs ONNX Runtime = {report['parity_max_abs_diff']:.3g}")
+    for key, value in report.items():
+        print(f"{key}: {value}")
+    return 0

@@ -1,0 +1,206 @@
+"""Scoring: micro P/R/F1 over (attribute, value) pairs, per-attribute table, category report, charts.
+
+Predictions go through the serving code (``workers.encode`` + ``workers.decode``); only the function that
+turns padded ids into probabilities differs (torch during training, ONNX Runtime for ``enrich evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import Offer
+from workers.decode import Attribute, ModelLabels, decode_attributes, decode_category
+from workers.encode import TitleEncoder
+
+__all__ = [
+    "Prediction",
+    "RunBatch",
+    "normalise_value",
+    "onnx_runner",
+    "predict",
+    "score",
+    "write_charts",
+]
+
+RunBatch = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    category: str
+    category_confidence: float
+    attributes: list[Attribute] = field(default_factory=list)
+
+
+def normalise_value(value: str) -> str:
+    return " ".join(value.casefold().split())
+
+
+def predict(
+    texts: Sequence[str],
+    run_batch: RunBatch,
+    encoder: TitleEncoder,
+    labels: ModelLabels,
+    *,
+    batch_size: int = 64,
+    decode_method: str = "viterbi",
+    restrict_to_category: bool = True,
+) -> list[Prediction]:
+    """Encode, run, decode: exactly the worker's steps."""
+    predictions: list[Prediction] = []
+    for first in range(0, len(texts), batch_size):
+        chunk = list(texts[first : first + batch_size])
+        encoded = encoder.encode(chunk)
+        tag_probs, category_probs = run_batch(*encoder.pad_to_bucket(encoded))
+        for row, (text, item) in enumerate(zip(chunk, encoded, strict=True)):
+            category, confidence = decode_category(category_probs[row], labels)
+            allowed = labels.attributes_by_category.get(category) if restrict_to_category else None
+            attributes = decode_attributes(
+                text, item.offsets, tag_probs[row], labels, allowed, method=decode_method
+            )
+            predictions.append(Prediction(category, confidence, attributes))
+    return predictions
+
+
+def onnx_runner(onnx_path: Path | str, threads: int = 2) -> RunBatch:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tag_probs, category_probs = session.run(
+            ["tag_probs", "category_probs"], {"input_ids": input_ids, "attention_mask": attention_mask}
+        )
+        return tag_probs, category_probs
+
+    return run
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def score(offers: Sequence[Offer], predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """Micro P/R/F1 over normalised (attribute, value) pairs, per attribute, and category accuracy."""
+    from sklearn.metrics import classification_report
+
+    counts: dict[str, list[int]] = {}
+    for offer, prediction in zip(offers, predictions, strict=True):
+        gold = {(a, normalise_value(v)) for a, v in offer.values}
+        found = {(a.name, normalise_value(a.value)) for a in prediction.attributes}
+        for attribute, _ in gold | found:
+            counts.setdefault(attribute, [0, 0, 0])
+        for attribute, _ in gold & found:
+            counts[attribute][0] += 1
+        for attribute, _ in found - gold:
+            counts[attribute][1] += 1
+        for attribute, _ in gold - found:
+            counts[attribute][2] += 1
+    totals = np.array(list(counts.values()) or [[0, 0, 0]]).sum(axis=0)
+    gold_categories = [o.category for o in offers]
+    predicted_categories = [p.category for p in predictions]
+    return {
+        "micro": _prf(*(int(x) for x in totals)),
+        "per_attribute": {name: _prf(*c) for name, c in sorted(counts.items())},
+        "category_accuracy": float(
+            np.mean([g == p for g, p in zip(gold_categories, predicted_categories, strict=False)])
+        ),
+        "category_report": classification_report(
+            gold_categories, predicted_categories, output_dict=True, zero_division=0
+        ),
+        "category_report_text": classification_report(gold_categories, predicted_categories, zero_division=0),
+        "offers": len(offers),
+    }
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    lines = [f"{'attribute':<24}{'P':>7}{'R':>7}{'F1':>7}{'gold':>7}"]
+    for name, m in metrics["per_attribute"].items():
+        lines.append(f"{name:<24}{m['precision']:7.3f}{m['recall']:7.3f}{m['f1']:7.3f}{m['tp'] + m['fn']:7d}")
+    micro = metrics["micro"]
+    lines.append(f"{'micro':<24}{micro['precision']:7.3f}{micro['recall']:7.3f}{micro['f1']:7.3f}")
+    return "\n".join(lines)
+
+
+def write_charts(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Per-attribute F1 bars and per-category F1 bars as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    per_attribute = metrics["per_attribute"]
+    categories = {
+        k: v for k, v in metrics["category_report"].items() if isinstance(v, dict) and "support" in v
+    }
+    categories = {k: v for k, v in categories.items() if k not in ("macro avg", "weighted avg")}
+    for filename, title, names, values in (
+        (
+            "attribute_f1.png",
+            "F1 per attribute",
+            list(per_attribute),
+            [m["f1"] for m in per_attribute.values()],
+        ),
+        ("category_f1.png", "Category F1", list(categories), [m["f1-score"] for m in categories.values()]),
+    ):
+        figure, axis = plt.subplots(figsize=(8, max(2.5, 0.28 * len(names) + 1)))
+        axis.barh(names, values, color="#4C72B0")
+        axis.set_xlim(0, 1)
+        axis.invert_yaxis()
+        axis.set_title(title)
+        figure.tight_layout()
+        path = out_dir / filename
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def evaluate_model_dir(
+    model_dir: Path, data_path: Path, *, decode_method: str = "viterbi", restrict_to_category: bool = True
+) -> dict[str, Any]:
+    """Score a model directory on an OA-Mine file, through ONNX Runtime when model.onnx exists."""
+    from training.data import load_offers
+
+    offers = load_offers(data_path)
+    labels = ModelLabels.from_file(model_dir / "labels.json")
+    encoder = TitleEncoder.from_model_dir(model_dir)
+    if (model_dir / "model.onnx").is_file():
+        run_batch, backend = onnx_runner(model_dir / "model.onnx"), "onnxruntime"
+    else:
+        from training.model import load_model
+        from training.train import torch_runner
+
+        run_batch, backend = torch_runner(load_model(model_dir)), "torch"
+    predictions = predict(
+        [o.text for o in offers],
+        run_batch,
+        encoder,
+        labels,
+        decode_method=decode_method,
+        restrict_to_category=restrict_to_category,
+    )
+    metrics = score(offers, predictions)
+    metrics.update(backend=backend, data_path=str(data_path), model_dir=str(model_dir))
+    return metrics
+
+
+def print_report(metrics: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "category_report_text"}, indent=2))
+        return
+    print(format_table(metrics))
+    print(f"\ncategory accuracy {metrics['category_accuracy']:.3f}\n{metrics['category_report_text']}")

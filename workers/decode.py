@@ -1,0 +1,203 @@
+"""Turn the model's probabilities back into attribute values with character spans, and a category.
+
+Used by the worker after inference and by training's evaluation, so the metric measures what is served.
+numpy only: no torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Attribute", "ModelLabels", "decode_attributes", "decode_category"]
+
+_NEG_INF = -1e30
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One extracted value; ``value == text[start:end]``."""
+
+    name: str
+    value: str
+    confidence: float
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ModelLabels:
+    """The label maps a model was trained with (``labels.json`` in the model directory)."""
+
+    tags: tuple[str, ...]
+    categories: tuple[str, ...]
+    attributes_by_category: dict[str, tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        if not self.tags or self.tags[0] != "O":
+            raise ValueError("labels.json: tags must start with 'O'")
+        for tag in self.tags[1:]:
+            if tag[:2] not in ("B-", "I-"):
+                raise ValueError(f"labels.json: tag {tag!r} is neither O, B-<attr> nor I-<attr>")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelLabels:
+        return cls(
+            tags=tuple(data["tags"]),
+            categories=tuple(data["categories"]),
+            attributes_by_category={c: tuple(a) for c, a in data["attributes_by_category"].items()},
+        )
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> ModelLabels:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_attributes(
+        cls, attributes: Sequence[str], attributes_by_category: dict[str, Sequence[str]]
+    ) -> ModelLabels:
+        tags = ["O"]
+        for name in attributes:
+            tags += [f"B-{name}", f"I-{name}"]
+        return cls(
+            tags=tuple(tags),
+            categories=tuple(sorted(attributes_by_category)),
+            attributes_by_category={c: tuple(a) for c, a in sorted(attributes_by_category.items())},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tags": list(self.tags),
+            "categories": list(self.categories),
+            "attributes_by_category": {c: list(a) for c, a in self.attributes_by_category.items()},
+        }
+
+    @property
+    def tag_attributes(self) -> list[str | None]:
+        """The attribute name of each tag (None for O)."""
+        return [None if tag == "O" else tag[2:] for tag in self.tags]
+
+
+def _transition_matrix(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """BIO constraints as log-space scores: I-X only after B-X or I-X, and never first."""
+    size = len(tags)
+    trans = np.zeros((size, size), dtype=np.float64)
+    start = np.zeros(size, dtype=np.float64)
+    for j, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            start[j] = _NEG_INF
+            for i, prev in enumerate(tags):
+                if prev[2:] != tag[2:] or prev == "O":
+                    trans[i, j] = _NEG_INF
+    return trans, start
+
+
+_TRANSITIONS: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _viterbi(log_probs: np.ndarray, tags: tuple[str, ...]) -> list[int]:
+    """Most probable tag sequence that is valid BIO (a constrained decode; no learned transitions)."""
+    if tags not in _TRANSITIONS:
+        _TRANSITIONS[tags] = _transition_matrix(tags)
+    trans, start = _TRANSITIONS[tags]
+    score = start + log_probs[0]
+    back = np.zeros(log_probs.shape, dtype=np.int64)
+    for t in range(1, len(log_probs)):
+        candidates = score[:, None] + trans
+        back[t] = candidates.argmax(axis=0)
+        score = candidates.max(axis=0) + log_probs[t]
+    path = [int(score.argmax())]
+    for t in range(len(log_probs) - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
+
+
+def _allowed_tag_mask(labels: ModelLabels, allowed: Collection[str] | None) -> np.ndarray | None:
+    if allowed is None:
+        return None
+    allowed_set = set(allowed)
+    return np.array([a is None or a in allowed_set for a in labels.tag_attributes], dtype=bool)
+
+
+def decode_attributes(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    tag_probs: np.ndarray,
+    labels: ModelLabels,
+    allowed: Collection[str] | None = None,
+    *,
+    method: str = "viterbi",
+    one_per_attribute: bool = True,
+) -> list[Attribute]:
+    """Spans of consecutive B-X/I-X tokens become ``Attribute(X, text[start:end], confidence, start, end)``.
+
+    ``offsets`` are the tokens' character spans (special tokens have (0, 0) and are skipped); ``tag_probs``
+    is [S, T] with S >= len(offsets) (bucket padding is ignored). ``allowed`` restricts the attribute names
+    (e.g. to those valid for the predicted category). ``method`` is "viterbi" (best valid BIO sequence) or
+    "argmax" (per token; a stray I-X starts a span). With ``one_per_attribute`` only the most confident
+    value of each attribute is kept. Confidence is the mean probability of the span's tags.
+    """
+    if tag_probs.ndim != 2 or tag_probs.shape[1] != len(labels.tags):
+        raise ValueError(f"tag_probs must be [S, {len(labels.tags)}], got {tag_probs.shape}")
+    if tag_probs.shape[0] < len(offsets):
+        raise ValueError(f"tag_probs has {tag_probs.shape[0]} rows for {len(offsets)} tokens")
+    positions = [i for i, (s, e) in enumerate(offsets) if e > s]
+    if not positions:
+        return []
+    probs = np.asarray(tag_probs[positions], dtype=np.float64)
+    mask = _allowed_tag_mask(labels, allowed)
+    if mask is not None:
+        probs = np.where(mask[None, :], probs, 0.0)
+    if method == "viterbi":
+        path = _viterbi(np.log(probs + _EPS), labels.tags)
+    elif method == "argmax":
+        path = [int(i) for i in probs.argmax(axis=1)]
+    else:
+        raise ValueError(f"unknown decoding method {method!r} (viterbi or argmax)")
+    return _collect_spans(text, [offsets[i] for i in positions], probs, path, labels, one_per_attribute)
+
+
+def _collect_spans(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    probs: np.ndarray,
+    path: Sequence[int],
+    labels: ModelLabels,
+    one_per_attribute: bool,
+) -> list[Attribute]:
+    spans: list[tuple[str, list[int]]] = []
+    for position, tag_id in enumerate(path):
+        tag = labels.tags[tag_id]
+        if tag == "O":
+            continue
+        name = tag[2:]
+        if tag.startswith("I-") and spans and spans[-1][0] == name and spans[-1][1][-1] == position - 1:
+            spans[-1][1].append(position)
+        else:
+            spans.append((name, [position]))
+    found: list[Attribute] = []
+    for name, members in spans:
+        start, end = offsets[members[0]][0], offsets[members[-1]][1]
+        confidence = float(np.mean([probs[p, path[p]] for p in members]))
+        found.append(Attribute(name, text[start:end], confidence, start, end))
+    if one_per_attribute:
+        best: dict[str, Attribute] = {}
+        for attribute in found:
+            if attribute.name not in best or attribute.confidence > best[attribute.name].confidence:
+                best[attribute.name] = attribute
+        found = sorted(best.values(), key=lambda a: a.start)
+    return found
+
+
+def decode_category(category_probs: np.ndarray, labels: ModelLabels) -> tuple[str, float]:
+    """The most probable category and its probability."""
+    if category_probs.ndim != 1 or category_probs.shape[0] != len(labels.categories):
+        raise ValueError(f"category_probs must be [{len(labels.categories)}], got {category_probs.shape}")
+    index = int(np.argmax(category_probs))
+    return labels.categories[index], float(category_probs[index])

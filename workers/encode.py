@@ -1,0 +1,85 @@
+"""Title tokenization for the worker and for training: fast-tokenizer ids, character offsets, length buckets.
+
+Padding goes to a few fixed sequence lengths (``seq_buckets``) so Triton's dynamic batcher, which only merges
+requests of the same shape, can merge requests from different worker batches. numpy only: no torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+__all__ = ["EncodedText", "TitleEncoder"]
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One tokenized title: token ids, each token's (start, end) character span in the title, token count.
+
+    Special tokens ([CLS], [SEP]) have the empty span (0, 0).
+    """
+
+    ids: np.ndarray
+    offsets: list[tuple[int, int]]
+    length: int
+
+
+class TitleEncoder:
+    """Tokenizes titles with the model's own ``tokenizer.json`` and pads batches to the smallest bucket."""
+
+    def __init__(self, tokenizer_json_path: Path | str, max_length: int, seq_buckets: Sequence[int]) -> None:
+        buckets = sorted(int(b) for b in seq_buckets)
+        if not buckets or buckets[0] < 2:
+            raise ValueError(f"seq_buckets must be non-empty lengths >= 2, got {list(seq_buckets)}")
+        if max_length > buckets[-1]:
+            raise ValueError(f"max_length {max_length} exceeds the largest sequence bucket {buckets[-1]}")
+        self.max_length = max_length
+        self.seq_buckets = tuple(buckets)
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_json_path))
+        # A saved HF tokenizer may carry fixed-length padding (MiniLM's pads to 128): buckets replace it.
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+        self.pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path | str) -> TitleEncoder:
+        """Build the encoder a model directory describes (``tokenizer.json`` + ``model_info.json``)."""
+        model_dir = Path(model_dir)
+        info = json.loads((model_dir / "model_info.json").read_text())
+        return cls(model_dir / "tokenizer.json", int(info["max_length"]), info["seq_buckets"])
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Tokenize titles (truncated to ``max_length`` tokens, special tokens included)."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return [
+            EncodedText(
+                ids=np.asarray(enc.ids, dtype=np.int64),
+                offsets=[(int(s), int(e)) for s, e in enc.offsets],
+                length=len(enc.ids),
+            )
+            for enc in encodings
+        ]
+
+    def bucket_for(self, length: int) -> int:
+        """The smallest sequence bucket that holds ``length`` tokens."""
+        for bucket in self.seq_buckets:
+            if length <= bucket:
+                return bucket
+        raise ValueError(f"{length} tokens exceed the largest sequence bucket {self.seq_buckets[-1]}")
+
+    def pad_to_bucket(self, items: Sequence[EncodedText]) -> tuple[np.ndarray, np.ndarray]:
+        """Stack items into (input_ids, attention_mask), int64 [B, S], S the smallest bucket that fits."""
+        if not items:
+            raise ValueError("pad_to_bucket needs at least one encoded text")
+        width = self.bucket_for(max(item.length for item in items))
+        input_ids = np.full((len(items), width), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(items), width), dtype=np.int64)
+        for row, item in enumerate(items):
+            input_ids[row, : item.length] = item.ids
+            attention_mask[row, : item.length] = 1
+        return input_ids, attention_mask
