@@ -123,6 +123,11 @@ class StreamWorker:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
+    @property
+    def assigned(self) -> set[TopicPartitionKey]:
+        """Partitions this worker owns now."""
+        return set(self._source.assigned)
+
     def is_live(self) -> bool:
         return self._running and time.monotonic() - self._heartbeat < self._kafka.drain_timeout_s + 30
 
