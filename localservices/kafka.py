@@ -17,6 +17,7 @@ Broker settings, chosen for tests on a small machine:
 from __future__ import annotations
 
 import base64
+import shutil
 import signal
 import time
 import uuid
@@ -105,10 +106,13 @@ class KafkaCluster:
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> KafkaCluster:
-        """Format every node's storage, start all nodes, and wait until each serves metadata for all."""
+        """Format every node's storage (a new, empty cluster), start all nodes, and wait until each serves
+        metadata listing all of them."""
         started = time.monotonic()
         libs = ensure_kafka_libs(self.version)
         for node in self.nodes.values():
+            # A new cluster (fresh id) every start: data left in a reused run folder would not match it.
+            shutil.rmtree(node.run_dir / "data", ignore_errors=True)
             node.run_dir.mkdir(parents=True, exist_ok=True)
             node.properties_path.write_text(self._server_properties(node))
             (node.run_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
@@ -234,7 +238,7 @@ class KafkaCluster:
         ]
 
     def _format_storage(self, node: KafkaNode, libs: Path) -> None:
-        argv = self._java_argv(node, libs, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+        argv = self._java_argv(node, libs, "kafka.tools.StorageTool", "format",
                                "-t", self.cluster_id, "-c", str(node.properties_path))
         process = ManagedProcess.spawn(f"kafka-storage-format-{node.node_id}", argv,
                                        log_path=node.run_dir / "format.log", marker=str(node.run_dir))

@@ -4,8 +4,9 @@ Version choice (measured on this project's machine, Nov 2026): **Kafka 4.1.1**. 
 protocol versions older than Kafka 2.1 (KIP-896), so both Python clients were checked against a 4.1.1
 broker before pinning it: confluent-kafka 2.16 (librdkafka) and aiokafka 0.14 (Faust's client) both
 produce, consume, commit and resume as a consumer group and use transactions (read_committed hides
-aborted records) — tests/test_services_kafka.py proves this on every run, with both clients. 3.9.x was
-kept as the fallback and was not needed.
+aborted records) — tests/test_services_kafka.py proves this on every run, with both clients. A Faust
+0.15.3 app (topic creation through its own CreateTopics call, leader assignor, table changelog recovery,
+agent) also ran on it. 3.9.x was kept as the fallback and was not needed.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 _LOG_TAIL_LINES = 60
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _live: set[ManagedProcess] = set()
 
 
@@ -41,6 +43,12 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     except OSError as exc:
         return f"(no log at {path}: {exc.strerror})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask the kernel for SIGKILL when the spawning thread ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _proc_stat_fields(pid: int) -> list[str] | None:
@@ -93,14 +101,16 @@ class ManagedProcess:
               detached: bool = False) -> ManagedProcess:
         """Start `argv` with stdout+stderr appended to `log_path`.
 
-        Unless `detached`, the process is also killed when this interpreter exits, so a crashed test run
-        does not leave JVMs behind on a shared machine.
+        Unless `detached`, the process is also killed when this interpreter exits (atexit), or when the
+        thread that spawned it dies in any way (Linux parent-death signal: a test run killed by a timeout
+        leaves no JVM behind on a shared machine). So spawn long-lived services from a long-lived thread.
         """
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
                 list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+                preexec_fn=None if detached else _die_with_parent,
             )
         process = cls(name, popen.pid, log_path, marker, popen)
         if not detached:
