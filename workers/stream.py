@@ -128,6 +128,11 @@ class StreamWorker:
         """Partitions this worker owns now."""
         return set(self._source.assigned)
 
+    @property
+    def paused(self) -> bool:
+        """Whether intake is paused (backend blocked or too much unfinished work)."""
+        return self._source.paused
+
     def is_live(self) -> bool:
         return self._running and time.monotonic() - self._heartbeat < self._kafka.drain_timeout_s + 30
 
