@@ -152,13 +152,14 @@ class KafkaCluster:
         process.kill()
 
     def start_node(self, node_id: int) -> None:
-        """Restart a stopped or killed node on its old ports and data; wait until it serves again."""
+        """Restart a stopped or killed node on its old ports and data; wait until every running node's
+        metadata lists it again."""
         node = self.nodes[node_id]
         if node.is_running():
             raise ServiceError(f"Kafka node {node_id} is still running")
         self._spawn(node, ensure_kafka_libs(self.version))
-        live = {n.node_id for n in self.nodes.values() if n.is_running()}
-        self._wait_ready([node], expected_brokers=live)
+        live = [n for n in self.nodes.values() if n.is_running()]
+        self._wait_ready(live, expected_brokers={n.node_id for n in live})
 
     def __enter__(self) -> KafkaCluster:
         return self.start()
