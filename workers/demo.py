@@ -9,7 +9,9 @@ run a second pass over the same titles (served from the cache) and print through
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -187,6 +189,7 @@ def _run_pass(config: Any, expected: int) -> PassStats:
         return elapsed
 
     seconds = asyncio.run(main())
+    gc.collect()  # the worker's producer lives in reference cycles; free it before the services stop
     return PassStats(expected, seconds, value("enrich_cache_hits"), value("enrich_cache_misses"))
 
 
@@ -195,6 +198,7 @@ def run_demo(options: DemoOptions) -> int:
     from training.build import ensure_model
     from workers.config import load_config
 
+    logging.basicConfig(level=logging.ERROR)  # dead-lettering warnings would interleave with the report
     print(f"[1/5] model: finding or training one ({options.base}) ...", flush=True)
     model_dir = ensure_model(options.model_root, FIXTURE_OFFERS, options.base)
     print(f"      {model_dir}")

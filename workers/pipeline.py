@@ -17,11 +17,12 @@ from workers.cache import ResultCache, make_redis_client
 from workers.config import WorkerConfig
 from workers.consume import KafkaSource, make_consumer
 from workers.emit import make_producer
+from workers.enrichment import BatchEnricher, ServedModel
 from workers.errors import BackendUnavailable, ConfigError
 from workers.guard import StaleUpdateGuard
 from workers.infer import TritonBackend, make_backend
 from workers.metrics import WorkerMetrics, start_http_endpoint
-from workers.stream import ServedModel, StreamWorker
+from workers.stream import StreamWorker
 from workers.validate import ListingValidator
 
 __all__ = ["build_worker", "run_worker", "serve", "wait_for_backend"]
@@ -40,6 +41,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     validator = ListingValidator()
     cache = ResultCache(redis, model.version, config.cache.ttl_s, metrics)
     backend = make_backend(config.backend, max_in_flight=config.batch.max_in_flight, metrics=metrics)
+    enricher = BatchEnricher(model, cache, backend, config.flow, metrics)  # cache -> infer -> decode
     guard = StaleUpdateGuard(
         store=redis,
         namespace=f"enrich:version:{config.kafka.output_topic}",
@@ -47,9 +49,8 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     )
     producer = make_producer(config.kafka, config.worker_id)
     return StreamWorker(
-        kafka=config.kafka, batch=config.batch, flow=config.flow, worker_id=config.worker_id,
-        source=source, validator=validator, cache=cache, backend=backend, model=model,
-        guard=guard, producer=producer, metrics=metrics,
+        kafka=config.kafka, batch=config.batch, worker_id=config.worker_id, source=source,
+        validator=validator, enricher=enricher, guard=guard, producer=producer, metrics=metrics,
     )  # fmt: skip
 
 
@@ -70,7 +71,7 @@ def _model_dir(config: WorkerConfig) -> Path:
 
 async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s: float = 120.0) -> None:
     """Start-up check of the served model (Triton: live, ready, config fits our batches)."""
-    backend = worker.backend
+    backend = worker.enricher.backend
     if not isinstance(backend, TritonBackend):
         return
     deadline = time.monotonic() + timeout_s

@@ -1,4 +1,4 @@
-"""The stream worker: consume -> validate -> batch -> cache -> infer -> decode -> guard -> emit -> commit.
+"""The stream worker: consume, validate, batch, enrich (cache, infer, decode), guard, emit, commit.
 
 Assembled by `workers.pipeline.build_worker`.
 
@@ -13,66 +13,31 @@ commits only ever cover contiguous finished offsets (see commit.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 from confluent_kafka import KafkaException, Message, Producer
 from prometheus_client import Counter
 
 from workers.batch import Batch, MicroBatcher
-from workers.cache import ResultCache, unique_keys
 from workers.commit import OffsetTracker, TopicPartitionKey, commit_offsets, commit_transaction
-from workers.config import BatchConfig, FlowConfig, KafkaConfig
+from workers.config import BatchConfig, KafkaConfig
 from workers.consume import KafkaSource
-from workers.decode import ModelLabels, decode_attributes, decode_category
 from workers.emit import Emitter
-from workers.encode import EncodedText, TitleEncoder
+from workers.enrichment import BatchEnricher, WorkItem
 from workers.errors import KafkaOperationFailed, ValidationFailed
 from workers.events import Listing, SourceRecord, attribute_event, dead_letter_event
-from workers.flow import Backoff, CircuitBreaker, retry_until_success
 from workers.guard import StaleUpdateGuard
-from workers.infer import InferenceBackend
 from workers.metrics import WorkerMetrics
-from workers.results import TokenSpanResult, ids_digest
+from workers.results import TokenSpanResult
 from workers.validate import ListingValidator
 
-__all__ = ["ServedModel", "StreamWorker", "WorkItem"]
+__all__ = ["StreamWorker"]
 
 log = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_S = 0.1
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """What the worker needs of a model directory: identity, tokenizer and label maps."""
-
-    name: str
-    version: str
-    labels: ModelLabels
-    encoder: TitleEncoder
-
-    @classmethod
-    def load(cls, model_dir: Path) -> ServedModel:
-        info = json.loads((model_dir / "model_info.json").read_text(encoding="utf-8"))
-        return cls(
-            str(info["name"]),
-            str(info["version"]),
-            ModelLabels.from_file(model_dir / "labels.json"),
-            TitleEncoder.from_model_dir(model_dir),
-        )
-
-
-@dataclass(slots=True)
-class WorkItem:
-    source: SourceRecord
-    listing: Listing
-    encoded: EncodedText
-    consumed_at: float
 
 
 class StreamWorker:
@@ -83,29 +48,20 @@ class StreamWorker:
         *,
         kafka: KafkaConfig,
         batch: BatchConfig,
-        flow: FlowConfig,
         worker_id: str,
         source: KafkaSource,
-        producer: Producer,
-        backend: InferenceBackend,
-        cache: ResultCache,
+        enricher: BatchEnricher,
         guard: StaleUpdateGuard,
-        model: ServedModel,
+        producer: Producer,
         metrics: WorkerMetrics,
         validator: ListingValidator | None = None,
     ) -> None:
         self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
-        self._source, self._producer, self.backend, self._cache = source, producer, backend, cache
-        self._guard, self.model, self.metrics = guard, model, metrics
+        self._source, self.enricher, self._guard, self._producer = source, enricher, guard, producer
+        self.model, self.metrics = enricher.model, metrics
         self._validator = validator or ListingValidator()
         self._batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
         self._tracker = OffsetTracker()
-        self._breaker = CircuitBreaker(
-            flow.failure_threshold, flow.reset_after_s, on_state_change=metrics.set_circuit_state
-        )
-        self._backoff = Backoff(
-            initial_s=flow.backoff_initial_s, max_s=max(flow.backoff_max_s, flow.backoff_initial_s)
-        )
         self._stale = Counter(
             "enrich_stale_dropped",
             "Outputs not sent: a newer listing_version was already emitted",
@@ -113,9 +69,9 @@ class StreamWorker:
         )
         self._emit_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._blocked_batches = 0
         self._fatal: BaseException | None = None
         self._running = False
+        self._stopped = False
         self._closing = False
         self._heartbeat = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,10 +90,13 @@ class StreamWorker:
         return self._source.paused
 
     def is_live(self) -> bool:
-        return self._running and time.monotonic() - self._heartbeat < self._kafka.drain_timeout_s + 30
+        """Starting, or the intake loop turned recently (a drain may hold it up to drain_timeout_s)."""
+        if self._stopped:
+            return False
+        return not self._running or time.monotonic() - self._heartbeat < self._kafka.drain_timeout_s + 30
 
     def is_ready(self) -> bool:
-        return self._running and self._breaker.state == "closed"
+        return self._running and self.enricher.breaker.state == "closed"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set (SIGTERM), then drain, commit and leave the group."""
@@ -178,7 +137,7 @@ class StreamWorker:
 
     async def _intake_once(self) -> None:
         self._source.set_paused(
-            self._blocked_batches > 0 or self._tracker.unfinished() >= self._batch_config.max_pending
+            self.enricher.blocked > 0 or self._tracker.unfinished() >= self._batch_config.max_pending
         )
         wait = self._batcher.seconds_until_due()
         timeout = _POLL_TIMEOUT_S if wait is None else min(_POLL_TIMEOUT_S, max(wait, 0.001))
@@ -254,67 +213,10 @@ class StreamWorker:
         self.metrics.in_flight_batches.inc()
         self.metrics.batch_size.observe(len(batch))
         try:
-            results = await self._results_for(batch.items)
+            results = await self.enricher.results_for(batch.items)
             await self._emit(batch.items, results)
         finally:
             self.metrics.in_flight_batches.dec()
-
-    async def _results_for(self, items: list[WorkItem]) -> list[tuple[TokenSpanResult, bool]]:
-        """(result, cache_hit) per item; duplicates inside the batch are inferred once."""
-        digests = [ids_digest(item.encoded.ids) for item in items]
-        keys = [self._cache.key_for(item.listing.title) for item in items]
-        unique, index_map = unique_keys(keys)
-        cached = [TokenSpanResult.from_bytes(v) if v else None for v in await self._cache.get_many(unique)]
-        found: list[tuple[TokenSpanResult, bool] | None] = [None] * len(items)
-        misses: dict[tuple[str, str], list[int]] = {}
-        for i, digest in enumerate(digests):
-            hit = cached[index_map[i]]
-            if hit is not None and hit.digest == digest:
-                found[i] = (hit, True)
-            else:
-                misses.setdefault((keys[i], digest), []).append(i)
-        if misses:
-            inferred = await self._infer([items[members[0]] for members in misses.values()])
-            for members, result in zip(misses.values(), inferred, strict=True):
-                for i in members:
-                    found[i] = (result, False)
-            await self._cache.put_many(
-                [(key, r.to_bytes()) for (key, _), r in zip(misses, inferred, strict=True)]
-            )
-        return [pair for pair in found if pair is not None]
-
-    async def _infer(self, items: list[WorkItem]) -> list[TokenSpanResult]:
-        encoder, labels = self.model.encoder, self.model.labels
-        input_ids, attention_mask = encoder.pad_to_bucket([item.encoded for item in items])
-        outputs = await retry_until_success(
-            lambda: self.backend.infer(input_ids, attention_mask),
-            breaker=self._breaker,
-            backoff=self._backoff,
-            on_blocked=self._backend_blocked,
-            on_unblocked=self._backend_unblocked,
-        )
-        results = []
-        for row, item in enumerate(items):
-            category, confidence = decode_category(outputs.category_probs[row], labels)
-            attributes = decode_attributes(
-                item.listing.title,
-                item.encoded.offsets,
-                outputs.tag_probs[row],
-                labels,
-                labels.attributes_by_category.get(category),
-            )
-            results.append(
-                TokenSpanResult.from_attributes(
-                    ids_digest(item.encoded.ids), category, confidence, attributes, item.encoded.offsets
-                )
-            )
-        return results
-
-    def _backend_blocked(self) -> None:
-        self._blocked_batches += 1
-
-    def _backend_unblocked(self) -> None:
-        self._blocked_batches -= 1
 
     async def _emit(self, items: list[WorkItem], results: list[tuple[TokenSpanResult, bool]]) -> None:
         # Guard decision and produce order must match: no other batch may emit in between.
@@ -410,6 +312,7 @@ class StreamWorker:
 
     async def _shutdown(self, *, failed: bool) -> None:
         self._running = False
+        self._stopped = True
         try:
             if not failed:
                 await self._finish_in_flight(None)
@@ -422,8 +325,7 @@ class StreamWorker:
             await self._source.close()
             await self._emitter_.flush(10)
             self._emitter_.close()
-            await self.backend.close()
-            await self._cache.close()
+            await self.enricher.close()
             log.info("worker stopped", extra={"worker_id": self.worker_id})
 
     async def _final_commit(self, failed: bool) -> None:
@@ -431,7 +333,10 @@ class StreamWorker:
             # Safe even after a failure: only acknowledged, contiguous offsets are ever committable.
             commit_offsets(self._source.consumer, self._tracker, asynchronous=False)
         elif failed or self._tracker.unfinished():
-            await asyncio.to_thread(self._producer.abort_transaction, 30)
+            try:
+                await asyncio.to_thread(self._producer.abort_transaction, 30)
+            except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
+                log.warning("abort_transaction failed: %s", exc)
         else:
             await asyncio.to_thread(
                 partial(

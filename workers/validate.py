@@ -57,7 +57,7 @@ class ListingValidator:
         get = data.get
         listing = Listing(
             data["listing_id"],
-            data["listing_version"],
+            int(data["listing_version"]),  # the schema also admits 3.0
             data["title"],
             data["event_time"],
             get("description"),
