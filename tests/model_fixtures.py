@@ -1,1 +1,35 @@
 """Session fixtures for the tiny test model (tiny BERT trained on the fixture offers)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from training.fixtures import DEFAULT_FIXTURE_PATH
+
+__all__ = ["FIXTURE_OFFERS", "tiny_model_dir", "tiny_triton_repo"]
+
+FIXTURE_OFFERS = DEFAULT_FIXTURE_PATH
+TRITON_CPU_REPO = Path(__file__).resolve().parent.parent / "triton_repo" / "cpu"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory (contract layout, model.onnx included) of a tiny BERT trained for seconds on the
+    fixture offers; read-only for tests."""
+    from training.build import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), FIXTURE_OFFERS)
+
+
+@pytest.fixture(scope="session")
+def tiny_triton_repo(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of triton_repo/cpu with the tiny model's model.onnx, labels.json, model_info.json in place."""
+    from training.export import fill_triton_repo
+
+    repo = tmp_path_factory.mktemp("triton-repo") / "cpu"
+    shutil.copytree(TRITON_CPU_REPO, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    fill_triton_repo(tiny_model_dir, repo)
+    return repo

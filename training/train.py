@@ -278,7 +278,7 @@ def train(config: TrainConfig) -> Path:
     if not train_offers or not dev_offers:
         raise ValueError(f"split of {len(offers)} offers left an empty side; adjust dev_fraction")
     model_dir = model_directory(config)
-    run_dir = Path(config.output_root).resolve().parent / "runs" / config.name / model_dir.name
+    run_dir = Path(config.output_root) / ".runs" / config.name / model_dir.name  # checkpoints, tiny base
     base_dir = resolve_base(config, train_offers, run_dir)
     labels = build_labels(train_offers)
     encoder = TitleEncoder(base_dir / "tokenizer.json", config.max_length, config.seq_buckets)

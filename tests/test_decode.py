@@ -1,0 +1,117 @@
+"""Decoding BIO probabilities back into values: round trips of known spans, unicode, repeats, constraints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.data import find_value_spans, load_offers, token_tags
+from training.fixtures import DEFAULT_FIXTURE_PATH, generate_offers
+from workers.decode import ModelLabels, decode_attributes, decode_category
+
+LABELS = ModelLabels.from_attributes(
+    ["Brand", "Color", "Gender", "Size"], {"Shoes": ["Brand", "Color", "Gender", "Size"], "Tea": ["Brand"]}
+)
+
+
+def words(text: str) -> list[tuple[int, int]]:
+    """Whitespace 'tokens' with [CLS]/[SEP] around them, like a fast tokenizer's offsets."""
+    offsets, start = [(0, 0)], None
+    for index, char in enumerate(text + " "):
+        if char.isspace() and start is not None:
+            offsets.append((start, index))
+            start = None
+        elif not char.isspace() and start is None:
+            start = index
+    return [*offsets, (0, 0)]
+
+
+def one_hot(tag_ids: np.ndarray, num_tags: int, width: int, sharp: float = 0.9) -> np.ndarray:
+    probs = np.full((width, num_tags), (1 - sharp) / (num_tags - 1), dtype=np.float32)
+    for position, tag in enumerate(tag_ids):
+        probs[position, max(int(tag), 0)] = sharp
+    return probs
+
+
+def test_unicode_and_repeated_values_round_trip_with_exact_offsets() -> None:
+    text = "Søren Shoes Women's Crème Loafer 😀 - US Women's 8½ M"
+    values = (("Brand", "Søren Shoes"), ("Gender", "Women's"), ("Color", "Crème"), ("Size", "8½ M"))
+    offsets = words(text)
+    tags = token_tags(offsets, find_value_spans(text, values), LABELS)
+    found = decode_attributes(
+        text, offsets, one_hot(tags, len(LABELS.tags), 32), LABELS, one_per_attribute=False
+    )
+    assert {(a.name, a.value) for a in found} == set(values)
+    assert [a.value for a in found if a.name == "Gender"] == ["Women's", "Women's"]  # both occurrences
+    for attribute in found:
+        assert text[attribute.start : attribute.end] == attribute.value
+        assert 0.0 < attribute.confidence <= 1.0
+
+
+def test_fixture_offers_round_trip_through_the_real_tokenizer_offsets(tmp_path) -> None:
+    from training.data import build_labels
+    from training.tiny import train_wordpiece_tokenizer
+    from workers.encode import TitleEncoder
+
+    offers = load_offers(DEFAULT_FIXTURE_PATH)
+    labels = build_labels(offers)
+    tokenizer = train_wordpiece_tokenizer([o.text for o in offers], 300)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    encoder = TitleEncoder(tmp_path / "tokenizer.json", 64, [16, 32, 64])
+    for offer, encoded in zip(offers, encoder.encode([o.text for o in offers]), strict=True):
+        tags = token_tags(encoded.offsets, find_value_spans(offer.text, offer.values), labels)
+        probs = one_hot(tags, len(labels.tags), 64)
+        found = decode_attributes(offer.text, encoded.offsets, probs, labels)
+        assert {(a.name, a.value) for a in found} == set(offer.values), offer.text
+
+
+def test_viterbi_repairs_a_stray_inside_tag_that_argmax_keeps() -> None:
+    text = "Navy Blue Crocs"
+    offsets = words(text)
+    tag = {t: i for i, t in enumerate(LABELS.tags)}
+    probs = np.full((5, len(LABELS.tags)), 0.01, dtype=np.float32)
+    probs[1, tag["I-Color"]], probs[1, tag["B-Color"]] = 0.5, 0.45  # "Navy": I- is (invalidly) first
+    probs[2, tag["I-Color"]] = 0.9
+    probs[3, tag["B-Brand"]] = 0.9
+    viterbi = decode_attributes(text, offsets, probs, LABELS)
+    argmax = decode_attributes(text, offsets, probs, LABELS, method="argmax", one_per_attribute=False)
+    assert {(a.name, a.value) for a in viterbi} == {("Color", "Navy Blue"), ("Brand", "Crocs")}
+    assert ("Color", "Navy Blue") in {(a.name, a.value) for a in argmax}
+
+
+def test_allowed_attributes_and_one_value_per_attribute() -> None:
+    text = "Crocs Navy Crocs Red"
+    offsets = words(text)
+    tag = {t: i for i, t in enumerate(LABELS.tags)}
+    probs = np.full((6, len(LABELS.tags)), 0.01, dtype=np.float32)
+    probs[0, 0] = probs[5, 0] = 0.9
+    probs[1, tag["B-Brand"]], probs[3, tag["B-Brand"]] = 0.9, 0.6
+    probs[2, tag["B-Color"]], probs[4, tag["B-Color"]] = 0.7, 0.8
+    best = decode_attributes(text, offsets, probs, LABELS)
+    assert [(a.name, a.value, a.start) for a in best] == [("Brand", "Crocs", 0), ("Color", "Red", 17)]
+    only_tea = decode_attributes(text, offsets, probs, LABELS, allowed=LABELS.attributes_by_category["Tea"])
+    assert {a.name for a in only_tea} == {"Brand"}
+
+
+def test_bucket_padding_rows_are_ignored_and_bad_shapes_raise() -> None:
+    text = "Crocs"
+    probs = np.zeros((16, len(LABELS.tags)), dtype=np.float32)
+    probs[:, 0] = 1.0
+    probs[1, 0], probs[1, LABELS.tags.index("B-Brand")] = 0.0, 1.0
+    assert [a.value for a in decode_attributes(text, words(text), probs, LABELS)] == ["Crocs"]
+    with pytest.raises(ValueError, match="tag_probs"):
+        decode_attributes(text, words(text), probs[:, :3], LABELS)
+    with pytest.raises(ValueError, match="rows"):
+        decode_attributes(text, words(text), probs[:2], LABELS)
+
+
+def test_decode_category_and_label_round_trip() -> None:
+    assert decode_category(np.array([0.2, 0.8], dtype=np.float32), LABELS) == ("Tea", pytest.approx(0.8))
+    assert ModelLabels.from_dict(LABELS.to_dict()) == LABELS
+    with pytest.raises(ValueError, match="must start with 'O'"):
+        ModelLabels(tags=("B-X",), categories=(), attributes_by_category={})
+
+
+def test_generated_fixture_file_is_reproducible() -> None:
+    offers = load_offers(DEFAULT_FIXTURE_PATH)
+    assert offers == generate_offers(len(offers))

@@ -1,0 +1,94 @@
+"""End to end on the tiny BERT: train (seconds) -> model directory -> evaluate, and it beats the untrained
+model on the held-out fixture offers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from tests.model_fixtures import FIXTURE_OFFERS
+from training.data import load_offers, split_offers
+from training.evaluate import predict, score
+from training.model import new_model
+from training.train import torch_runner
+from workers.decode import ModelLabels
+from workers.encode import TitleEncoder
+
+
+def test_model_directory_follows_the_contract(tiny_model_dir: Path) -> None:
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "labels.json",
+        "model_info.json",
+        "model.onnx",
+        "metrics.json",
+        "MODEL_CARD.md",
+    ):
+        assert (tiny_model_dir / name).is_file(), name
+    Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    info = json.loads((tiny_model_dir / "model_info.json").read_text())
+    assert set(info) >= {"name", "version", "max_length", "seq_buckets", "base_model", "created_at"}
+    assert info["version"] == tiny_model_dir.name and info["max_length"] <= max(info["seq_buckets"])
+    labels = ModelLabels.from_file(tiny_model_dir / "labels.json")
+    assert len(labels.categories) == 6 and labels.tags[0] == "O"
+    card = (tiny_model_dir / "MODEL_CARD.md").read_text()
+    assert "## Data" in card and "## Metrics" in card and "## Limits" in card
+
+
+def test_trained_tiny_model_beats_the_untrained_one(tiny_model_dir: Path) -> None:
+    metrics = json.loads((tiny_model_dir / "metrics.json").read_text())
+    config = metrics["config"]
+    _, dev = split_offers(load_offers(FIXTURE_OFFERS), config["dev_fraction"], config["split_salt"])
+    labels = ModelLabels.from_file(tiny_model_dir / "labels.json")
+    encoder = TitleEncoder.from_model_dir(tiny_model_dir)
+    base_dir = tiny_model_dir.parents[1] / ".runs" / "tiny" / tiny_model_dir.name / "tiny-base"
+    untrained = score(
+        dev, predict([o.text for o in dev], torch_runner(new_model(base_dir, labels)), encoder, labels)
+    )
+    trained = metrics["dev"]["micro"]["f1"]
+    assert trained > 0.6, metrics["history"]
+    assert trained > untrained["micro"]["f1"] + 0.4
+    assert metrics["history"][-1]["loss"] < metrics["history"][0]["loss"]
+
+
+def test_evaluate_cli_prints_json_metrics_and_writes_charts(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enrich.cli",
+            "evaluate",
+            str(tiny_model_dir),
+            str(FIXTURE_OFFERS),
+            "--json",
+            "--charts",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    metrics = json.loads(result.stdout)
+    assert metrics["backend"] == "onnxruntime" and metrics["offers"] == 300
+    assert 0.6 < metrics["micro"]["f1"] <= 1.0 and "Coffee" in metrics["category_report"]
+    assert {p.name for p in tmp_path.glob("*.png")} == {"attribute_f1.png", "category_f1.png"}
+
+
+def test_augment_cli_writes_valid_offers(tmp_path: Path) -> None:
+    out = tmp_path / "aug.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "enrich.cli", "augment", str(FIXTURE_OFFERS), str(out), "--copies", "1"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert len(load_offers(out)) == 300
