@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, Producer
 from confluent_kafka import TopicPartition as CkTopicPartition
 
 from localservices.kafka import KafkaCluster
@@ -183,6 +183,11 @@ def test_consumer_lag_is_high_watermark_minus_committed(kafka: KafkaCluster,
     finally:
         consumer.close()
     assert lag == {0: 2, 1: 0}
+    # The group's offsets as an outside observer (KEDA's lag scaler, dashboards) reads them.
+    request = ConsumerGroupTopicPartitions(group)
+    admin = kafka.admin()  # held: a collected AdminClient never resolves its futures
+    listed = admin.list_consumer_group_offsets([request])[group].result(timeout=_WAIT_S)
+    assert {tp.partition: tp.offset for tp in listed.topic_partitions} == {0: 5, 1: 3}
 
 
 def test_read_committed_hides_aborted_transactions(kafka: KafkaCluster,

@@ -3,6 +3,7 @@ gRPC; a model that fails to load stops the start at once with the server's own e
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def test_triton_serves_python_backend_model_over_grpc(
     finally:
         client.close()
     np.testing.assert_array_equal(result, batch + 1)
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert 'nv_inference_request_success{model="add_one",version="1"} 1' in metrics
 
     assert list(SHM_DIR.glob(f"{server.shm_prefix}*")), "python backend shm regions carry our prefix"
     server.stop()
