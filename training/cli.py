@@ -34,6 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--no-restrict", action="store_true", help="keep attributes not valid for the predicted category"
     )
+    evaluate.add_argument(
+        "--dev-split",
+        action="store_true",
+        help="score only the dev side of the split recorded in the model's metrics.json",
+    )
+    evaluate.add_argument(
+        "--compare-decoding", action="store_true", help="also report micro-F1 of every decoding variant"
+    )
     evaluate.set_defaults(func=_evaluate)
 
     export = subparsers.add_parser("export", help="ONNX export + parity check + Triton CPU repository")
@@ -79,7 +87,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_model_dir, print_report, write_charts
 
     metrics = evaluate_model_dir(
-        args.model_dir, args.data, decode_method=args.decode_method, restrict_to_category=not args.no_restrict
+        args.model_dir,
+        args.data,
+        decode_method=args.decode_method,
+        restrict_to_category=not args.no_restrict,
+        dev_split=args.dev_split,
+        compare_decoding=args.compare_decoding,
     )
     charts = write_charts(metrics, args.charts or args.model_dir / "eval")
     metrics["charts"] = [str(path) for path in charts]

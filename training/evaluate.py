@@ -169,13 +169,39 @@ def write_charts(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
+def _memoised(run_batch: RunBatch) -> RunBatch:
+    """Run each distinct padded batch once: decoding variants then share the model outputs."""
+    cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = input_ids.tobytes() + attention_mask.tobytes() + bytes(input_ids.shape)
+        if key not in cache:
+            cache[key] = run_batch(input_ids, attention_mask)
+        return cache[key]
+
+    return run
+
+
 def evaluate_model_dir(
-    model_dir: Path, data_path: Path, *, decode_method: str = "viterbi", restrict_to_category: bool = True
+    model_dir: Path,
+    data_path: Path,
+    *,
+    decode_method: str = "viterbi",
+    restrict_to_category: bool = True,
+    dev_split: bool = False,
+    compare_decoding: bool = False,
 ) -> dict[str, Any]:
-    """Score a model directory on an OA-Mine file, through ONNX Runtime when model.onnx exists."""
-    from training.data import load_offers
+    """Score a model directory on an OA-Mine file, through ONNX Runtime when model.onnx exists.
+
+    ``dev_split`` scores only the dev side of the split recorded in the model's metrics.json;
+    ``compare_decoding`` adds micro-F1 for every decoding variant (viterbi/argmax x restricted or not).
+    """
+    from training.data import load_offers, split_offers
 
     offers = load_offers(data_path)
+    if dev_split:
+        config = json.loads((model_dir / "metrics.json").read_text())["config"]
+        offers = split_offers(offers, config["dev_fraction"], config["split_salt"])[1]
     labels = ModelLabels.from_file(model_dir / "labels.json")
     encoder = TitleEncoder.from_model_dir(model_dir)
     if (model_dir / "model.onnx").is_file():
@@ -185,8 +211,10 @@ def evaluate_model_dir(
         from training.train import torch_runner
 
         run_batch, backend = torch_runner(load_model(model_dir)), "torch"
+    run_batch = _memoised(run_batch)
+    texts = [o.text for o in offers]
     predictions = predict(
-        [o.text for o in offers],
+        texts,
         run_batch,
         encoder,
         labels,
@@ -194,7 +222,18 @@ def evaluate_model_dir(
         restrict_to_category=restrict_to_category,
     )
     metrics = score(offers, predictions)
-    metrics.update(backend=backend, data_path=str(data_path), model_dir=str(model_dir))
+    metrics.update(backend=backend, data_path=str(data_path), model_dir=str(model_dir), dev_split=dev_split)
+    if compare_decoding:
+        metrics["decoding_variants"] = {
+            f"{method}, {'restricted to category' if restrict else 'all attributes'}": score(
+                offers,
+                predict(
+                    texts, run_batch, encoder, labels, decode_method=method, restrict_to_category=restrict
+                ),
+            )["micro"]
+            for method in ("viterbi", "argmax")
+            for restrict in (True, False)
+        }
     return metrics
 
 
@@ -204,3 +243,7 @@ def print_report(metrics: dict[str, Any], as_json: bool) -> None:
         return
     print(format_table(metrics))
     print(f"\ncategory accuracy {metrics['category_accuracy']:.3f}\n{metrics['category_report_text']}")
+    for variant, micro in metrics.get("decoding_variants", {}).items():
+        print(
+            f"decoding {variant:<38} P {micro['precision']:.4f} R {micro['recall']:.4f} F1 {micro['f1']:.4f}"
+        )
