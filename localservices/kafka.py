@@ -108,6 +108,8 @@ class KafkaCluster:
     def start(self) -> KafkaCluster:
         """Format every node's storage (a new, empty cluster), start all nodes, and wait until each serves
         metadata listing all of them."""
+        if any(node.is_running() for node in self.nodes.values()):
+            raise ServiceError(f"Kafka cluster in {self.run_dir} is already running")
         started = time.monotonic()
         libs = ensure_kafka_libs(self.version)
         for node in self.nodes.values():
@@ -171,6 +173,7 @@ class KafkaCluster:
     # ---- helpers for tests and the demo -------------------------------------------------------------------
 
     def admin(self) -> AdminClient:
+        """A new AdminClient; keep it referenced until its futures resolve (a collected one never does)."""
         return AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
