@@ -4,6 +4,7 @@ escalate from SIGTERM to SIGKILL. Small Python children stand in for the service
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,3 +73,26 @@ def test_free_ports_are_distinct_and_closed() -> None:
     ports = free_ports(5)
     assert len(set(ports)) == 5
     assert not any(is_port_open(port) for port in ports)
+
+
+def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    """A test run killed by a timeout must not leave its services running on a shared machine."""
+    parent_code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from localservices.process import ManagedProcess\n"
+        "run = Path(sys.argv[1])\n"
+        "child = ManagedProcess.spawn('grandchild', [sys.executable, '-c', 'import time; time.sleep(600)', "
+        "str(run)], log_path=run / 'grandchild.log', marker=str(run))\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[1])
+    assert parent.stdout is not None
+    grandchild = ManagedProcess("grandchild", int(parent.stdout.readline()), tmp_path / "grandchild.log",
+                                marker=str(tmp_path))
+    grandchild.wait_until(grandchild.is_running, what="running", timeout_s=30)
+    parent.kill()
+    parent.wait()
+    assert grandchild.wait_exit(30), "the grandchild outlived its killed parent"
