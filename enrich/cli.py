@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Packages that add subcommands through `register(subparsers)`; imported lazily so `enrich --help` is fast.
-COMMAND_MODULES = ("localservices.cli", "training.cli", "workers.cli", "bench.cli")
+COMMAND_MODULES = ("localservices.cli", "training.cli", "workers.cli", "bench.cli", "reliability.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
