@@ -146,30 +146,45 @@ def test_redis_down_runs_uncached_and_stale_versions_are_not_emitted(
     assert counter(worker, "enrich_cache_errors") >= 1
 
 
-def test_two_workers_in_one_group_split_the_partitions(
+def test_two_workers_in_one_group_split_the_partitions_with_a_clean_rebalance(
     kafka, redis_server, tiny_model_dir: Path, new_topic: Callable[..., str]
 ) -> None:
     topics = (new_topic(partitions=4, prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
     bootstrap = kafka.bootstrap_servers
-    config = make_config(bootstrap, tiny_model_dir, topics, "g-pair", ENRICH_REDIS_URL=redis_server.url)
+    # A long time window keeps the first wave waiting in worker 1's batches while worker 2 joins, so the
+    # rebalance has unfinished work to drain and commit before the partitions move.
+    config = make_config(
+        bootstrap, tiny_model_dir, topics, "g-pair", ENRICH_REDIS_URL=redis_server.url,
+        ENRICH_MAX_BATCH="256", ENRICH_MAX_WAIT_MS="1500",
+    )  # fmt: skip
     workers = [build_worker(dataclasses.replace(config, worker_id=f"pair-{i}")) for i in (1, 2)]
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while loop.time() < deadline and not all(w.assigned for w in workers):
-            await asyncio.sleep(0.05)
-        assert all(w.assigned for w in workers), "both workers should own partitions"
-        await asyncio.to_thread(produce_records, bootstrap, topics[0], sample_listings(60, id_prefix="T"))
-        while loop.time() < deadline + 30 and sum(finished(w) for w in workers) < 60:
-            await asyncio.sleep(0.05)
+        deadline = loop.time() + 60
+
+        async def wait_for(condition: Callable[[], bool]) -> bool:
+            while not condition() and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            return condition()
+
+        tasks = [asyncio.create_task(workers[0].run(stop))]
+        assert await wait_for(lambda: len(workers[0].assigned) == 4)
+        await asyncio.to_thread(produce_records, bootstrap, topics[0], sample_listings(30, id_prefix="T"))
+        assert await wait_for(lambda: counter(workers[0], "enrich_events_in") >= 1)
+        tasks.append(asyncio.create_task(workers[1].run(stop)))
+        assert await wait_for(lambda: all(w.assigned for w in workers)), "both workers should own partitions"
+        await asyncio.to_thread(
+            produce_records, bootstrap, topics[0], sample_listings(60, id_prefix="U", seed=5)
+        )
+        await wait_for(lambda: sum(finished(w) for w in workers) >= 90)
         stop.set()
         await asyncio.gather(*tasks)
 
     asyncio.run(scenario())
-    assert all(counter(w, "enrich_events_in") > 0 for w in workers)
-    events = read_events(bootstrap, topics[1], expected=60, timeout_s=15)
-    assert {e["listing_id"] for e in events} == {f"T-{i:06d}" for i in range(60)}
+    assert all(counter(w, "enrich_events_out") > 0 for w in workers)
+    events = read_events(bootstrap, topics[1], expected=90, timeout_s=10)
+    expected = Counter([f"T-{i:06d}" for i in range(30)] + [f"U-{i:06d}" for i in range(60)])
+    assert Counter(e["listing_id"] for e in events) == expected  # all, and none twice: the drain committed
     assert {e["worker_id"] for e in events} == {"pair-1", "pair-2"}
