@@ -63,10 +63,11 @@ def _worker(args: argparse.Namespace) -> int:
     from workers.config import load_config
     from workers.errors import EnrichError
     from workers.logs import configure_json_logging
-    from workers.pipeline import serve
+    from workers.pipeline import check_model_dir, serve
 
     try:
         config = load_config(args)
+        check_model_dir(config)
         configure_json_logging(config.log_level, static_fields={"worker_id": config.worker_id})
         return serve(config)
     except EnrichError as exc:

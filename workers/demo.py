@@ -99,9 +99,10 @@ def produce_records(
 
 def read_events(
     bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 30.0,
-    from_beginning: bool = True, read_committed: bool = True,
+    from_beginning: bool = True, read_committed: bool = True, raw: bool = False,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """JSON events of `topic` until `expected` were read or `timeout_s` passed (each with `_partition`)."""
+    """JSON events of `topic` until `expected` were read or `timeout_s` passed (each with `_partition`);
+    with `raw`, `{"key", "value", "_partition"}` dicts of the undecoded bytes."""
     from confluent_kafka import Consumer
 
     consumer = Consumer({
@@ -115,8 +116,10 @@ def read_events(
     try:
         while time.monotonic() < deadline and (expected is None or len(events) < expected):
             for msg in consumer.consume(500, 0.2):
-                if msg.error() is None:
-                    events.append({**orjson.loads(msg.value()), "_partition": msg.partition()})
+                if msg.error() is not None:
+                    continue
+                record = {"key": msg.key(), "value": msg.value()} if raw else orjson.loads(msg.value())
+                events.append({**record, "_partition": msg.partition()})
     finally:
         consumer.close()
     return events

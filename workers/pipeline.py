@@ -25,14 +25,14 @@ from workers.metrics import WorkerMetrics, start_http_endpoint
 from workers.stream import StreamWorker
 from workers.validate import ListingValidator
 
-__all__ = ["build_worker", "run_worker", "serve", "wait_for_backend"]
+__all__ = ["build_worker", "check_model_dir", "run_worker", "serve", "wait_for_backend"]
 
 log = logging.getLogger(__name__)
 
 
 def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) -> StreamWorker:
     """Every collaborator of a `StreamWorker`, built from `config`, in the order the data flows."""
-    model_dir = _model_dir(config)
+    model_dir = check_model_dir(config)
     model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
     metrics = metrics if metrics is not None else WorkerMetrics()
     redis = make_redis_client(config.cache.redis_url) if config.cache.redis_url else None
@@ -54,7 +54,8 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     )  # fmt: skip
 
 
-def _model_dir(config: WorkerConfig) -> Path:
+def check_model_dir(config: WorkerConfig) -> Path:
+    """The configured model directory; ConfigError naming the setting when it is missing or incomplete."""
     model_dir = config.backend.model_dir
     if model_dir is None:
         raise ConfigError(
