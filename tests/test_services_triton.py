@@ -3,6 +3,7 @@ gRPC; a model that fails to load stops the start at once with the server's own e
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -70,14 +71,24 @@ def test_triton_serves_python_backend_model_over_grpc(
     finally:
         client.close()
     np.testing.assert_array_equal(result, batch + 1)
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
-        metrics = reply.read().decode()
-    assert 'nv_inference_request_success{model="add_one",version="1"} 1' in metrics
+    assert _eventually_in_metrics(server, 'nv_inference_request_success{model="add_one",version="1"} 1')
 
     assert list(SHM_DIR.glob(f"{server.shm_prefix}*")), "python backend shm regions carry our prefix"
     server.stop()
     assert server.process is not None and not server.process.is_running()
     assert list(SHM_DIR.glob(f"{server.shm_prefix}*")) == []
+
+
+def _eventually_in_metrics(server: TritonServer, line: str, wait_s: float = 30.0) -> bool:
+    """Triton publishes counters asynchronously: poll the metrics endpoint for `line` (bounded)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
+            if line in reply.read().decode():
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def test_triton_start_fails_fast_with_the_load_error(
