@@ -229,3 +229,10 @@ def test_read_committed_hides_aborted_transactions(kafka: KafkaCluster,
             await consumer.stop()
 
     assert asyncio.run(read_with_aiokafka()) == committed_only
+
+
+def test_broker_writes_its_log(kafka: KafkaCluster) -> None:
+    """The log4j2 binding is on the classpath: start-up failures can be diagnosed from server.log."""
+    server_log = kafka.nodes[1].server_log.read_text()
+    assert "Kafka Server started" in server_log
+    assert f"Kafka version: {kafka.version}" in server_log
