@@ -233,3 +233,35 @@ def test_k8s_worker_reaches_triton_service(k8s: dict[tuple[str, str], dict[str, 
     assert _flag(container["args"], "load-model") == config.backend.triton_model
     assert _flag(container["args"], "grpc-port") == str(grpc_port)
     assert config.backend.triton_model in container["readinessProbe"]["httpGet"]["path"]
+
+
+_WITHOUT_TRAINING_DEPENDENCIES = """
+import importlib, importlib.abc, pathlib, sys
+
+allowed = set(sys.argv[1].split(","))
+blocked = {"torch", "transformers", "faust", "aiokafka", "onnx", "onnxscript", "sklearn", "matplotlib",
+           "tqdm", "psutil", "huggingface_hub", "safetensors"} - allowed
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{name} is not installed in the worker image")
+        return None
+
+sys.meta_path.insert(0, Block())
+from enrich.cli import build_parser
+build_parser()
+for path in sorted(pathlib.Path("workers").glob("*.py")):
+    importlib.import_module(f"workers.{path.stem}")
+print("ok")
+"""
+
+
+def test_worker_cli_and_modules_import_without_training_dependencies() -> None:
+    """What the image lacks (torch, transformers, Faust, ...) is never imported by `enrich worker`."""
+    import subprocess
+
+    installed = {re.split(r"[\[<>=!~]", line)[0].replace("-", "_") for line in _requirements()}
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TRAINING_DEPENDENCIES, ",".join(installed)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
