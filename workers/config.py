@@ -28,6 +28,7 @@ __all__ = [
     "WorkerConfig",
     "add_config_arguments",
     "load_config",
+    "settings_table",
 ]
 
 
@@ -261,3 +262,18 @@ def load_config(
     sections = {name: _build(cls, args, environ) for name, cls in _SECTIONS.items()}
     sections.update(overrides)
     return _build(WorkerConfig, args, environ, **sections)
+
+
+def settings_table() -> str:
+    """A Markdown table of every setting (env var, flag, default, meaning), for the README."""
+    rows = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
+    for cls in (WorkerConfig, *_SECTIONS.values()):
+        for f in _fields(cls):
+            env = f.metadata["env"]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append(f"| `{env}` | `--{_flag_of(env)}` | `{default!r}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

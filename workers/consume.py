@@ -70,6 +70,8 @@ class KafkaSource:
             self.assigned.update(keys)
             log.info("partitions assigned: %s", keys, extra={"partitions": keys})
             if self._paused and partitions:
+                # Assign first (the client would do it after this callback), so the pause applies to them.
+                consumer.incremental_assign(partitions)
                 consumer.pause(partitions)
             on_assign(keys)
 
