@@ -196,6 +196,15 @@ def test_k8s_kustomization_lists_every_manifest() -> None:
     assert set(kustomization["resources"]) == manifests
 
 
+def test_k8s_pods_mount_claims_that_exist(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    claims = [volume["persistentVolumeClaim"]["claimName"]
+              for (kind, _), doc in k8s.items() if kind == "Deployment"
+              for volume in doc["spec"]["template"]["spec"].get("volumes", [])
+              if "persistentVolumeClaim" in volume]
+    assert sorted(claims) == ["enrich-model", "triton-model-repository"]
+    assert all(("PersistentVolumeClaim", claim) in k8s for claim in claims)
+
+
 def test_k8s_worker_settings_parse_and_match_keda(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
     config_map = k8s[("ConfigMap", "enrich-worker-env")]["data"]
     assert set(config_map) <= _known_settings()
