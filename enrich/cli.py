@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            # A slim image may leave a whole package out (say training/); anything else is a real error.
+            if exc.name not in (module_name, module_name.split(".")[0]):
                 raise
             continue
         module.register(subparsers)
