@@ -102,15 +102,15 @@ class StreamWorker:
         """Process until `stop` is set (SIGTERM), then drain, commit and leave the group."""
         self._loop = loop = asyncio.get_running_loop()
         self._emitter = Emitter(self._producer, loop)
-        if self._kafka.exactly_once:
-            await asyncio.to_thread(self._producer.init_transactions, 60)
-            self._producer.begin_transaction()
-        self._source.subscribe(on_assign=lambda _: None, on_revoke=self._on_revoke, on_lost=self._on_lost)
-        self._running = True
         interval_s = self._kafka.commit_interval_ms / 1000
         next_commit = loop.time() + interval_s
         failed = True
         try:
+            if self._kafka.exactly_once:
+                await asyncio.to_thread(self._producer.init_transactions, 60)
+                self._producer.begin_transaction()
+            self._source.subscribe(on_assign=lambda _: None, on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self._running = True
             while not stop.is_set():
                 self._heartbeat = time.monotonic()
                 self._raise_if_failed()
