@@ -104,5 +104,6 @@ class Emitter:
         return int(remaining)
 
     def close(self) -> None:
+        """Stop the delivery poller. The producer itself is destroyed when its last reference goes."""
         self._stop.set()
         self._poller.join(timeout=5)

@@ -325,6 +325,9 @@ class StreamWorker:
             await self._source.close()
             await self._emitter_.flush(10)
             self._emitter_.close()
+            # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.
+            self._emitter = None
+            del self._producer
             await self.enricher.close()
             log.info("worker stopped", extra={"worker_id": self.worker_id})
 
