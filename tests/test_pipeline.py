@@ -188,3 +188,52 @@ def test_two_workers_in_one_group_split_the_partitions_with_a_clean_rebalance(
     expected = Counter([f"T-{i:06d}" for i in range(30)] + [f"U-{i:06d}" for i in range(60)])
     assert Counter(e["listing_id"] for e in events) == expected  # all, and none twice: the drain committed
     assert {e["worker_id"] for e in events} == {"pair-1", "pair-2"}
+
+
+def test_worker_serves_metrics_liveness_and_readiness(
+    kafka, tiny_model_dir: Path, topics: tuple[str, str, str]
+) -> None:
+    import urllib.request
+
+    from workers.metrics import WorkerMetrics
+    from workers.pipeline import run_worker
+
+    bootstrap = kafka.bootstrap_servers
+    produce_records(bootstrap, topics[0], [*sample_listings(12, id_prefix="M"), *invalid_samples()[:1]])
+    port = _closed_port()
+    config = make_config(bootstrap, tiny_model_dir, topics, "g-metrics", ENRICH_METRICS_PORT=str(port),
+                         ENRICH_METRICS_HOST="127.0.0.1")  # fmt: skip
+    metrics = WorkerMetrics()
+    pages: dict[str, tuple[int, str]] = {}
+
+    def get(path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+
+    def value(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    def dlq_total() -> float:
+        return metrics.registry.get_sample_value("enrich_dlq_total", {"code": "invalid_json"}) or 0.0
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_worker(config, stop, metrics=metrics))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while value("enrich_events_out_total") + dlq_total() < 13 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # one more commit tick: lag gauges
+        for path in ("/metrics", "/healthz", "/readyz"):
+            pages[path] = await asyncio.to_thread(get, path)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert pages["/healthz"][0] == 200 and pages["/readyz"][0] == 200
+    status, text = pages["/metrics"]
+    assert status == 200
+    for line in ("enrich_events_in_total 13.0", "enrich_events_out_total 12.0",
+                 'enrich_dlq_total{code="invalid_json"} 1.0', "enrich_batch_size_count",
+                 "enrich_inference_latency_seconds_count", "enrich_consumer_lag{"):  # fmt: skip
+        assert line in text, line
