@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from workers.guard import StaleUpdateGuard
 
 
@@ -35,3 +37,22 @@ def test_store_failure_falls_back_to_local_memory() -> None:
     guard = StaleUpdateGuard(store=BrokenStore(), on_store_error=errors.append)
     assert admit(guard, [("a", 2), ("a", 1)]) == [True, False]
     assert len(errors) == 1
+
+
+@pytest.mark.services
+def test_versions_are_shared_between_workers_through_redis(redis_server) -> None:
+    from redis.asyncio import Redis
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        client = Redis.from_url(redis_server.url)
+        try:
+            first = StaleUpdateGuard(store=client, namespace="test-guard")
+            second = StaleUpdateGuard(store=client, namespace="test-guard")  # another worker / a restart
+            await first.admit([("x", 5), ("y", 1)])
+            return await second.admit([("x", 4), ("x", 5), ("y", 2)]), await first.admit([("y", 1)])
+        finally:
+            await client.aclose()
+
+    seen_by_second, seen_by_first = asyncio.run(scenario())
+    assert seen_by_second == [False, True, True]
+    assert seen_by_first == [False]
