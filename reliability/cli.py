@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--kills", type=int, default=None, help="kill -9 count (kill, exactly-once)")
     parser.add_argument("--outage", type=float, default=None, help="outage seconds")
     parser.add_argument("--hostile", type=int, default=None, help="hostile records (hostile)")
+    parser.add_argument("--huge", type=int, default=None, help="of the hostile records, how many are 10 MB")
     parser.add_argument("--model-dir", type=Path, default=None, help="exported model (default: tiny)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.set_defaults(func=_chaos)
@@ -39,8 +40,8 @@ def options_for(scenario: str, quick: bool) -> object:
     from reliability.scenarios import ChaosOptions
 
     if quick:
-        base = ChaosOptions(size=3000, rate=300, kills=3, kill_delay_s=(0.5, 2.0), outage_s=8,
-                            hostile=1000, huge_payloads=2, timeout_s=300)  # fmt: skip
+        base = ChaosOptions(size=3000, rate=150, kills=3, kill_delay_s=(0.5, 2.0), outage_s=8, hostile=1000,
+                            huge_payloads=2, session_timeout_ms=3000, timeout_s=240)  # fmt: skip
     else:
         base = ChaosOptions()
     per_scenario = {
@@ -66,7 +67,7 @@ def _chaos(args: argparse.Namespace) -> int:
         for name in names:
             options = options_for(name, args.quick)
             overrides = {"size": args.size, "rate": args.rate, "kills": args.kills, "outage_s": args.outage,
-                         "hostile": args.hostile}  # fmt: skip
+                         "hostile": args.hostile, "huge_payloads": args.huge}  # fmt: skip
             options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
             print(f"[{name}] {options}", flush=True)
             result = run_scenario(name, stack.services_for(name), options)

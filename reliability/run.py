@@ -48,6 +48,15 @@ class ScenarioResult:
     details: dict[str, object] = field(default_factory=dict)
 
     @property
+    def in_flight_window(self) -> int:
+        """What one crash may re-deliver at most: unfinished work (max_pending, plus one consume() that
+        may overshoot it) and what finished since the last commit (the commit interval's throughput)."""
+        rate = self.tally.events_in / self.seconds if self.seconds > 0 else 0.0
+        details = self.details
+        pending = int(str(details.get("max_pending", 0))) + int(str(details.get("consume_max_messages", 0)))
+        return pending + int(rate * int(str(details.get("commit_interval_ms", 0))) / 1000) + 1
+
+    @property
     def max_recovery_s(self) -> float | None:
         return max(self.recovery_s) if self.recovery_s else None
 
@@ -106,11 +115,16 @@ class Run:
 
     def wait_for_accounted(self, count: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.gave_up:
             self.step(0.5)
             if self._accounted() >= count:
                 return True
         return False
+
+    @property
+    def gave_up(self) -> bool:
+        """The worker kept dying (a crash loop): waiting longer shows nothing new."""
+        return self.deaths > MAX_RESTARTS_AFTER_DEATH
 
     def all_accounted(self) -> bool:
         producer = self.producer
@@ -122,7 +136,7 @@ class Run:
     def wait_for_output_after(self, moment: float, timeout_s: float) -> float | None:
         """Seconds from `moment` (wall clock) until the broker appended an attribute event; recorded."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.gave_up:
             first = self.ledger.first_output_after(moment)
             if first is not None:
                 self.recovery_s.append(max(0.0, first - moment))
@@ -139,7 +153,7 @@ class Run:
         if producer is None:
             raise RuntimeError("nothing produced")
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.all_accounted():
+        while time.monotonic() < deadline and not self.all_accounted() and not self.gave_up:
             self.step(0.5)
         complete = self.all_accounted()
         exit_code = self.worker.terminate()
@@ -150,7 +164,8 @@ class Run:
         return ScenarioResult(
             scenario=self.name, tally=tally, recovery_s=self.recovery_s, deaths=self.deaths,
             peak_rss_bytes=self.worker.rss.peak_bytes, seconds=time.monotonic() - self.started,
-            complete=complete, details={"final_exit_code": exit_code, **details},
+            complete=complete,
+            details={"final_exit_code": exit_code, **details, "worker_log": str(self.worker.log_path)},
         )  # fmt: skip
 
     def close(self) -> None:

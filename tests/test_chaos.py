@@ -1,0 +1,104 @@
+"""Shortened chaos scenarios (issue 5) on the real services: nothing lost, the worker recovers by itself.
+
+Each runs `enrich worker` as a subprocess with the tiny model and accounts for every produced record by
+reading the output and DLQ topics to the end (reliability/). Full-size figures: `enrich chaos all`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localservices.kafka import KafkaCluster
+from localservices.redis_server import RedisServer
+from reliability.report import format_details
+from reliability.run import ScenarioResult, Services
+from reliability.scenarios import ChaosOptions, run_scenario
+
+pytestmark = pytest.mark.services
+
+QUICK = ChaosOptions(size=1500, rate=150, kills=3, kill_delay_s=(0.5, 1.5), outage_s=5, hostile=600,
+                     huge_payloads=1, session_timeout_ms=3000, timeout_s=120)  # fmt: skip
+PEAK_RSS_BOUND = 1024 * 2**20  # a worker holding a few 10 MB payloads stays far below this
+
+
+def explain(result: ScenarioResult) -> str:
+    log = Path(str(result.details["worker_log"]))
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.is_file() else ""
+    return f"{format_details(result)}\n--- worker log tail ---\n{tail}"
+
+
+def assert_nothing_lost(result: ScenarioResult) -> None:
+    tally = result.tally
+    assert tally.events_in > 0, explain(result)
+    assert (tally.lost, tally.wrong_outcome, tally.unknown) == (0, 0, 0), explain(result)
+    assert result.deaths == 0, explain(result)
+    assert result.complete and result.details["final_exit_code"] == 0, explain(result)
+
+
+@pytest.fixture
+def services(kafka: KafkaCluster, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Services]:
+    """The session broker and model; a Redis of its own (scenarios may stop it)."""
+    with RedisServer(tmp_path / "redis") as redis:
+        yield Services(kafka, redis, tiny_model_dir, tmp_path)
+
+
+def test_kill_9_loses_nothing_and_duplicates_stay_within_the_in_flight_window(services: Services) -> None:
+    result = run_scenario("kill", services, QUICK)
+    assert_nothing_lost(result)
+    assert result.details["kills"] == QUICK.kills, explain(result)
+    assert result.tally.duplicates <= QUICK.kills * result.in_flight_window, explain(result)
+
+
+def test_exactly_once_under_kills_shows_each_listing_once(services: Services) -> None:
+    result = run_scenario("exactly-once", services, dataclasses.replace(QUICK, kills=2))
+    assert_nothing_lost(result)
+    assert result.details["kills"] == 2, explain(result)
+    assert result.tally.duplicates == 0, explain(result)
+    assert result.tally.attribute_events == QUICK.size, explain(result)
+
+
+def test_redis_outage_loses_nothing(services: Services) -> None:
+    result = run_scenario("redis-outage", services, QUICK)
+    assert_nothing_lost(result)
+    assert len(result.recovery_s) == 1, explain(result)
+
+
+def test_triton_outage_loses_nothing_and_the_worker_recovers_by_itself(
+    services: Services, triton_factory, tiny_triton_repo: Path
+) -> None:
+    services.triton = triton_factory(tiny_triton_repo)
+    result = run_scenario("triton-outage", services, QUICK)
+    assert_nothing_lost(result)
+    assert len(result.recovery_s) == 1, explain(result)
+
+
+def test_broker_restart_loses_nothing(
+    redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with KafkaCluster(tmp_path / "kafka") as kafka:  # its own: the session broker must stay up
+        services = Services(kafka, redis_server, tiny_model_dir, tmp_path)
+        result = run_scenario("broker-restart", services, QUICK)
+    assert_nothing_lost(result)
+    assert len(result.recovery_s) == 1, explain(result)
+
+
+def test_one_of_three_brokers_killed_loses_nothing(
+    redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with KafkaCluster(tmp_path / "kafka", nodes=3) as kafka:
+        services = Services(kafka, redis_server, tiny_model_dir, tmp_path)
+        result = run_scenario("broker-failover", services, QUICK)
+    assert_nothing_lost(result)
+    assert len(result.recovery_s) == 1, explain(result)
+
+
+def test_hostile_inputs_are_dead_lettered_with_reasons_and_the_worker_never_dies(services: Services) -> None:
+    result = run_scenario("hostile", services, QUICK)
+    assert_nothing_lost(result)  # every valid one processed, every invalid one in the DLQ with its code
+    assert result.tally.duplicates == 0, explain(result)
+    assert result.tally.dlq_codes.get("payload_too_large", 0) >= QUICK.huge_payloads, explain(result)
+    assert 0 < result.peak_rss_bytes < PEAK_RSS_BOUND, explain(result)
