@@ -243,7 +243,7 @@ class KafkaCluster:
 
     def _format_storage(self, node: KafkaNode, libs: Path) -> None:
         argv = self._java_argv(node, libs, "kafka.tools.StorageTool", "format",
-                               "-t", self.cluster_id, "-c", str(node.properties_path))
+                               f"--cluster-id={self.cluster_id}", "-c", str(node.properties_path))
         process = ManagedProcess.spawn(f"kafka-storage-format-{node.node_id}", argv,
                                        log_path=node.run_dir / "format.log", marker=str(node.run_dir))
         if not process.wait_exit(self.start_timeout_s) or process.returncode != 0:
