@@ -6,6 +6,7 @@ reading the output and DLQ topics to the end (reliability/). Full-size figures: 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.services
 
 QUICK = ChaosOptions(size=1500, rate=150, kills=3, kill_delay_s=(0.5, 1.5), outage_s=5, hostile=600,
                      huge_payloads=1, session_timeout_ms=3000, timeout_s=120)  # fmt: skip
+# Traffic must outlast the kills: each takes a recovery (session timeout + start) and a random pause.
+KILLS = dataclasses.replace(QUICK, size=2000, rate=100)
 PEAK_RSS_BOUND = 1024 * 2**20  # a worker holding a few 10 MB payloads stays far below this
 
 
@@ -39,6 +42,15 @@ def assert_nothing_lost(result: ScenarioResult) -> None:
     assert result.complete and result.details["final_exit_code"] == 0, explain(result)
 
 
+@contextlib.contextmanager
+def own_cluster(tmp_path: Path, nodes: int) -> Iterator[KafkaCluster]:
+    kafka = KafkaCluster(tmp_path / "kafka", nodes=nodes).start()
+    try:
+        yield kafka
+    finally:
+        kafka.stop(graceful=False)  # throwaway: skip the controlled shutdown (seconds as the quorum shrinks)
+
+
 @pytest.fixture
 def services(kafka: KafkaCluster, tiny_model_dir: Path, tmp_path: Path) -> Iterator[Services]:
     """The session broker and model; a Redis of its own (scenarios may stop it)."""
@@ -47,18 +59,18 @@ def services(kafka: KafkaCluster, tiny_model_dir: Path, tmp_path: Path) -> Itera
 
 
 def test_kill_9_loses_nothing_and_duplicates_stay_within_the_in_flight_window(services: Services) -> None:
-    result = run_scenario("kill", services, QUICK)
+    result = run_scenario("kill", services, KILLS)
     assert_nothing_lost(result)
     assert result.details["kills"] == QUICK.kills, explain(result)
     assert result.tally.duplicates <= QUICK.kills * result.in_flight_window, explain(result)
 
 
 def test_exactly_once_under_kills_shows_each_listing_once(services: Services) -> None:
-    result = run_scenario("exactly-once", services, dataclasses.replace(QUICK, kills=2))
+    result = run_scenario("exactly-once", services, dataclasses.replace(KILLS, kills=2))
     assert_nothing_lost(result)
     assert result.details["kills"] == 2, explain(result)
     assert result.tally.duplicates == 0, explain(result)
-    assert result.tally.attribute_events == QUICK.size, explain(result)
+    assert result.tally.attribute_events == KILLS.size, explain(result)
 
 
 def test_redis_outage_loses_nothing(services: Services) -> None:
@@ -79,7 +91,7 @@ def test_triton_outage_loses_nothing_and_the_worker_recovers_by_itself(
 def test_broker_restart_loses_nothing(
     redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    with KafkaCluster(tmp_path / "kafka") as kafka:  # its own: the session broker must stay up
+    with own_cluster(tmp_path, nodes=1) as kafka:  # the session broker must stay up for other tests
         services = Services(kafka, redis_server, tiny_model_dir, tmp_path)
         result = run_scenario("broker-restart", services, QUICK)
     assert_nothing_lost(result)
@@ -89,7 +101,7 @@ def test_broker_restart_loses_nothing(
 def test_one_of_three_brokers_killed_loses_nothing(
     redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    with KafkaCluster(tmp_path / "kafka", nodes=3) as kafka:
+    with own_cluster(tmp_path, nodes=3) as kafka:
         services = Services(kafka, redis_server, tiny_model_dir, tmp_path)
         result = run_scenario("broker-failover", services, QUICK)
     assert_nothing_lost(result)
