@@ -7,6 +7,7 @@ orjson-serialised bytes.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,6 +111,11 @@ def attribute_event(
     )
 
 
+# Base64 grows 4/3 and the rest of the record is small: stays well under librdkafka's and the broker's
+# default 1 MB message limit.
+DLQ_PAYLOAD_MAX_BYTES = 256 * 1024
+
+
 def _text_or_base64(data: bytes) -> tuple[str, str]:
     try:
         return data.decode("utf-8"), "utf-8"
@@ -120,8 +126,15 @@ def _text_or_base64(data: bytes) -> tuple[str, str]:
 def dead_letter_event(
     source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str
 ) -> bytes:
-    """A dead-letter v1 record keeping the original bytes (as text when UTF-8, otherwise base64)."""
-    payload, encoding = _text_or_base64(value) if value is not None else (None, "utf-8")
+    """A dead-letter v1 record keeping the original bytes (as text when UTF-8, otherwise base64).
+
+    Payloads over DLQ_PAYLOAD_MAX_BYTES keep only their first bytes plus the size and sha256 of the
+    whole: the record must fit in one Kafka message, or the worker could never get past it. The full
+    original stays on the source topic at `source.partition`/`source.offset`.
+    """
+    truncated = value is not None and len(value) > DLQ_PAYLOAD_MAX_BYTES
+    kept = value[:DLQ_PAYLOAD_MAX_BYTES] if truncated and value is not None else value
+    payload, encoding = _text_or_base64(kept) if kept is not None else (None, "utf-8")
     key, key_encoding = _text_or_base64(source.key) if source.key is not None else (None, "utf-8")
     return orjson.dumps(
         {
@@ -136,6 +149,9 @@ def dead_letter_event(
             },
             "payload": payload,
             "payload_encoding": encoding,
+            "payload_truncated": truncated,
+            "payload_size_bytes": len(value) if value is not None else 0,
+            "payload_sha256": hashlib.sha256(value).hexdigest() if truncated and value is not None else None,
             "error": {"code": code, "message": message[:2048]},
             "worker_id": worker_id,
             "failed_at": utc_now_iso(),

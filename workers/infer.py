@@ -44,8 +44,11 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("tag_probs", "category_probs")
 
 # gRPC codes meaning "the server is not there / not keeping up now": retry later, the batch is fine.
+# NOT_FOUND is among them because Triton answers it while it unloads (graceful shutdown) or reloads the
+# model; a wrong model name is caught once at start-up by check_model.
 _RETRIABLE_GRPC_CODES = frozenset(
-    f"StatusCode.{name}" for name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
+    f"StatusCode.{name}"
+    for name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED", "NOT_FOUND")
 )
 
 _MAX_MESSAGE_BYTES = 2**31 - 1
