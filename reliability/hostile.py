@@ -14,7 +14,7 @@ import orjson
 
 from reliability.traffic import OUTPUT, Expected, Record
 
-__all__ = ["HOSTILE_KINDS", "HUGE_PAYLOAD_BYTES", "hostile_records", "mixed"]
+__all__ = ["HOSTILE_KINDS", "HUGE_KINDS", "HUGE_PAYLOAD_BYTES", "hostile_records", "mixed"]
 
 HUGE_PAYLOAD_BYTES = 10 * 1024 * 1024
 _TIME = "2026-11-29T07:00:00Z"
@@ -88,20 +88,27 @@ HOSTILE_KINDS: dict[str, _Maker] = {
 }  # fmt: skip
 
 
-def _huge(lid: str) -> tuple[bytes | None, bytes | None, frozenset[str]]:
-    value = _dumps(lid, title="A" * HUGE_PAYLOAD_BYTES)
-    return lid.encode(), value, _dlq("payload_too_large")
+# Records too big for the default 1 MB message limit once dead-lettered; the input topic must allow them.
+HUGE_KINDS: dict[str, _Maker] = {
+    "payload_10mb": lambda lid: (lid.encode(), _dumps(lid, title="A" * HUGE_PAYLOAD_BYTES),
+                                 _dlq("payload_too_large")),
+    # Valid UTF-8, so kept as JSON text: every control byte becomes a 6-byte \u00XX escape.
+    "control_bytes_300kb": lambda lid: (lid.encode(), b"\x01" * 300_000, _dlq("payload_too_large")),
+    "control_bytes_key_200kb": lambda lid: (b"\x01" * 200_000, _dumps(lid), _dlq("key_mismatch")),
+}  # fmt: skip
 
 
 def hostile_records(count: int, *, huge: int, seed: int) -> list[Record]:
-    """`count` hostile records: `huge` of them 10 MB payloads, the rest cycling through every kind."""
+    """`count` hostile records: `huge` of them from HUGE_KINDS (10 MB payloads first), the rest cycling
+    through HOSTILE_KINDS."""
     kinds = list(HOSTILE_KINDS)
     rng = random.Random(seed)
     records = []
     for index in range(count):
         label = f"H-{index:07d}"
         if index < huge:
-            kind, (key, value, outcomes) = "payload_10mb", _huge(label)
+            kind = list(HUGE_KINDS)[index % len(HUGE_KINDS)]
+            key, value, outcomes = HUGE_KINDS[kind](label)
         else:
             kind = kinds[index % len(kinds)]
             key, value, outcomes = HOSTILE_KINDS[kind](label)
