@@ -115,3 +115,15 @@ def test_decode_category_and_label_round_trip() -> None:
 def test_generated_fixture_file_is_reproducible() -> None:
     offers = load_offers(DEFAULT_FIXTURE_PATH)
     assert offers == generate_offers(len(offers))
+
+
+def test_a_word_piece_tagged_alone_is_widened_to_its_word() -> None:
+    text = "Assorted Gummy"
+    offsets = [(0, 0), (0, 3), (3, 8), (9, 14), (0, 0)]  # "Ass" "##orted" "Gummy"
+    probs = np.full((5, len(LABELS.tags)), 0.01, dtype=np.float32)
+    probs[:, 0] = 0.9
+    probs[1, 0], probs[1, LABELS.tags.index("B-Color")] = 0.01, 0.9
+    snapped = decode_attributes(text, offsets, probs, LABELS)
+    assert [(a.value, a.start, a.end) for a in snapped] == [("Assorted", 0, 8)]
+    raw = decode_attributes(text, offsets, probs, LABELS, snap_to_words=False)
+    assert [a.value for a in raw] == ["Ass"]

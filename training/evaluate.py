@@ -51,6 +51,7 @@ def predict(
     batch_size: int = 64,
     decode_method: str = "viterbi",
     restrict_to_category: bool = True,
+    snap_to_words: bool = True,
 ) -> list[Prediction]:
     """Encode, run, decode: exactly the worker's steps."""
     predictions: list[Prediction] = []
@@ -62,7 +63,13 @@ def predict(
             category, confidence = decode_category(category_probs[row], labels)
             allowed = labels.attributes_by_category.get(category) if restrict_to_category else None
             attributes = decode_attributes(
-                text, item.offsets, tag_probs[row], labels, allowed, method=decode_method
+                text,
+                item.offsets,
+                tag_probs[row],
+                labels,
+                allowed,
+                method=decode_method,
+                snap_to_words=snap_to_words,
             )
             predictions.append(Prediction(category, confidence, attributes))
     return predictions
@@ -224,15 +231,28 @@ def evaluate_model_dir(
     metrics = score(offers, predictions)
     metrics.update(backend=backend, data_path=str(data_path), model_dir=str(model_dir), dev_split=dev_split)
     if compare_decoding:
+        # (method, restrict to the predicted category, snap to words): one knob off at a time
+        variants = [
+            ("viterbi", True, True),
+            ("viterbi", False, True),
+            ("viterbi", True, False),
+            ("argmax", True, True),
+            ("argmax", False, False),
+        ]
         metrics["decoding_variants"] = {
-            f"{method}, {'restricted to category' if restrict else 'all attributes'}": score(
+            f"{method}{' +category' if restrict else ''}{' +words' if snap else ''}": score(
                 offers,
                 predict(
-                    texts, run_batch, encoder, labels, decode_method=method, restrict_to_category=restrict
+                    texts,
+                    run_batch,
+                    encoder,
+                    labels,
+                    decode_method=method,
+                    restrict_to_category=restrict,
+                    snap_to_words=snap,
                 ),
             )["micro"]
-            for method in ("viterbi", "argmax")
-            for restrict in (True, False)
+            for method, restrict, snap in variants
         }
     return metrics
 

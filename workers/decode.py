@@ -134,6 +134,7 @@ def decode_attributes(
     *,
     method: str = "viterbi",
     one_per_attribute: bool = True,
+    snap_to_words: bool = True,
 ) -> list[Attribute]:
     """Spans of consecutive B-X/I-X tokens become ``Attribute(X, text[start:end], confidence, start, end)``.
 
@@ -141,7 +142,9 @@ def decode_attributes(
     is [S, T] with S >= len(offsets) (bucket padding is ignored). ``allowed`` restricts the attribute names
     (e.g. to those valid for the predicted category). ``method`` is "viterbi" (best valid BIO sequence) or
     "argmax" (per token; a stray I-X starts a span). With ``one_per_attribute`` only the most confident
-    value of each attribute is kept. Confidence is the mean probability of the span's tags.
+    value of each attribute is kept. With ``snap_to_words`` a span that starts or ends inside a word (a word
+    piece tagged alone, "Ass" of "Assorted") is widened to the whole word. Confidence is the mean probability
+    of the span's tags.
     """
     if tag_probs.ndim != 2 or tag_probs.shape[1] != len(labels.tags):
         raise ValueError(f"tag_probs must be [S, {len(labels.tags)}], got {tag_probs.shape}")
@@ -160,7 +163,19 @@ def decode_attributes(
         path = [int(i) for i in probs.argmax(axis=1)]
     else:
         raise ValueError(f"unknown decoding method {method!r} (viterbi or argmax)")
-    return _collect_spans(text, [offsets[i] for i in positions], probs, path, labels, one_per_attribute)
+    found = _collect_spans(text, [offsets[i] for i in positions], probs, path, labels, one_per_attribute)
+    return [_snap(text, a) for a in found] if snap_to_words else found
+
+
+def _snap(text: str, attribute: Attribute) -> Attribute:
+    start, end = attribute.start, attribute.end
+    while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+        end += 1
+    if (start, end) == (attribute.start, attribute.end):
+        return attribute
+    return Attribute(attribute.name, text[start:end], attribute.confidence, start, end)
 
 
 def _collect_spans(
