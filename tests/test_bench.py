@@ -1,0 +1,43 @@
+"""Smoke test of `enrich bench` at a tiny size: every measure runs end to end and lands in the report.
+
+It checks that the harness works (services, worker subprocesses, passes, JSON, table, plots), not speed:
+the figures of a run this small mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.report import format_table
+from bench.run import BenchOptions, run_bench
+
+pytestmark = pytest.mark.services
+
+
+def test_bench_runs_every_measure_at_a_tiny_size(tiny_model_dir: Path, tmp_path: Path) -> None:
+    options = BenchOptions(
+        model_dir=tiny_model_dir, events=200, quick=True, out=tmp_path / "results",
+        raw_duration_s=0.3, latency_duration_s=1.5, command="pytest smoke",
+    )  # fmt: skip
+    results = run_bench(options)
+
+    saved = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert saved["measures"] == json.loads(json.dumps(results["measures"]))
+    m = saved["measures"]
+    assert m["a_efficiency"]["worker_events_per_s"] > 0 and m["a_efficiency"]["raw_triton_rows_per_s"] > 0
+    assert m["b_batching_gain"]["batch1_events_per_s"] > 0
+    assert m["c_cache_hits"]["events_per_s"] > 0 and m["c_cache_hits"]["hit_fraction"] > 0
+    assert m["d_latency"]["p50"] <= m["d_latency"]["p95"] <= m["d_latency"]["p99"]
+    assert m["e_scale_out"]["two_workers_events_per_s"] > 0
+    assert m["f_backends"]["onnx_worker_events_per_s"] > 0 and m["f_backends"]["raw_onnx_rows_per_s"] > 0
+    assert saved["passes"]["triton-model"]["events"] == 200
+    assert len(saved["latencies_ms"]) == saved["passes"]["latency"]["events"] > 0
+    for png in ("throughput_vs_batch.png", "latency.png"):
+        assert (tmp_path / "results" / png).stat().st_size > 1000
+    table = format_table(saved)
+    for measure in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)"):
+        assert measure in table
+    assert "n/a" not in table
