@@ -24,6 +24,7 @@ __all__ = [
     "SourceRecord",
     "attribute_event",
     "dead_letter_event",
+    "dead_letter_key",
     "load_schema",
     "max_payload_bytes",
     "utc_now_iso",
@@ -114,6 +115,8 @@ def attribute_event(
 # Base64 grows 4/3 and the rest of the record is small: stays well under librdkafka's and the broker's
 # default 1 MB message limit.
 DLQ_PAYLOAD_MAX_BYTES = 256 * 1024
+DLQ_KEY_MAX_BYTES = 1024
+DLQ_RECORD_MAX_BYTES = 900_000
 
 
 def _text_or_base64(data: bytes) -> tuple[str, str]:
@@ -123,19 +126,38 @@ def _text_or_base64(data: bytes) -> tuple[str, str]:
         return base64.b64encode(data).decode("ascii"), "base64"
 
 
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The Kafka key of a dead-letter record: the original key, cut to DLQ_KEY_MAX_BYTES."""
+    return key[:DLQ_KEY_MAX_BYTES] if key is not None and len(key) > DLQ_KEY_MAX_BYTES else key
+
+
 def dead_letter_event(
     source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str
 ) -> bytes:
     """A dead-letter v1 record keeping the original bytes (as text when UTF-8, otherwise base64).
 
-    Payloads over DLQ_PAYLOAD_MAX_BYTES keep only their first bytes plus the size and sha256 of the
-    whole: the record must fit in one Kafka message, or the worker could never get past it. The full
-    original stays on the source topic at `source.partition`/`source.offset`.
+    The record must fit in one Kafka message, or the worker could never get past it: payloads keep at
+    most DLQ_PAYLOAD_MAX_BYTES (less when JSON escapes blow them up) plus the size and sha256 of the
+    whole, keys at most DLQ_KEY_MAX_BYTES. The full original stays on the source topic at
+    `source.partition`/`source.offset`.
     """
-    truncated = value is not None and len(value) > DLQ_PAYLOAD_MAX_BYTES
-    kept = value[:DLQ_PAYLOAD_MAX_BYTES] if truncated and value is not None else value
+    payload_limit = DLQ_PAYLOAD_MAX_BYTES
+    while True:
+        record = _dead_letter_record(source, value, code, message, worker_id, payload_limit)
+        if len(record) <= DLQ_RECORD_MAX_BYTES:
+            return record
+        # Only escapes (control characters: 6 bytes each) can make it this large; a quarter always fits.
+        payload_limit //= 4
+
+
+def _dead_letter_record(
+    source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str, payload_limit: int
+) -> bytes:
+    truncated = value is not None and len(value) > payload_limit
+    kept = value[:payload_limit] if truncated and value is not None else value
     payload, encoding = _text_or_base64(kept) if kept is not None else (None, "utf-8")
-    key, key_encoding = _text_or_base64(source.key) if source.key is not None else (None, "utf-8")
+    kept_key = dead_letter_key(source.key)
+    key, key_encoding = _text_or_base64(kept_key) if kept_key is not None else (None, "utf-8")
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
@@ -145,6 +167,7 @@ def dead_letter_event(
                 "offset": source.offset,
                 "key": key,
                 "key_encoding": key_encoding,
+                "key_truncated": kept_key is not source.key,
                 "timestamp_ms": source.timestamp_ms,
             },
             "payload": payload,

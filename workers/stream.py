@@ -27,7 +27,7 @@ from workers.consume import KafkaSource
 from workers.emit import Emitter
 from workers.enrichment import BatchEnricher, WorkItem
 from workers.errors import KafkaOperationFailed, ValidationFailed
-from workers.events import Listing, SourceRecord, attribute_event, dead_letter_event
+from workers.events import Listing, SourceRecord, attribute_event, dead_letter_event, dead_letter_key
 from workers.guard import StaleUpdateGuard
 from workers.metrics import WorkerMetrics
 from workers.results import TokenSpanResult
@@ -190,7 +190,7 @@ class StreamWorker:
         record = dead_letter_event(source, value, exc.code, exc.message, self.worker_id)
         await self._emitter_.produce(
             self._kafka.dlq_topic,
-            source.key,
+            dead_letter_key(source.key),
             record,
             on_delivered=partial(self._tracker.finish, (source.topic, source.partition), source.offset),
             headers=[("error_code", exc.code.encode())],
