@@ -1,8 +1,7 @@
 """Bugs the chaos scenarios found, each pinned by a focused test (see reliability/RESULTS.md).
 
 1. A record too large for the worker's own dead-letter producer crashes the worker on every restart (a
-   poison pill). Fixed for plain 10 MB payloads in e35535c (256 KiB kept), still open for payloads of
-   control bytes (JSON escapes grow them 6x) and for large message keys (kept whole).
+   poison pill). Fixed: payload and key are bounded so the encoded record fits (workers/events.py).
 2. (Fixed in e35535c.) Triton answers NOT_FOUND ("has no available versions") while it unloads models
    during a graceful shutdown (and during any model reload); the worker took that as permanent and exited.
 """
