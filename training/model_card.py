@@ -37,6 +37,12 @@ def _metric_rows(metrics: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _credit(data_path: str) -> str:
+    if "oa-mine" in data_path.lower():
+        return "OA-Mine: Zhang et al. (WWW 2022); subset: Brinkmann, Shraga, Bizer (ExtractGPT); Apache-2.0."
+    return "Synthetic or user-supplied offers in the OA-Mine format."
+
+
 def write_model_card(model_dir: Path, config: TrainConfig, metrics: dict[str, Any]) -> Path:
     data = metrics["data"]
     per_attribute = metrics["dev"]["per_attribute"]
@@ -55,8 +61,7 @@ def write_model_card(model_dir: Path, config: TrainConfig, metrics: dict[str, An
             "## Data",
             f"`{data['path']}`: {data['offers']} offers, {data['categories']} categories, "
             f"{data['attributes']} attributes. Deterministic hash split (salt `{config.split_salt}`): "
-            f"{data['train']} train / {data['dev']} dev. OA-Mine data: Zhang et al. (WWW 2022), subset by "
-            "Brinkmann, Shraga and Bizer (ExtractGPT), Apache-2.0.",
+            f"{data['train']} train / {data['dev']} dev. {_credit(data['path'])}",
             "",
             "## Metrics (dev set)",
             "Micro precision/recall/F1 over (attribute, value) pairs, exact match after whitespace/case "
