@@ -99,10 +99,6 @@ class Run:
         self.producer = PacedProducer(self.services.kafka.bootstrap_servers, self.input_topic, records, rate)
         return self.producer.start()
 
-    @property
-    def placed(self) -> dict[tuple[int, int], object]:
-        return dict(self.producer.placed) if self.producer is not None else {}
-
     def step(self, seconds: float) -> None:
         """Read the topics for `seconds`, restarting the worker if it died on its own."""
         self.ledger.poll(seconds)
@@ -128,10 +124,10 @@ class Run:
 
     def all_accounted(self) -> bool:
         producer = self.producer
-        return producer is not None and producer.done and self._accounted() >= len(producer.placed)
+        return producer is not None and producer.done and self._accounted() >= len(producer.snapshot())
 
     def _accounted(self) -> int:
-        return self.ledger.accounted(self.producer.placed) if self.producer is not None else 0
+        return self.ledger.accounted(self.producer.snapshot()) if self.producer is not None else 0
 
     def wait_for_output_after(self, moment: float, timeout_s: float) -> float | None:
         """Seconds from `moment` (wall clock) until the broker appended an attribute event; recorded."""
@@ -158,7 +154,7 @@ class Run:
         complete = self.all_accounted()
         exit_code = self.worker.terminate()
         self.ledger.read_to_end()
-        tally = self.ledger.tally(producer.placed)
+        tally = self.ledger.tally(producer.snapshot())
         if producer.errors:
             details["produce_errors"] = producer.errors[:5]
         return ScenarioResult(

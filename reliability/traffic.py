@@ -115,6 +115,11 @@ class PacedProducer:
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
+    def snapshot(self) -> dict[tuple[int, int], Expected]:
+        """A copy of `placed`, safe while delivery reports keep arriving on the producer thread."""
+        with self._lock:
+            return dict(self.placed)
+
     @property
     def done(self) -> bool:
         return self._done.is_set()
