@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--outage", type=float, default=None, help="outage seconds")
     parser.add_argument("--hostile", type=int, default=None, help="hostile records (hostile)")
     parser.add_argument("--huge", type=int, default=None, help="of the hostile records, how many are 10 MB")
+    parser.add_argument("--huge-kinds", default=None,
+                        help="comma-separated kinds of oversized records (payload_10mb, control_bytes_300kb, "
+                             "control_bytes_key_200kb); default all")  # fmt: skip
     parser.add_argument("--model-dir", type=Path, default=None, help="exported model (default: tiny)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.set_defaults(func=_chaos)
@@ -74,7 +77,8 @@ def _chaos(args: argparse.Namespace) -> int:
         for name in names:
             options = options_for(name, args.quick)
             overrides = {"size": args.size, "rate": args.rate, "kills": args.kills, "outage_s": args.outage,
-                         "hostile": args.hostile, "huge_payloads": args.huge}  # fmt: skip
+                         "hostile": args.hostile, "huge_payloads": args.huge,
+                         "huge_kinds": _kinds(args.huge_kinds)}  # fmt: skip
             options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
             print(f"[{name}] {options}", flush=True)
             try:
@@ -90,6 +94,18 @@ def _chaos(args: argparse.Namespace) -> int:
     print(f"\nworker logs and service logs: {run_dir}")
     bad = [r for r in results if r.tally.lost or r.tally.wrong_outcome or not r.complete]
     return 1 if bad or failed else 0
+
+
+def _kinds(text: str | None) -> tuple[str, ...] | None:
+    from reliability.hostile import HUGE_KINDS
+
+    if text is None:
+        return None
+    kinds = tuple(kind.strip() for kind in text.split(",") if kind.strip())
+    unknown = [kind for kind in kinds if kind not in HUGE_KINDS]
+    if unknown:
+        raise SystemExit(f"enrich chaos: unknown --huge-kinds {unknown}; choose from {list(HUGE_KINDS)}")
+    return kinds
 
 
 def _tiny_model(repo_root: Path) -> Path:

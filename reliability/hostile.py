@@ -98,16 +98,17 @@ HUGE_KINDS: dict[str, _Maker] = {
 }  # fmt: skip
 
 
-def hostile_records(count: int, *, huge: int, seed: int) -> list[Record]:
-    """`count` hostile records: `huge` of them from HUGE_KINDS (10 MB payloads first), the rest cycling
-    through HOSTILE_KINDS."""
+def hostile_records(count: int, *, huge: int, seed: int, huge_kinds: tuple[str, ...] = ()) -> list[Record]:
+    """`count` hostile records: `huge` of them cycling through `huge_kinds` (default: all HUGE_KINDS), the
+    rest through HOSTILE_KINDS."""
     kinds = list(HOSTILE_KINDS)
+    big = list(huge_kinds or HUGE_KINDS)
     rng = random.Random(seed)
     records = []
     for index in range(count):
         label = f"H-{index:07d}"
         if index < huge:
-            kind = list(HUGE_KINDS)[index % len(HUGE_KINDS)]
+            kind = big[index % len(big)]
             key, value, outcomes = HUGE_KINDS[kind](label)
         else:
             kind = kinds[index % len(kinds)]

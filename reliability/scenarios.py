@@ -32,7 +32,8 @@ class ChaosOptions:
     outage_s: float = 30.0
     fault_after: float = 0.3  # fraction of the listings accounted for before a fault starts
     hostile: int = 10_000
-    huge_payloads: int = 5  # of the hostile records, this many are 10 MB
+    huge_payloads: int = 5  # of the hostile records, this many are oversized (10 MB, or > 1 MB once escaped)
+    huge_kinds: tuple[str, ...] = ()  # which of hostile.HUGE_KINDS; empty: all
     session_timeout_ms: int = 6000
     timeout_s: float = 1800.0
     seed: int = 5
@@ -154,7 +155,8 @@ def hostile(services: Services, options: ChaosOptions) -> ScenarioResult:
     run = Run(services, "hostile", worker_env=_env(options),
               input_topic_config={"max.message.bytes": str(16 * 1024 * 1024)})  # fmt: skip
     try:
-        bad = hostile_records(options.hostile, huge=options.huge_payloads, seed=options.seed)
+        bad = hostile_records(options.hostile, huge=options.huge_payloads, seed=options.seed,
+                              huge_kinds=options.huge_kinds)  # fmt: skip
         good = valid_listings(options.size, prefix="V", seed=options.seed)
         run.produce(mixed(good, bad, seed=options.seed), options.rate)
         run.worker.start()
