@@ -12,7 +12,7 @@ from typing import Any
 from bench.backends import BackendThroughput
 from bench.passes import PassResult
 
-__all__ = ["build_results", "format_table", "print_table", "write_plots"]
+__all__ = ["build_results", "format_markdown", "format_table", "print_table", "write_plots"]
 
 CPU_NOTE = (
     "{cores} cores shared by the worker(s), Triton, Kafka, Redis and the bench's own producer/reader: "
@@ -126,15 +126,43 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pass_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, p in results["passes"].items():
+        cpu = ", ".join(f"{k} {v:.1f}" for k, v in p["cpu_s"].items())
+        lines.append(f"{name:<18} {p['events']:>7} events {p['events_per_s']:>10,.0f}/s  cpu-s: {cpu}")
+    return lines
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """The run as a Markdown section (command, model, table, per-pass CPU seconds), for RESULTS.md."""
+    s = results["settings"]
+    return "\n".join([
+        f"`{results['command']}` — finished {results['finished_at']}, {results['machine']['cores']} cores",
+        "",
+        f"Model: {results['model']['chosen']}. Worker settings: max_batch {s['max_batch']}, "
+        f"max_in_flight {s['max_in_flight']}, max_wait_ms {s['max_wait_ms']}; typical sequence bucket "
+        f"{s['seq_len']}; {s['events']} events per throughput pass; workers: {s['workers']}.",
+        "",
+        format_table(results),
+        "",
+        "Per pass: steady-state events/s and CPU seconds each process used while it ran:",
+        "```",
+        *_pass_lines(results),
+        "```",
+        "",
+        results["machine"]["note"],
+    ])  # fmt: skip
+
+
 def print_table(results: dict[str, Any]) -> None:
     print()
     print(f"model: {results['model']['chosen']}  ({results['model']['dir']})")
     print(format_table(results))
     print()
     print("note: " + results["machine"]["note"])
-    for name, p in results["passes"].items():
-        cpu = ", ".join(f"{k} {v:.1f}" for k, v in p["cpu_s"].items())
-        print(f"  {name:<18} {p['events']:>7} events {p['events_per_s']:>10,.0f}/s  cpu-s: {cpu}")
+    for line in _pass_lines(results):
+        print("  " + line)
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -146,6 +174,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(format_markdown(results) + "\n")
     written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in results["raw"].items():

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -157,8 +158,12 @@ def _worker_passes(options: BenchOptions, ctx: BenchContext, titles: list[str],
     return passes, notes
 
 
-def run_bench(options: BenchOptions) -> dict[str, Any]:
-    """Start the services, run every measure, write results.json + PNGs; returns the results."""
+def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
+    """Run every measure, write results.json + PNGs; returns the results.
+
+    `services`: running Kafka/Redis/Triton to use (anything with `.kafka`, `.redis`, `.triton` like a
+    `LocalStack`, e.g. the test suite's fixtures); by default a fresh stack is started and stopped.
+    """
     from bench.report import build_results, print_table, write_plots
     from localservices.stack import LocalStack
     from workers.config import load_config
@@ -170,28 +175,40 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     titles = fixture_titles()
     seq_len = _typical_seq_len(model_dir, titles, config.batch.max_batch)
     work_dir = Path(tempfile.mkdtemp(prefix="enrich-bench-"))
-    triton_repo = None if options.triton_url else _prepare_triton_repo(options, model_dir, work_dir)
-    print("services: Kafka + Redis" + (" + Triton (CPU)" if triton_repo else "") + " ...", flush=True)
     try:
-        with LocalStack(work_dir / "services", triton_repo=triton_repo) as stack:
-            triton_url = options.triton_url or stack.triton.grpc_url  # type: ignore[union-attr]
-            pids = {"kafka": [n.process.pid for n in stack.kafka.nodes.values() if n.process],
-                    "redis": [stack.redis.process.pid] if stack.redis.process else []}  # fmt: skip
-            if stack.triton is not None and stack.triton.process is not None:
-                pids["triton"] = [stack.triton.process.pid]
-            base_env = {**stack.env(), "ENRICH_MODEL_DIR": str(model_dir), "ENRICH_TRITON_URL": triton_url,
-                        "ENRICH_TRITON_MODEL": options.triton_model, "ENRICH_METRICS_PORT": "-1",
-                        "ENRICH_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}  # fmt: skip
-            print(f"raw backends at [batch, {seq_len}] ...", flush=True)
-            raw = _raw_ceilings(options, model_dir, triton_url, seq_len, config.batch.max_in_flight)
-            logs = options.out / "logs"  # every worker's log, kept for reading after the run
-            shutil.rmtree(logs, ignore_errors=True)
-            ctx = BenchContext(stack.kafka, base_env, logs, pids)
-            print("worker passes (`enrich worker` subprocesses):", flush=True)
-            passes, notes = _worker_passes(options, ctx, titles, config)
+        with contextlib.ExitStack() as exits:
+            if services is None:
+                triton_repo = (None if options.triton_url
+                               else _prepare_triton_repo(options, model_dir, work_dir))  # fmt: skip
+                started = "Kafka + Redis" + (" + Triton (CPU)" if triton_repo else "")
+                print(f"services: {started} ...", flush=True)
+                services = exits.enter_context(LocalStack(work_dir / "services", triton_repo=triton_repo))
+            raw, passes, notes = _measure(options, services, model_dir, titles, seq_len, config)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     results = build_results(options, config, model_dir, reason, seq_len, raw, passes, notes)
     write_plots(results, options.out)
     print_table(results)
     return results
+
+
+def _measure(options: BenchOptions, services: Any, model_dir: Path, titles: list[str], seq_len: int,
+             config: Any) -> tuple[dict[str, list[BackendThroughput]], dict[str, PassResult], dict[str, Any]]:
+    triton_url = options.triton_url or services.triton.grpc_url
+    pids = {"kafka": [n.process.pid for n in services.kafka.nodes.values() if n.process],
+            "redis": [services.redis.process.pid] if services.redis.process else []}
+    if getattr(services, "triton", None) is not None and services.triton.process is not None:
+        pids["triton"] = [services.triton.process.pid]
+    base_env = {"ENRICH_KAFKA_BOOTSTRAP": services.kafka.bootstrap_servers,
+                "ENRICH_REDIS_URL": services.redis.url, "ENRICH_MODEL_DIR": str(model_dir),
+                "ENRICH_TRITON_URL": triton_url,
+                "ENRICH_TRITON_MODEL": options.triton_model, "ENRICH_METRICS_PORT": "-1",
+                "ENRICH_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    print(f"raw backends at [batch, {seq_len}] ...", flush=True)
+    raw = _raw_ceilings(options, model_dir, triton_url, seq_len, config.batch.max_in_flight)
+    logs = options.out / "logs"  # every worker's log, kept for reading after the run
+    shutil.rmtree(logs, ignore_errors=True)
+    ctx = BenchContext(services.kafka, base_env, logs, pids)
+    print("worker passes (`enrich worker` subprocesses):", flush=True)
+    passes, notes = _worker_passes(options, ctx, titles, config)
+    return raw, passes, notes

@@ -7,7 +7,10 @@ the figures of a run this small mean nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -17,12 +20,16 @@ from bench.run import BenchOptions, run_bench
 pytestmark = pytest.mark.services
 
 
-def test_bench_runs_every_measure_at_a_tiny_size(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_bench_runs_every_measure_at_a_tiny_size(
+    tiny_model_dir: Path, tiny_triton_repo: Path, kafka: Any, redis_server: Any,
+    triton_factory: Callable[..., Any], tmp_path: Path,
+) -> None:  # fmt: skip
+    services = SimpleNamespace(kafka=kafka, redis=redis_server, triton=triton_factory(tiny_triton_repo))
     options = BenchOptions(
         model_dir=tiny_model_dir, events=200, quick=True, out=tmp_path / "results",
         raw_duration_s=0.3, latency_duration_s=1.5, command="pytest smoke",
     )  # fmt: skip
-    results = run_bench(options)
+    results = run_bench(options, services)
 
     saved = json.loads((tmp_path / "results" / "results.json").read_text())
     assert saved["measures"] == json.loads(json.dumps(results["measures"]))
