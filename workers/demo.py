@@ -141,7 +141,7 @@ def format_event(event: dict[str, Any], width: int = 58) -> str:
 class DemoOptions:
     count: int = 200
     backend: str = "onnx"
-    base: str = "tiny"
+    base: str = "minilm"
     rows: int = 15
     base_dir: Path = REPO_ROOT / ".cache" / "demo"
     model_root: Path = REPO_ROOT / "models"
