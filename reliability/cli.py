@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--huge", type=int, default=None, help="of the hostile records, how many are 10 MB")
     parser.add_argument("--huge-kinds", default=None,
                         help="comma-separated kinds of oversized records (payload_10mb, control_bytes_300kb, "
-                             "control_bytes_key_200kb); default all")  # fmt: skip
+                             "control_bytes_key_200kb, key_2mb); default all")  # fmt: skip
     parser.add_argument("--model-dir", type=Path, default=None, help="exported model (default: tiny)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.set_defaults(func=_chaos)

@@ -95,6 +95,7 @@ HUGE_KINDS: dict[str, _Maker] = {
     # Valid UTF-8, so kept as JSON text: every control byte becomes a 6-byte \u00XX escape.
     "control_bytes_300kb": lambda lid: (lid.encode(), b"\x01" * 300_000, _dlq("payload_too_large")),
     "control_bytes_key_200kb": lambda lid: (b"\x01" * 200_000, _dumps(lid), _dlq("key_mismatch")),
+    "key_2mb": lambda lid: (b"k" * 2_000_000, _dumps(lid), _dlq("key_mismatch")),
 }  # fmt: skip
 
 

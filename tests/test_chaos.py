@@ -22,7 +22,7 @@ from reliability.scenarios import ChaosOptions, run_scenario
 pytestmark = pytest.mark.services
 
 QUICK = ChaosOptions(size=1500, rate=150, kills=3, kill_delay_s=(0.5, 1.5), outage_s=5, hostile=600,
-                     huge_payloads=3, session_timeout_ms=3000, timeout_s=120)  # fmt: skip
+                     huge_payloads=4, session_timeout_ms=3000, timeout_s=120)  # fmt: skip
 # Traffic must outlast the kills: each takes a recovery (session timeout + start) and a random pause.
 KILLS = dataclasses.replace(QUICK, size=2000, rate=100)
 PEAK_RSS_BOUND = 1024 * 2**20  # a worker holding a few 10 MB payloads stays far below this
