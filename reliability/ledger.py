@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from reliability.traffic import OUTPUT, Expected
 
-__all__ = ["Ledger", "Tally"]
+__all__ = ["Ledger", "Tally", "count_outcomes"]
 
 
 @dataclass
@@ -115,28 +115,34 @@ class Ledger:
         return min(later) if later else None
 
     def tally(self, placed: Mapping[tuple[int, int], Expected]) -> Tally:
-        labels = {expected.label for expected in placed.values() if OUTPUT in expected.outcomes}
-        lost, duplicates, wrong = [], 0, []
-        for position, expected in placed.items():
-            outputs = self.outputs[expected.label] if expected.label in labels else 0
-            dead = self.dead[position]
-            if outputs + dead == 0:
-                lost.append(expected.label)
-                continue
-            duplicates += outputs + dead - 1
-            outcomes = {OUTPUT} if outputs else set()
-            outcomes |= {f"dlq:{code}" for code in self.dead_codes.get(position, [])}
-            if not outcomes <= expected.outcomes:
-                wrong.append(f"{expected.label} ({expected.kind}): got {sorted(outcomes)}")
-        unknown = sum(n for label, n in self.outputs.items() if label not in labels)
-        unknown += sum(n for position, n in self.dead.items() if position not in placed)
-        codes = Counter(code for codes in self.dead_codes.values() for code in codes)
-        return Tally(
-            events_in=len(placed), attribute_events=sum(self.outputs.values()),
-            dlq=sum(self.dead.values()) + self.foreign_dlq, lost=len(lost), duplicates=duplicates,
-            wrong_outcome=len(wrong), unknown=unknown + self.foreign_dlq, dlq_codes=dict(codes),
-            lost_examples=lost[:10], wrong_examples=wrong[:10],
-        )  # fmt: skip
+        return count_outcomes(placed, self.outputs, self.dead_codes, foreign_dlq=self.foreign_dlq)
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def count_outcomes(placed: Mapping[tuple[int, int], Expected], outputs: Mapping[str, int],
+                   dead_codes: Mapping[tuple[int, int], list[str]], *, foreign_dlq: int = 0) -> Tally:
+    """Match outcomes to inputs. `placed`: input (partition, offset) -> expectation; `outputs`: attribute
+    events per listing_id; `dead_codes`: the DLQ reason codes recorded per input position."""
+    labels = {expected.label for expected in placed.values() if OUTPUT in expected.outcomes}
+    lost, duplicates, wrong = [], 0, []
+    for position, expected in placed.items():
+        produced = outputs.get(expected.label, 0) if expected.label in labels else 0
+        codes = dead_codes.get(position, [])
+        if produced + len(codes) == 0:
+            lost.append(expected.label)
+            continue
+        duplicates += produced + len(codes) - 1
+        outcomes = ({OUTPUT} if produced else set()) | {f"dlq:{code}" for code in codes}
+        if not outcomes <= expected.outcomes:
+            wrong.append(f"{expected.label} ({expected.kind}): got {sorted(outcomes)}")
+    unknown = sum(n for label, n in outputs.items() if label not in labels)
+    unknown += sum(len(codes) for position, codes in dead_codes.items() if position not in placed)
+    return Tally(
+        events_in=len(placed), attribute_events=sum(outputs.values()),
+        dlq=sum(len(codes) for codes in dead_codes.values()) + foreign_dlq, lost=len(lost),
+        duplicates=duplicates, wrong_outcome=len(wrong), unknown=unknown + foreign_dlq,
+        dlq_codes=dict(Counter(code for codes in dead_codes.values() for code in codes)),
+        lost_examples=lost[:10], wrong_examples=wrong[:10],
+    )  # fmt: skip
