@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # Packages that add subcommands through `register(subparsers)`; imported lazily so `enrich --help` is fast.
-COMMAND_MODULES = ("localservices.cli", "training.cli", "workers.cli", "bench.cli", "reliability.cli")
+COMMAND_MODULES = ("localservices.cli", "training.cli", "workers.cli", "bench.cli", "reliability.cli",
+                   "views.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,120 @@
+"""`enrich views` against the real broker: latest record per listing on the compacted topic, counts per
+category in the counts table's changelog. The worker runs as a subprocess, as in production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import ConfigResource
+
+from localservices.kafka import KafkaCluster
+from views.app import category_counts_changelog
+
+pytestmark = pytest.mark.services
+
+_WAIT_S = 60.0
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _event(listing_id: str, version: int, category: str) -> bytes:
+    return orjson.dumps({
+        "schema_version": 1, "listing_id": listing_id, "listing_version": version,
+        "model": {"name": "m", "version": "1"}, "category": {"label": category, "confidence": 0.9},
+        "attributes": [], "cache_hit": False, "processed_at": "2026-11-29T08:00:00Z", "latency_ms": 1.0})
+
+
+# (key, value) in topic order: b2 arrives after b3 (older version after newer), c moves Tea -> Coffee.
+_INPUT: list[tuple[bytes, bytes]] = [
+    (b"a", _event("a", 1, "Coffee")),
+    (b"b", _event("b", 3, "Tea")),
+    (b"b", _event("b", 2, "Coffee")),
+    (b"c", _event("c", 1, "Tea")),
+    (b"bad", b"{not json"),
+    (b"c", _event("c", 2, "Coffee")),
+    (b"d", _event("d", 7, "Tea")),
+]
+_EXPECTED_LATEST = {b"a": _event("a", 1, "Coffee"), b"b": _event("b", 3, "Tea"),
+                    b"c": _event("c", 2, "Coffee"), b"d": _event("d", 7, "Tea")}
+_EXPECTED_COUNTS = {"Coffee": 2, "Tea": 2}
+
+
+def _produce(kafka: KafkaCluster, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "enable.idempotence": True})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(_WAIT_S) == 0, "records still undelivered"
+
+
+def _last_per_key(kafka: KafkaCluster, topic: str, until: Callable[[dict[bytes, bytes]], bool]
+                  ) -> dict[bytes, bytes]:
+    """Read `topic` from the start, keeping the last value per key, until `until` holds or time runs out.
+    The topic may not exist yet (the worker creates it), so unknown-topic errors are waited through."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": f"g-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "topic.metadata.refresh.interval.ms": 500})
+    consumer.subscribe([topic])
+    latest: dict[bytes, bytes] = {}
+    deadline = time.monotonic() + _WAIT_S
+    try:
+        while not until(latest) and time.monotonic() < deadline:
+            for message in consumer.consume(100, timeout=0.5):
+                if message.error() is None and message.key() is not None:
+                    latest[message.key()] = message.value()
+    finally:
+        consumer.close()
+    return latest
+
+
+@pytest.fixture
+def views_worker(kafka: KafkaCluster, new_topic: Callable[..., str], tmp_path: Path
+                 ) -> Iterator[tuple[str, str, str, Path]]:
+    """A running `enrich views` worker on fresh topics: (app_id, input, latest topic, log path)."""
+    input_topic = new_topic(partitions=2, prefix="views-in")
+    app_id = f"views-{uuid.uuid4().hex[:8]}"
+    latest_topic = f"{app_id}-latest"
+    _produce(kafka, input_topic, _INPUT)
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "enrich.cli", "views", "--broker", kafka.bootstrap_servers,
+             "--app-id", app_id, "--input-topic", input_topic, "--latest-topic", latest_topic,
+             "--partitions", "2", "--data-dir", str(tmp_path / "data"), "--log-level", "warning"],
+            cwd=_REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield app_id, input_topic, latest_topic, log_path
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_views_keep_latest_per_listing_and_count_categories(
+        kafka: KafkaCluster, views_worker: tuple[str, str, str, Path]) -> None:
+    app_id, _, latest_topic, log_path = views_worker
+
+    latest = _last_per_key(kafka, latest_topic, lambda seen: seen == _EXPECTED_LATEST)
+    assert latest == _EXPECTED_LATEST, log_path.read_text()[-3000:]
+
+    expected_counts = {orjson.dumps(k): orjson.dumps(v) for k, v in _EXPECTED_COUNTS.items()}
+    counts = _last_per_key(kafka, category_counts_changelog(app_id), lambda seen: seen == expected_counts)
+    assert {orjson.loads(k): orjson.loads(v) for k, v in counts.items()} == _EXPECTED_COUNTS, \
+        log_path.read_text()[-3000:]
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, latest_topic)
+    admin = kafka.admin()  # keep a reference: a collected client fails its pending futures
+    configs = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert configs["cleanup.policy"].value == "compact"
+    assert "skipping bad attribute event" in log_path.read_text()

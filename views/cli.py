@@ -1,0 +1,39 @@
+"""`enrich views`: run the recommender-facing Faust views as a worker (foreground; Ctrl-C / SIGTERM stop)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "views", help="latest attributes per listing (compacted topic) and listings per category (Faust)")
+    parser.add_argument("--broker", default=os.environ.get("ENRICH_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                        help="Kafka bootstrap servers, comma-separated (env ENRICH_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--app-id", default="enrich-views", help="Faust app id (group, topic prefix)")
+    parser.add_argument("--input-topic", default="listings.attributes")
+    parser.add_argument("--latest-topic", default="listings.latest", help="compacted output topic")
+    parser.add_argument("--partitions", type=int, default=1, help="must equal the input topic's partitions")
+    parser.add_argument("--replication-factor", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=Path(".cache/views"))
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import faust  # heavy: only when the command runs
+
+    from views.app import make_app
+
+    data_dir = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    views = make_app(args.broker, app_id=args.app_id, input_topic=args.input_topic,
+                     latest_topic=args.latest_topic, data_dir=data_dir, partitions=args.partitions,
+                     replication_factor=args.replication_factor)
+    worker = faust.Worker(views.app, loglevel=args.log_level)
+    worker.execute_from_commandline()  # returns by SystemExit when the worker stops
+    return 0
