@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -75,23 +76,18 @@ def _last_per_key(kafka: KafkaCluster, topic: str, until: Callable[[dict[bytes, 
     return latest
 
 
-@pytest.fixture
-def views_worker(kafka: KafkaCluster, new_topic: Callable[..., str], tmp_path: Path
-                 ) -> Iterator[tuple[str, str, str, Path]]:
-    """A running `enrich views` worker on fresh topics: (app_id, input, latest topic, log path)."""
-    input_topic = new_topic(partitions=2, prefix="views-in")
-    app_id = f"views-{uuid.uuid4().hex[:8]}"
-    latest_topic = f"{app_id}-latest"
-    _produce(kafka, input_topic, _INPUT)
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
+@contextmanager
+def _views_worker(kafka: KafkaCluster, app_id: str, input_topic: str, latest_topic: str, run_dir: Path,
+                  log_path: Path) -> Iterator[None]:
+    """A running `enrich views` subprocess, stopped by SIGTERM (killed if it does not stop in 30 s)."""
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "enrich.cli", "views", "--broker", kafka.bootstrap_servers,
              "--app-id", app_id, "--input-topic", input_topic, "--latest-topic", latest_topic,
-             "--partitions", "2", "--data-dir", str(tmp_path / "data"), "--log-level", "warning"],
+             "--partitions", "2", "--data-dir", str(run_dir / "data"), "--log-level", "warning"],
             cwd=_REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        yield app_id, input_topic, latest_topic, log_path
+        yield
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -101,20 +97,37 @@ def views_worker(kafka: KafkaCluster, new_topic: Callable[..., str], tmp_path: P
             process.wait()
 
 
+def _counts(kafka: KafkaCluster, app_id: str, expected: dict[str, int]) -> dict[str, int]:
+    encoded = {orjson.dumps(k): orjson.dumps(v) for k, v in expected.items()}
+    changelog = _last_per_key(kafka, category_counts_changelog(app_id), lambda seen: seen == encoded)
+    return {orjson.loads(k): orjson.loads(v) for k, v in changelog.items()}
+
+
 def test_views_keep_latest_per_listing_and_count_categories(
-        kafka: KafkaCluster, views_worker: tuple[str, str, str, Path]) -> None:
-    app_id, _, latest_topic, log_path = views_worker
+        kafka: KafkaCluster, new_topic: Callable[..., str], tmp_path: Path) -> None:
+    input_topic = new_topic(partitions=2, prefix="views-in")
+    app_id = f"views-{uuid.uuid4().hex[:8]}"
+    latest_topic = f"{app_id}-latest"
+    log_path = tmp_path / "worker.log"
+    _produce(kafka, input_topic, _INPUT)
 
-    latest = _last_per_key(kafka, latest_topic, lambda seen: seen == _EXPECTED_LATEST)
-    assert latest == _EXPECTED_LATEST, log_path.read_text()[-3000:]
-
-    expected_counts = {orjson.dumps(k): orjson.dumps(v) for k, v in _EXPECTED_COUNTS.items()}
-    counts = _last_per_key(kafka, category_counts_changelog(app_id), lambda seen: seen == expected_counts)
-    assert {orjson.loads(k): orjson.loads(v) for k, v in counts.items()} == _EXPECTED_COUNTS, \
-        log_path.read_text()[-3000:]
+    with _views_worker(kafka, app_id, input_topic, latest_topic, tmp_path, log_path):
+        latest = _last_per_key(kafka, latest_topic, lambda seen: seen == _EXPECTED_LATEST)
+        assert latest == _EXPECTED_LATEST, log_path.read_text()[-3000:]
+        assert _counts(kafka, app_id, _EXPECTED_COUNTS) == _EXPECTED_COUNTS, log_path.read_text()[-3000:]
 
     resource = ConfigResource(ConfigResource.Type.TOPIC, latest_topic)
     admin = kafka.admin()  # keep a reference: a collected client fails its pending futures
     configs = admin.describe_configs([resource])[resource].result(timeout=30)
     assert configs["cleanup.policy"].value == "compact"
     assert "skipping bad attribute event" in log_path.read_text()
+
+    # A restarted worker recovers its tables from their changelogs: an older version still loses.
+    _produce(kafka, input_topic, [(b"b", _event("b", 1, "Coffee")), (b"e", _event("e", 1, "Tea"))])
+    expected_latest = {**_EXPECTED_LATEST, b"e": _event("e", 1, "Tea")}
+    with _views_worker(kafka, app_id, input_topic, latest_topic, tmp_path, log_path):
+        latest = _last_per_key(kafka, latest_topic, lambda seen: seen == expected_latest)
+        assert latest == expected_latest, log_path.read_text()[-3000:]
+        expected_counts = {"Coffee": 2, "Tea": 3}
+        assert _counts(kafka, app_id, expected_counts) == expected_counts, log_path.read_text()[-3000:]
+    assert "Error in recovery" not in log_path.read_text()
