@@ -51,6 +51,7 @@ def make_app(
     data_dir: Path,
     partitions: int = 1,
     replication_factor: int = 1,
+    processing_guarantee: str = "at_least_once",
 ) -> ViewsApp:
     """Build the app. `broker` is a comma-separated bootstrap list; `partitions` must equal the input topic's
     (Faust creates the changelog, deltas and latest topics with it); the input topic must already exist."""
@@ -65,6 +66,7 @@ def make_app(
         web_enabled=False,
         autodiscover=False,
         table_standby_replicas=0,
+        processing_guarantee=processing_guarantee,
     )
     source = app.topic(input_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")

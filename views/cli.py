@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--latest-topic", default="listings.latest", help="compacted output topic")
     parser.add_argument("--partitions", type=int, default=1, help="must equal the input topic's partitions")
     parser.add_argument("--replication-factor", type=int, default=1)
+    parser.add_argument("--processing-guarantee", choices=("at_least_once", "exactly_once"),
+                        default="at_least_once",
+                        help="exactly_once: tables, outputs and offsets in Kafka transactions")
     parser.add_argument("--data-dir", type=Path, default=Path(".cache/views"))
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(func=_run)
@@ -33,7 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     views = make_app(args.broker, app_id=args.app_id, input_topic=args.input_topic,
                      latest_topic=args.latest_topic, data_dir=data_dir, partitions=args.partitions,
-                     replication_factor=args.replication_factor)
+                     replication_factor=args.replication_factor,
+                     processing_guarantee=args.processing_guarantee)
     worker = faust.Worker(views.app, loglevel=args.log_level)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
     return 0
