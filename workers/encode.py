@@ -59,7 +59,7 @@ class TitleEncoder:
         return [
             EncodedText(
                 ids=np.asarray(enc.ids, dtype=np.int64),
-                offsets=[(int(s), int(e)) for s, e in enc.offsets],
+                offsets=enc.offsets,  # already a fresh list of (int, int) tuples
                 length=len(enc.ids),
             )
             for enc in encodings
