@@ -89,7 +89,10 @@ def _outage(services: Services, options: ChaosOptions, name: str, *, worker_env:
     again; recovery = from the service being back until the broker appends the next attribute event."""
     run = Run(services, name, worker_env=_env(options, **worker_env))
     try:
-        run.produce(valid_listings(options.size, prefix=name[:1].upper(), seed=options.seed), options.rate)
+        # Unique titles for the Triton outage: with repeating ones the cache serves the whole outage.
+        listings = valid_listings(options.size, prefix=name[:1].upper(), seed=options.seed,
+                                  unique_titles=name == "triton-outage")  # fmt: skip
+        run.produce(listings, options.rate)
         run.worker.start()
         run.wait_for_accounted(int(options.size * options.fault_after), options.timeout_s)
         fault_start = time.monotonic()

@@ -50,13 +50,16 @@ def listing_event(listing_id: str, title: str, version: int = 1) -> bytes:
     })  # fmt: skip
 
 
-def valid_listings(count: int, *, prefix: str = "L", seed: int = 0) -> Iterator[Record]:
+def valid_listings(count: int, *, prefix: str = "L", seed: int = 0, unique_titles: bool = False
+                   ) -> Iterator[Record]:  # fmt: skip
+    """Fixture titles (repeating, so the result cache hits), or each made unique (every one inferred)."""
     titles = fixture_titles()
     rng = random.Random(seed)
     for index in range(count):
         listing_id = f"{prefix}-{index:07d}"
+        title = rng.choice(titles) + (f" lot {index}" if unique_titles else "")
         yield Record(
-            listing_id.encode(), listing_event(listing_id, rng.choice(titles)),
+            listing_id.encode(), listing_event(listing_id, title),
             Expected(listing_id, "valid", frozenset({OUTPUT})),
         )  # fmt: skip
 
