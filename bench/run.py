@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -30,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class BenchOptions:
     model: str = "auto"  # auto: minilm if one is exported under models/, else tiny
     model_dir: Path | None = None  # an exported model directory to use as is (tests)
-    events: int = 20_000
+    events: int | None = None  # per throughput pass; None: ~15 s of the raw Triton rate (2,000-20,000)
     quick: bool = False
     out: Path = REPO_ROOT / "bench" / "results"
     profile: bool = False
@@ -56,20 +58,35 @@ class BenchOptions:
 
 def choose_model(options: BenchOptions) -> tuple[Path, str]:
     """The model directory and why it was chosen: an exported MiniLM when there is one, else tiny."""
-    from training.build import ensure_model, find_exported_model
+    from training.build import ensure_model
 
     if options.model_dir is not None:
         return options.model_dir, f"given directory ({options.model_dir.parent.parent.name})"
     if options.model in ("auto", "minilm"):
-        minilm = find_exported_model(options.model_root, "attribute-extractor-minilm")
+        minilm = _newest_exported(options.model_root, base="minilm")
         if minilm is not None:
-            return minilm, "MiniLM (exported under models/)"
+            return minilm, f"MiniLM ({minilm.parent.name}/{minilm.name}, exported under models/)"
         if options.model == "minilm":
             raise SystemExit("no exported MiniLM under models/: run `enrich demo --base minilm` or "
                              "`enrich train` + `enrich export` first, or use --model tiny")  # fmt: skip
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     reason = "tiny (no exported MiniLM under models/)" if options.model == "auto" else "tiny (--model tiny)"
     return ensure_model(options.model_root, FIXTURE_OFFERS, "tiny"), reason
+
+
+def _newest_exported(model_root: Path, base: str) -> Path | None:
+    """The newest exported model directory (model.onnx + tokenizer + labels) trained from `base`."""
+    found = []
+    for onnx_path in Path(model_root).glob("*/*/model.onnx"):
+        model_dir = onnx_path.parent
+        try:
+            info = json.loads((model_dir / "model_info.json").read_text())
+        except (OSError, ValueError):
+            continue
+        ready = all((model_dir / n).is_file() for n in ("tokenizer.json", "labels.json"))
+        if ready and base in str(info.get("base_model", "")).lower():
+            found.append((str(info.get("created_at", "")), model_dir))
+    return max(found)[1] if found else None
 
 
 def _typical_seq_len(model_dir: Path, titles: list[str], batch: int) -> int:
@@ -118,7 +135,7 @@ def _prepare_triton_repo(options: BenchOptions, model_dir: Path, work_dir: Path)
 def _worker_passes(options: BenchOptions, ctx: BenchContext, titles: list[str],
                    config: Any) -> tuple[dict[str, PassResult], dict[str, Any]]:  # fmt: skip
     """The end-to-end passes; returns them by name plus notes."""
-    n = options.events
+    n = options.events or 2000
     cache_off = {"ENRICH_REDIS_URL": "", "ENRICH_BACKEND": "triton"}
     cache_on = {"ENRICH_BACKEND": "triton"}
     passes: dict[str, PassResult] = {}
@@ -206,9 +223,14 @@ def _measure(options: BenchOptions, services: Any, model_dir: Path, titles: list
                 "ENRICH_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     print(f"raw backends at [batch, {seq_len}] ...", flush=True)
     raw = _raw_ceilings(options, model_dir, triton_url, seq_len, config.batch.max_in_flight)
+    if options.events is None:  # ~15 s per pass at the model's pace: MiniLM on CPU is ~10x slower than tiny
+        ceiling = max(r.rows_per_s for r in raw["triton"])
+        options = dataclasses.replace(options, events=int(min(20_000, max(2_000, ceiling * 15)) // 100 * 100))
+        print(f"events per throughput pass: {options.events}", flush=True)
     logs = options.out / "logs"  # every worker's log, kept for reading after the run
     shutil.rmtree(logs, ignore_errors=True)
     ctx = BenchContext(services.kafka, base_env, logs, pids)
     print("worker passes (`enrich worker` subprocesses):", flush=True)
     passes, notes = _worker_passes(options, ctx, titles, config)
+    notes["events"] = options.events
     return raw, passes, notes
