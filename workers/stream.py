@@ -68,6 +68,11 @@ class StreamWorker:
             registry=metrics.registry,
         )
         self._emit_lock = asyncio.Lock()
+        # Released batches queue here rather than all awaiting Redis at once: with a backlog, ~100 batches
+        # in flight made each MGET wait behind the others' decoding past the cache's socket timeout, and
+        # exhausted redis-py's connection pool (MaxConnectionsError): the cache and the shared stale-update
+        # guard switched off exactly during catch-up.
+        self._batch_slots = asyncio.Semaphore(2 * batch.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._running = False
@@ -210,13 +215,14 @@ class StreamWorker:
     # ---- one batch: cache, infer, decode, guard, emit ----------------------------------------------------
 
     async def _process(self, batch: Batch[WorkItem]) -> None:
-        self.metrics.in_flight_batches.inc()
-        self.metrics.batch_size.observe(len(batch))
-        try:
-            results = await self.enricher.results_for(batch.items)
-            await self._emit(batch.items, results)
-        finally:
-            self.metrics.in_flight_batches.dec()
+        async with self._batch_slots:
+            self.metrics.in_flight_batches.inc()
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                results = await self.enricher.results_for(batch.items)
+                await self._emit(batch.items, results)
+            finally:
+                self.metrics.in_flight_batches.dec()
 
     async def _emit(self, items: list[WorkItem], results: list[tuple[TokenSpanResult, bool]]) -> None:
         # Guard decision and produce order must match: no other batch may emit in between.
