@@ -17,7 +17,7 @@ from localservices.kafka import KafkaCluster
 from localservices.redis_server import RedisServer
 from localservices.triton import TritonServer
 
-__all__ = ["kafka", "new_topic", "redis_server", "triton_factory"]
+__all__ = ["kafka", "new_topic", "produce_confirmed", "redis_server", "triton_factory"]
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +60,19 @@ def triton_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     yield start
     for server in reversed(servers):
         server.stop()
+
+
+def produce_confirmed(
+    producer: Any, topic: str, values: list[bytes], *, keyed: bool = False, timeout_s: float = 60.0
+) -> None:
+    """Produce `values` (each its own key when `keyed`) and fail unless every one is acknowledged."""
+    errors: list[str] = []
+
+    def on_delivery(err: object, msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for value in values:
+        producer.produce(topic, value=value, key=value if keyed else None, on_delivery=on_delivery)
+    assert producer.flush(timeout_s) == 0, "records still undelivered"
+    assert errors == []

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, Pro
 from confluent_kafka import TopicPartition as CkTopicPartition
 
 from localservices.kafka import KafkaCluster
+from tests.service_fixtures import produce_confirmed
 
 pytestmark = pytest.mark.services
 
@@ -31,16 +32,7 @@ def _consumer(kafka: KafkaCluster, group: str, **extra: str | int | bool) -> Con
 
 
 def _produce(producer: Producer, topic: str, values: list[bytes]) -> None:
-    errors: list[str] = []
-
-    def on_delivery(err: object, msg: Message) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    for value in values:
-        producer.produce(topic, value=value, key=value, on_delivery=on_delivery)
-    assert producer.flush(_WAIT_S) == 0, "records still undelivered"
-    assert errors == []
+    produce_confirmed(producer, topic, values, keyed=True, timeout_s=_WAIT_S)
 
 
 def _consume(consumer: Consumer, count: int) -> list[Message]:

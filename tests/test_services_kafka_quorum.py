@@ -8,10 +8,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import PartitionMetadata
 
 from localservices.kafka import KafkaCluster
+from tests.service_fixtures import produce_confirmed
 
 pytestmark = pytest.mark.services
 
@@ -19,16 +20,7 @@ _WAIT_S = 60.0
 
 
 def _produce(producer: Producer, topic: str, values: list[bytes]) -> None:
-    errors: list[str] = []
-
-    def on_delivery(err: object, msg: Message) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    for value in values:
-        producer.produce(topic, value=value, on_delivery=on_delivery)
-    assert producer.flush(_WAIT_S) == 0, "records still undelivered"
-    assert errors == []
+    produce_confirmed(producer, topic, values, timeout_s=_WAIT_S)
 
 
 def _consume_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
