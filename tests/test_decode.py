@@ -127,3 +127,53 @@ def test_a_word_piece_tagged_alone_is_widened_to_its_word() -> None:
     assert [(a.value, a.start, a.end) for a in snapped] == [("Assorted", 0, 8)]
     raw = decode_attributes(text, offsets, probs, LABELS, snap_to_words=False)
     assert [a.value for a in raw] == ["Ass"]
+
+
+def _masked_log_probs(rng: np.random.Generator, labels: ModelLabels, allowed: tuple[str, ...]) -> np.ndarray:
+    """Log-probabilities as decode_attributes builds them: disallowed tags zeroed; ties, underflow."""
+    probs = rng.dirichlet(np.full(len(labels.tags), 0.3), size=int(rng.integers(1, 30)))
+    probs = np.round(probs, int(rng.integers(1, 4)))  # ties between tags and between predecessors
+    probs[rng.random(len(probs)) < 0.2, 0] = 0.0  # O underflows: O and the disallowed tags tie
+    mask = np.array([a is None or a in allowed for a in labels.tag_attributes])
+    return np.log(np.where(mask, probs, 0.0) + 1e-12)
+
+
+def test_fast_viterbi_paths_equal_the_numpy_programme() -> None:
+    from workers import decode
+
+    labels = ModelLabels.from_attributes([f"A{i}" for i in range(12)], {"C": [f"A{i}" for i in range(12)]})
+    rng = np.random.default_rng(7)
+    fallbacks = 0
+    for trial in range(3000):
+        allowed = tuple(f"A{i}" for i in range(12) if rng.random() < 0.4)
+        log_probs = _masked_log_probs(rng, labels, allowed)
+        reference = decode._viterbi_numpy(log_probs, labels.tags)
+        assert decode._viterbi_floats(log_probs, labels.tags) == reference, trial
+        assert decode._viterbi(log_probs, labels.tags, decode._allowed_tags(labels, allowed)) == reference
+        fallbacks += not decode._is_valid_bio(log_probs.argmax(axis=1).tolist(), labels.tags)
+    assert fallbacks > 1000  # the programme itself ran, not only the argmax shortcut
+
+
+def test_viterbi_keeps_numpy_semantics_for_non_finite_and_unrestrictable_inputs() -> None:
+    from workers import decode
+
+    allowed = decode._allowed_tags(LABELS, ("Brand",))
+    assert allowed is not None and allowed.tags == ("O", "B-Brand", "I-Brand")
+    log_probs = np.log(np.full((4, len(LABELS.tags)), 0.1))
+    log_probs[0, LABELS.tags.index("I-Color")] = 0.0  # argmax invalid; a disallowed tag above O
+    assert decode._viterbi(log_probs, LABELS.tags, allowed) == decode._viterbi_numpy(log_probs, LABELS.tags)
+    log_probs[2, 3] = np.nan
+    assert decode._viterbi(log_probs, LABELS.tags, allowed) == decode._viterbi_numpy(log_probs, LABELS.tags)
+
+
+def test_allowed_as_a_set_or_a_tuple_decodes_the_same() -> None:
+    text = "Crocs Navy Crocs Red"
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        probs = rng.dirichlet(np.full(len(LABELS.tags), 0.3), size=6).astype(np.float32)
+        as_tuple = decode_attributes(text, words(text), probs, LABELS, ("Brand", "Color"))
+        assert decode_attributes(text, words(text), probs, LABELS, {"Color", "Brand"}) == as_tuple
+        every = LABELS.attributes_by_category["Shoes"]
+        assert decode_attributes(text, words(text), probs, LABELS, every) == decode_attributes(
+            text, words(text), probs, LABELS
+        )

@@ -54,3 +54,24 @@ def test_bad_settings_and_empty_batches_are_refused(tokenizer_json: Path) -> Non
     encoder = TitleEncoder(tokenizer_json, 64, [16, 32, 64])
     with pytest.raises(ValueError, match="at least one"):
         encoder.pad_to_bucket([])
+
+
+def test_batch_ids_and_padding_equal_the_tokenizer_per_title(tokenizer_json: Path) -> None:
+    from tokenizers import Tokenizer
+
+    encoder = TitleEncoder(tokenizer_json, 32, [8, 16, 32])
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.enable_truncation(32)
+    texts = [*TITLES, "", "Café", " ".join(TITLES * 3)]
+    encoded = encoder.encode(texts)
+    assert encoder.encode([]) == []
+    for text, item in zip(texts, encoded, strict=True):
+        single = tokenizer.encode(text)
+        assert item.ids.dtype == np.int64 and item.ids.tolist() == single.ids
+        assert item.offsets == single.offsets and item.length == len(single.ids)
+    for batch in (encoded, encoded[3:5], encoded[::-1]):
+        ids, mask = encoder.pad_to_bucket(batch)
+        assert ids.dtype == mask.dtype == np.int64
+        for row, item in enumerate(batch):
+            assert ids[row].tolist() == [*item.ids.tolist(), *[encoder.pad_id] * (ids.shape[1] - item.length)]
+            assert mask[row].tolist() == [1] * item.length + [0] * (ids.shape[1] - item.length)

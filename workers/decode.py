@@ -109,6 +109,16 @@ def _inside_predecessors(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray, n
     pairs = [sorted(pair) for pair in zip(begin, inside, strict=True)]
     return (np.array(inside, dtype=np.int64), np.array([a for a, _ in pairs], dtype=np.int64),
             np.array([b for _, b in pairs], dtype=np.int64))  # fmt: skip
+
+
+def _transitions(tags: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The cached transition matrix and start scores (fills ``_INSIDE_PREDECESSORS`` for ``tags`` too)."""
+    if tags not in _TRANSITIONS:
+        _TRANSITIONS[tags] = _transition_matrix(tags)
+        _INSIDE_PREDECESSORS[tags] = _inside_predecessors(tags)
+    return _TRANSITIONS[tags]
+
+
 _BIO_RULES: dict[tuple[str, ...], tuple[list[bool], list[str | None]]] = {}
 
 
@@ -125,19 +135,78 @@ def _is_valid_bio(path: list[int], tags: tuple[str, ...]) -> bool:
     return True
 
 
-def _viterbi(log_probs: np.ndarray, tags: tuple[str, ...]) -> list[int]:
+def _viterbi(
+    log_probs: np.ndarray, tags: tuple[str, ...], allowed_tags: _AllowedTags | None = None
+) -> list[int]:
     """Most probable tag sequence that is valid BIO (a constrained decode; no learned transitions).
 
     The constraints only forbid transitions (no learned scores), so when the per-token argmax is already
-    valid BIO it is the constrained optimum too: the usual case, and it skips the O(S*T^2) loop.
+    valid BIO it is the constrained optimum too: the usual case, and it skips the dynamic programme.
+    Otherwise the programme runs on Python floats (:func:`_viterbi_floats`): a title has a few dozen
+    tokens and tags, where numpy's per-call overhead costs more than the arithmetic. Inputs with NaN or
+    infinities keep numpy's semantics (:func:`_viterbi_numpy`).
+
+    With ``allowed_tags`` the programme runs on the allowed tags only, when that gives the same path:
+    when no other tag's log-probability is above O's at any token, an other tag's score never exceeds
+    O's (O follows anything; an other B-Z follows the same best as O, an other I-Z only its own, other,
+    tags), and on a tie O, index 0, is the first maximum; so no other tag is ever a best predecessor or
+    the final best, and the allowed tags' scores and choices are unchanged.
     """
     argmax_path: list[int] = log_probs.argmax(axis=1).tolist()
     if _is_valid_bio(argmax_path, tags):
         return argmax_path
-    if tags not in _TRANSITIONS:
-        _TRANSITIONS[tags] = _transition_matrix(tags)
-        _INSIDE_PREDECESSORS[tags] = _inside_predecessors(tags)
-    _, start = _TRANSITIONS[tags]
+    if allowed_tags is not None and (log_probs[:, allowed_tags.others].max(axis=1) <= log_probs[:, 0]).all():
+        # straight to the programme: the restricted argmax is the full one (O wins ties), already invalid
+        kept = allowed_tags.kept
+        return [kept[j] for j in _viterbi_programme(log_probs[:, kept], allowed_tags.tags)]
+    return _viterbi_programme(log_probs, tags)
+
+
+def _viterbi_programme(log_probs: np.ndarray, tags: tuple[str, ...]) -> list[int]:
+    if not np.isfinite(log_probs).all():
+        return _viterbi_numpy(log_probs, tags)
+    return _viterbi_floats(log_probs, tags)
+
+
+_FLOAT_RULES: dict[tuple[str, ...], tuple[list[float], list[tuple[int, int, int]]]] = {}
+
+
+def _viterbi_floats(log_probs: np.ndarray, tags: tuple[str, ...]) -> list[int]:
+    """:func:`_viterbi_numpy` on Python floats: the same additions in the same order (float64 both), the
+    same tie-breaks (the first maximum; for I-X the lower-index predecessor on a tie), so the same path.
+    Needs finite ``log_probs`` (numpy's argmax and ``max`` differ on NaN)."""
+    if tags not in _FLOAT_RULES:
+        _, start_scores = _transitions(tags)
+        inside, first, second = _INSIDE_PREDECESSORS[tags]
+        _FLOAT_RULES[tags] = (
+            start_scores.tolist(),
+            list(zip(inside.tolist(), first.tolist(), second.tolist(), strict=True)),
+        )
+    start, inside_rules = _FLOAT_RULES[tags]
+    rows: list[list[float]] = log_probs.tolist()
+    score = [s + x for s, x in zip(start, rows[0], strict=True)]
+    backs: list[list[int]] = []
+    for row in rows[1:]:
+        # O and B-X may follow any tag: the overall best; I-X only B-X or I-X: the better of the two
+        best_score = max(score)
+        back = [score.index(best_score)] * len(score)
+        new_score = [best_score + x for x in row]
+        for j, a, b in inside_rules:
+            if score[a] >= score[b]:
+                back[j], new_score[j] = a, score[a] + row[j]
+            else:
+                back[j], new_score[j] = b, score[b] + row[j]
+        backs.append(back)
+        score = new_score
+    path = [score.index(max(score))]
+    for back in reversed(backs):
+        path.append(back[path[-1]])
+    return path[::-1]
+
+
+def _viterbi_numpy(log_probs: np.ndarray, tags: tuple[str, ...]) -> list[int]:
+    """The constrained dynamic programme in numpy (any float input, NaN and infinities included)."""
+    _, start = _transitions(tags)
     inside, first, second = _INSIDE_PREDECESSORS[tags]
     # O and B-X may follow any tag (best predecessor: the overall best); I-X only B-X or I-X (the better
     # of the two, the lower index on a tie, as an argmax over all predecessors would pick).
@@ -158,11 +227,48 @@ def _viterbi(log_probs: np.ndarray, tags: tuple[str, ...]) -> list[int]:
     return path[::-1]
 
 
-def _allowed_tag_mask(labels: ModelLabels, allowed: Collection[str] | None) -> np.ndarray | None:
+@dataclass(frozen=True)
+class _AllowedTags:
+    """The tags an ``allowed`` collection keeps (O and B-/I- of allowed attributes), in label order."""
+
+    mask: np.ndarray  # [T] bool, read-only
+    kept: list[int]  # indices of the kept tags (O, index 0, first)
+    others: list[int]  # indices of the rest (non-empty)
+    tags: tuple[str, ...]  # the kept tags
+
+
+_ALLOWED_TAGS: dict[tuple[tuple[str, ...], Collection[str]], _AllowedTags | None] = {}
+_ALLOWED_TAGS_LIMIT = 1024
+
+
+def _allowed_tags(labels: ModelLabels, allowed: Collection[str] | None) -> _AllowedTags | None:
+    """None when ``allowed`` is None or keeps every tag; cached per (tags, allowed) when hashable."""
     if allowed is None:
         return None
+    key = (labels.tags, allowed)
+    try:
+        return _ALLOWED_TAGS[key]
+    except KeyError:
+        pass
+    except TypeError:  # e.g. a set: not hashable
+        return _make_allowed_tags(labels, allowed)
+    if len(_ALLOWED_TAGS) >= _ALLOWED_TAGS_LIMIT:
+        _ALLOWED_TAGS.clear()
+    found = _ALLOWED_TAGS[key] = _make_allowed_tags(labels, allowed)
+    return found
+
+
+def _make_allowed_tags(labels: ModelLabels, allowed: Collection[str]) -> _AllowedTags | None:
     allowed_set = set(allowed)
-    return np.array([a is None or a in allowed_set for a in labels.tag_attributes], dtype=bool)
+    keep = [a is None or a in allowed_set for a in labels.tag_attributes]
+    if all(keep):
+        return None
+    mask = np.array(keep, dtype=bool)
+    mask.flags.writeable = False
+    kept = [j for j, k in enumerate(keep) if k]
+    return _AllowedTags(
+        mask, kept, [j for j, k in enumerate(keep) if not k], tuple(labels.tags[j] for j in kept)
+    )
 
 
 def decode_attributes(
@@ -193,14 +299,17 @@ def decode_attributes(
     positions = [i for i, (s, e) in enumerate(offsets) if e > s]
     if not positions:
         return []
-    probs = np.asarray(tag_probs[positions], dtype=np.float64)
-    mask = _allowed_tag_mask(labels, allowed)
-    if mask is not None:
-        probs = np.where(mask[None, :], probs, 0.0)
+    first, last = positions[0], positions[-1]
+    # content tokens are contiguous ([CLS] ... [SEP]): a slice, not a gather; never written to below
+    rows = tag_probs[first : last + 1] if last - first + 1 == len(positions) else tag_probs[positions]
+    probs = np.asarray(rows, dtype=np.float64)
+    allowed_tags = _allowed_tags(labels, allowed)
+    if allowed_tags is not None:
+        probs = np.where(allowed_tags.mask, probs, 0.0)
     if method == "viterbi":
-        path = _viterbi(np.log(probs + _EPS), labels.tags)
+        path = _viterbi(np.log(probs + _EPS), labels.tags, allowed_tags)
     elif method == "argmax":
-        path = [int(i) for i in probs.argmax(axis=1)]
+        path = probs.argmax(axis=1).tolist()
     else:
         raise ValueError(f"unknown decoding method {method!r} (viterbi or argmax)")
     found = _collect_spans(text, [offsets[i] for i in positions], probs, path, labels, one_per_attribute)
@@ -226,36 +335,40 @@ def _collect_spans(
     labels: ModelLabels,
     one_per_attribute: bool,
 ) -> list[Attribute]:
-    spans: list[tuple[str, list[int]]] = []
+    tags = labels.tags
+    if tags not in _BIO_RULES:
+        _BIO_RULES[tags] = ([t.startswith("I-") for t in tags], [None if t == "O" else t[2:] for t in tags])
+    inside, attribute = _BIO_RULES[tags]
+    spans: list[list[Any]] = []  # [name, first position, last position]; a span's positions are consecutive
     for position, tag_id in enumerate(path):
-        tag = labels.tags[tag_id]
-        if tag == "O":
+        name = attribute[tag_id]
+        if name is None:
             continue
-        name = tag[2:]
-        if tag.startswith("I-") and spans and spans[-1][0] == name and spans[-1][1][-1] == position - 1:
-            spans[-1][1].append(position)
+        if inside[tag_id] and spans and spans[-1][0] == name and spans[-1][2] == position - 1:
+            spans[-1][2] = position
         else:
-            spans.append((name, [position]))
-    found: list[Attribute] = []
-    chosen: list[float] = probs[np.arange(len(path)), path].tolist() if spans else []
-    for name, members in spans:
-        start, end = offsets[members[0]][0], offsets[members[-1]][1]
-        values = [chosen[p] for p in members]
+            spans.append([name, position, position])
+    if not spans:
+        return []
+    probability = probs.item  # probability(position, tag) as a Python float: no gather for a few values
+    scored: list[tuple[str, float, int, int]] = []
+    for name, first, last in spans:
+        values = [probability(p, path[p]) for p in range(first, last + 1)]
         # np.mean sums 8+ values pairwise; below that a plain sum is the same arithmetic without the overhead
         confidence = sum(values) / len(values) if len(values) < 8 else float(np.mean(values))
-        found.append(Attribute(name, text[start:end], confidence, start, end))
+        scored.append((name, confidence, offsets[first][0], offsets[last][1]))
     if one_per_attribute:
-        best: dict[str, Attribute] = {}
-        for attribute in found:
-            if attribute.name not in best or attribute.confidence > best[attribute.name].confidence:
-                best[attribute.name] = attribute
-        found = sorted(best.values(), key=lambda a: a.start)
-    return found
+        best: dict[str, tuple[str, float, int, int]] = {}
+        for span in scored:
+            if span[0] not in best or span[1] > best[span[0]][1]:
+                best[span[0]] = span
+        scored = sorted(best.values(), key=lambda span: span[2])
+    return [Attribute(name, text[start:end], conf, start, end) for name, conf, start, end in scored]
 
 
 def decode_category(category_probs: np.ndarray, labels: ModelLabels) -> tuple[str, float]:
     """The most probable category and its probability."""
     if category_probs.ndim != 1 or category_probs.shape[0] != len(labels.categories):
         raise ValueError(f"category_probs must be [{len(labels.categories)}], got {category_probs.shape}")
-    index = int(np.argmax(category_probs))
+    index = int(category_probs.argmax())
     return labels.categories[index], float(category_probs[index])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +55,20 @@ class TitleEncoder:
         return cls(model_dir / "tokenizer.json", int(info["max_length"]), info["seq_buckets"])
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
-        """Tokenize titles (truncated to ``max_length`` tokens, special tokens included)."""
+        """Tokenize titles (truncated to ``max_length`` tokens, special tokens included).
+
+        The batch's ids go into one int64 array; each title's ``ids`` is a view of its slice (one numpy
+        conversion per batch instead of one per title).
+        """
         encodings = self._tokenizer.encode_batch(list(texts))
+        ids_per_text = [enc.ids for enc in encodings]
+        lengths = [len(ids) for ids in ids_per_text]
+        ends = list(accumulate(lengths))
+        flat = np.fromiter(chain.from_iterable(ids_per_text), dtype=np.int64, count=ends[-1] if ends else 0)
         return [
-            EncodedText(
-                ids=np.asarray(enc.ids, dtype=np.int64),
-                offsets=enc.offsets,  # already a fresh list of (int, int) tuples
-                length=len(enc.ids),
-            )
-            for enc in encodings
-        ]
+            EncodedText(ids=flat[end - length : end], offsets=enc.offsets, length=length)
+            for enc, length, end in zip(encodings, lengths, ends, strict=True)
+        ]  # enc.offsets is already a fresh list of (int, int) tuples
 
     def bucket_for(self, length: int) -> int:
         """The smallest sequence bucket that holds ``length`` tokens."""
@@ -76,10 +81,11 @@ class TitleEncoder:
         """Stack items into (input_ids, attention_mask), int64 [B, S], S the smallest bucket that fits."""
         if not items:
             raise ValueError("pad_to_bucket needs at least one encoded text")
-        width = self.bucket_for(max(item.length for item in items))
+        lengths = np.fromiter((item.length for item in items), dtype=np.int64, count=len(items))
+        width = self.bucket_for(int(lengths.max()))
+        # True at each row's first `length` columns: a boolean assignment fills those cells in row-major
+        # order, i.e. row by row with each row's ids, in one step.
+        attention_mask = np.arange(width, dtype=np.int64) < lengths[:, None]
         input_ids = np.full((len(items), width), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(items), width), dtype=np.int64)
-        for row, item in enumerate(items):
-            input_ids[row, : item.length] = item.ids
-            attention_mask[row, : item.length] = 1
-        return input_ids, attention_mask
+        input_ids[attention_mask] = np.concatenate([item.ids for item in items])
+        return input_ids, attention_mask.astype(np.int64)
