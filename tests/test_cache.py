@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from workers.cache import ResultCache, make_redis_client, make_result_cache, normalise_text, unique_keys
+from workers.cache import ResultCache, make_redis_client, make_result_cache, unique_keys
 from workers.config import CacheConfig
+from workers.decode import Attribute
 from workers.metrics import WorkerMetrics
+from workers.results import ListingResult
 
 
 def _counts(metrics: WorkerMetrics) -> tuple[float, float, float]:
@@ -28,14 +30,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_normalised_texts_that_read_the_same_share_a_key() -> None:
+def test_the_key_is_the_exact_title() -> None:
     cache = ResultCache(None, "v1", ttl_s=60)
-    decomposed = "Cafe\u0301  Bustelo\tESPRESSO\n"
-    assert normalise_text(decomposed) == "café bustelo espresso"
-    assert cache.key_for(decomposed) == cache.key_for(" café bustelo espresso")
-    assert cache.key_for("Straße") == cache.key_for("STRASSE")
-    assert cache.key_for("a b") != cache.key_for("ab")
-    assert re.fullmatch(r"enrich:v1:[0-9a-f]{64}", cache.key_for("x"))
+    # Offsets are cached with the result, so any difference in the characters is another key.
+    assert cache.key_for("Lavazza Dark Roast") == cache.key_for("Lavazza Dark Roast")
+    assert cache.key_for("Lavazza Dark Roast") != cache.key_for("LAVAZZA DARK ROAST")
+    assert cache.key_for("a b") != cache.key_for("a  b")
+    assert re.fullmatch(r"enrich:v1:r2:[0-9a-f]{32}", cache.key_for("x"))
 
 
 def test_model_version_is_part_of_the_key() -> None:
@@ -124,6 +125,25 @@ def test_round_trip_with_ttl(redis_server: Any) -> None:
 
 
 @pytest.mark.services
+def test_lookup_finds_results_by_exact_title_one_key_per_distinct_title(redis_server: Any) -> None:
+    metrics = WorkerMetrics()
+    result = ListingResult.from_decoded("Coffee", 0.9, [Attribute("Brand", "Lavazza", 0.8, 0, 7)])
+
+    async def scenario() -> list[ListingResult | None]:
+        client = make_redis_client(redis_server.url)
+        cache = ResultCache(client, "lookup", 120, metrics)
+        try:
+            await cache.store([("Lavazza Crema", result), ("Lavazza Crema", result)])
+            await client.set(cache.key_for("Lavazza Oro"), b"garbage")
+            return await cache.lookup(["Lavazza Crema", "LAVAZZA CREMA", "Lavazza Crema", "Lavazza Oro"])
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [result, None, result, None]
+    assert _counts(metrics)[:2] == (2, 1), "three distinct titles looked up, the duplicate once"
+
+
+@pytest.mark.services
 def test_redis_outage_degrades_to_misses_and_recovers(redis_server: Any) -> None:
     metrics = WorkerMetrics()
 
@@ -168,3 +188,16 @@ def test_make_result_cache_follows_the_config(redis_server: Any) -> None:
         assert not cache.enabled
 
     asyncio.run(scenario())
+
+
+def test_the_c_packer_writes_the_same_bytes_as_redis_py() -> None:
+    from redis.asyncio import Connection
+
+    from workers.cache import CPackedConnection
+
+    for args in (
+        ("MGET", "enrich:v1:r2:00ff", b"k\xff2"),
+        ("SET", "k", b"v\r\n", "EX", 60),
+        ("EVALSHA", "ab", 2, 1.5),
+    ):
+        assert b"".join(CPackedConnection().pack_command(*args)) == b"".join(Connection().pack_command(*args))

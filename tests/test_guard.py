@@ -28,8 +28,11 @@ def test_lru_capacity_bounds_memory() -> None:
 
 
 class BrokenStore:
-    async def eval(self, *args: object) -> object:
-        raise ConnectionError("redis down")
+    def register_script(self, script: str) -> object:
+        async def run(keys: list[str], args: list[object]) -> object:
+            raise ConnectionError("redis down")
+
+        return run
 
 
 def test_store_failure_falls_back_to_local_memory() -> None:

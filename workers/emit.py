@@ -1,13 +1,16 @@
 """Emit stage: attribute events and dead-letter records through one idempotent producer.
 
 Delivery reports are served by a small polling thread and handed to the event loop; `on_delivered`
-runs there only after the broker acknowledged the record. The first failed delivery is kept and raised
-by `raise_if_failed()`, so the pipeline stops before any offset past an undelivered record finishes.
+runs there only after the broker acknowledged the record (`produce`), or all records of a batch
+(`produce_batch`: one hand-over to the loop per batch instead of one per record). The first failed
+delivery is kept and raised by `raise_if_failed()`, so the pipeline stops before any offset past an
+undelivered record finishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -48,13 +51,23 @@ def make_producer(config: KafkaConfig, worker_id: str) -> Producer:
 class Emitter:
     """Produces records and reports each acknowledgement back on the event loop."""
 
-    def __init__(self, producer: Producer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, producer: Producer) -> None:
         self.producer = producer
-        self._loop = loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: DeliveryFailed | None = None
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_forever, name="kafka-delivery", daemon=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start serving delivery reports; they are handed to `loop`."""
+        self._loop = loop
         self._poller.start()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("Emitter.start(loop) has not been called")
+        return self._loop
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
@@ -71,13 +84,47 @@ class Emitter:
         """Queue one record; `on_delivered()` runs on the loop once it is acknowledged."""
         self.raise_if_failed()
 
+        loop = self.loop
+
         def report(err: KafkaError | None, msg: Message) -> None:
-            self._loop.call_soon_threadsafe(self._settle, err, topic, key, on_delivered)
+            loop.call_soon_threadsafe(self._settle, err, topic, key, on_delivered)
 
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
                 return
+            except BufferError:
+                await asyncio.sleep(0.005)  # local queue full: the poller drains it
+            except KafkaException as exc:
+                raise KafkaOperationFailed("produce", f"topic {topic!r}: {exc}") from exc
+
+    async def produce_batch(
+        self, topic: str, records: list[tuple[bytes, bytes]], on_delivered: Callable[[], None]
+    ) -> None:
+        """Queue `(key, value)` records; `on_delivered()` runs on the loop once all are acknowledged."""
+        self.raise_if_failed()
+        if not records:
+            on_delivered()
+            return
+        total = len(records)
+        # next() on itertools.count is atomic under the GIL: reports may be served by the poller and by
+        # flush() in another thread at once.
+        acknowledged = itertools.count(1)
+        loop = self.loop
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                loop.call_soon_threadsafe(self._settle, err, topic, msg.key(), on_delivered)
+            elif next(acknowledged) == total:
+                loop.call_soon_threadsafe(on_delivered)
+
+        produce = self.producer.produce
+        index = 0
+        while index < total:
+            key, value = records[index]
+            try:
+                produce(topic, value, key, on_delivery=report)
+                index += 1
             except BufferError:
                 await asyncio.sleep(0.005)  # local queue full: the poller drains it
             except KafkaException as exc:
@@ -104,6 +151,8 @@ class Emitter:
         return int(remaining)
 
     def close(self) -> None:
-        """Stop the delivery poller. The producer itself is destroyed when its last reference goes."""
+        """Stop the delivery poller and drop the producer (destroyed when its last reference goes)."""
         self._stop.set()
-        self._poller.join(timeout=5)
+        if self._poller.is_alive():
+            self._poller.join(timeout=5)
+        del self.producer

@@ -1,8 +1,7 @@
-"""Cache -> infer -> decode for one micro-batch: `BatchEnricher.results_for(items)`.
+"""Infer -> decode for one micro-batch of cache misses: `BatchEnricher.infer(items)`.
 
-Duplicates inside a batch (same cache key and token ids) are looked up and inferred once. Inference of
-the misses is retried behind the circuit breaker until it succeeds (never dropped); while a batch waits,
-`blocked` is > 0 and the stream worker pauses its partitions.
+Equal titles inside a batch are inferred once. Inference is retried behind the circuit breaker until it
+succeeds (never dropped); while a batch waits, `blocked` is > 0 and the stream worker pauses its partitions.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.cache import ResultCache, unique_keys
 from workers.config import FlowConfig
 from workers.decode import ModelLabels, decode_attributes, decode_category
 from workers.encode import EncodedText, TitleEncoder
@@ -19,7 +17,7 @@ from workers.events import Listing, SourceRecord
 from workers.flow import Backoff, CircuitBreaker, retry_until_success
 from workers.infer import InferenceBackend
 from workers.metrics import WorkerMetrics
-from workers.results import TokenSpanResult, ids_digest
+from workers.results import ListingResult
 
 __all__ = ["BatchEnricher", "ServedModel", "WorkItem"]
 
@@ -46,22 +44,21 @@ class ServedModel:
 
 @dataclass(slots=True)
 class WorkItem:
-    """One valid listing on its way through the pipeline."""
+    """One valid listing on its way through the pipeline; `encoded` is set only for cache misses."""
 
     source: SourceRecord
     listing: Listing
-    encoded: EncodedText
     consumed_at: float
+    encoded: EncodedText | None = None
 
 
 class BatchEnricher:
-    """Results for a batch of work items: from the cache where possible, else from the backend."""
+    """Results for a batch of cache misses from the inference backend."""
 
     def __init__(
-        self, model: ServedModel, cache: ResultCache, backend: InferenceBackend, flow: FlowConfig,
-        metrics: WorkerMetrics,
-    ) -> None:  # fmt: skip
-        self.model, self.backend, self._cache = model, backend, cache
+        self, model: ServedModel, backend: InferenceBackend, flow: FlowConfig, metrics: WorkerMetrics
+    ) -> None:
+        self.model, self.backend = model, backend
         self.breaker = CircuitBreaker(
             flow.failure_threshold, flow.reset_after_s, on_state_change=metrics.set_circuit_state
         )
@@ -70,33 +67,23 @@ class BatchEnricher:
         )
         self.blocked = 0
 
-    async def results_for(self, items: list[WorkItem]) -> list[tuple[TokenSpanResult, bool]]:
-        """(result, cache_hit) per item, in order."""
-        digests = [ids_digest(item.encoded.ids) for item in items]
-        keys = [self._cache.key_for(item.listing.title) for item in items]
-        unique, index_map = unique_keys(keys)
-        cached = [TokenSpanResult.from_bytes(v) if v else None for v in await self._cache.get_many(unique)]
-        found: list[tuple[TokenSpanResult, bool] | None] = [None] * len(items)
-        misses: dict[tuple[str, str], list[int]] = {}
-        for i, digest in enumerate(digests):
-            hit = cached[index_map[i]]
-            if hit is not None and hit.digest == digest:  # same tokens: the spans fit this title
-                found[i] = (hit, True)
-            else:
-                misses.setdefault((keys[i], digest), []).append(i)
-        if misses:
-            inferred = await self._infer([items[members[0]] for members in misses.values()])
-            for members, result in zip(misses.values(), inferred, strict=True):
-                for i in members:
-                    found[i] = (result, False)
-            await self._cache.put_many(
-                [(key, r.to_bytes()) for (key, _), r in zip(misses, inferred, strict=True)]
-            )
-        return [pair for pair in found if pair is not None]
+    async def infer(self, items: list[WorkItem]) -> list[ListingResult]:
+        """One result per item, in order; items must carry `encoded` (their tokenized titles)."""
+        first_of: dict[str, int] = {}
+        unique: list[WorkItem] = []
+        for item in items:
+            if item.listing.title not in first_of:
+                first_of[item.listing.title] = len(unique)
+                unique.append(item)
+        results = await self._infer_unique(unique)
+        return [results[first_of[item.listing.title]] for item in items]
 
-    async def _infer(self, items: list[WorkItem]) -> list[TokenSpanResult]:
+    async def _infer_unique(self, items: list[WorkItem]) -> list[ListingResult]:
         encoder, labels = self.model.encoder, self.model.labels
-        input_ids, attention_mask = encoder.pad_to_bucket([item.encoded for item in items])
+        encoded = [item.encoded for item in items]
+        if any(enc is None for enc in encoded):
+            raise ValueError("BatchEnricher.infer needs tokenized items (WorkItem.encoded)")
+        input_ids, attention_mask = encoder.pad_to_bucket(encoded)  # type: ignore[arg-type]
         outputs = await retry_until_success(
             lambda: self.backend.infer(input_ids, attention_mask),
             breaker=self.breaker,
@@ -105,20 +92,16 @@ class BatchEnricher:
             on_unblocked=self._unblocked,
         )
         results = []
-        for row, item in enumerate(items):
+        for row, (item, enc) in enumerate(zip(items, encoded, strict=True)):
             category, confidence = decode_category(outputs.category_probs[row], labels)
             attributes = decode_attributes(
                 item.listing.title,
-                item.encoded.offsets,
+                enc.offsets,  # type: ignore[union-attr]
                 outputs.tag_probs[row],
                 labels,
                 labels.attributes_by_category.get(category),
             )
-            results.append(
-                TokenSpanResult.from_attributes(
-                    ids_digest(item.encoded.ids), category, confidence, attributes, item.encoded.offsets
-                )
-            )
+            results.append(ListingResult.from_decoded(category, confidence, attributes))
         return results
 
     def _blocked(self) -> None:
@@ -129,4 +112,3 @@ class BatchEnricher:
 
     async def close(self) -> None:
         await self.backend.close()
-        await self._cache.close()

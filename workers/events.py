@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -59,9 +58,9 @@ class Listing(NamedTuple):
     marketplace: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """Where an input record came from; enough to dead-letter it and to commit past it."""
+class SourceRecord(NamedTuple):
+    """Where an input record came from; enough to dead-letter it and to commit past it (a NamedTuple:
+    built once per consumed record)."""
 
     topic: str
     partition: int
@@ -85,25 +84,24 @@ def utc_now_iso() -> str:
 def attribute_event(
     listing: Listing,
     *,
-    model_name: str,
-    model_version: str,
-    category: str,
-    category_confidence: float,
-    attributes: list[dict[str, Any]],
+    model: dict[str, str],
+    category_json: bytes,
+    attributes_json: bytes,
     cache_hit: bool,
     latency_ms: float,
     worker_id: str,
     processed_at: str | None = None,
 ) -> bytes:
-    """A listing-attributes v1 event; `attributes`: dicts of name/value/confidence/start/end/source_field."""
+    """A listing-attributes v1 event; `model`: {"name", "version"}; the category object and the attribute
+    list come already serialised (`workers.results.ListingResult`) and are embedded as they are."""
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
             "listing_id": listing.listing_id,
             "listing_version": listing.listing_version,
-            "model": {"name": model_name, "version": model_version},
-            "category": {"label": category, "confidence": round(float(category_confidence), 6)},
-            "attributes": attributes,
+            "model": model,
+            "category": orjson.Fragment(category_json),
+            "attributes": orjson.Fragment(attributes_json),
             "cache_hit": cache_hit,
             "processed_at": processed_at or utc_now_iso(),
             "latency_ms": round(max(latency_ms, 0.0), 3),

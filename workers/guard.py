@@ -39,10 +39,14 @@ return result
 """
 
 
-class VersionStore(Protocol):
-    """The part of `redis.asyncio.Redis` the guard uses."""
+class AdmitScript(Protocol):
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any: ...
 
-    async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any: ...
+
+class VersionStore(Protocol):
+    """The part of `redis.asyncio.Redis` the guard uses (EVALSHA, loading the script when Redis lacks it)."""
+
+    def register_script(self, script: str) -> AdmitScript: ...
 
 
 class StaleUpdateGuard:
@@ -61,7 +65,7 @@ class StaleUpdateGuard:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self._latest: OrderedDict[str, int] = OrderedDict()
         self._capacity = capacity
-        self._store = store
+        self._script = store.register_script(_ADMIT_SCRIPT) if store is not None else None
         self._namespace = namespace
         self._ttl_s = ttl_s
         self._on_store_error = on_store_error
@@ -79,7 +83,7 @@ class StaleUpdateGuard:
     async def admit(self, updates: list[tuple[str, int]]) -> list[bool]:
         """One flag per update, in order (a later update in the same call sees the earlier ones)."""
         admitted = [self._admit_locally(listing_id, version) for listing_id, version in updates]
-        if self._store is None:
+        if self._script is None:
             return admitted
         candidates = [i for i, ok in enumerate(admitted) if ok]
         if not candidates:
@@ -87,7 +91,7 @@ class StaleUpdateGuard:
         keys = [f"{self._namespace}:{updates[i][0]}" for i in candidates]
         versions = [updates[i][1] for i in candidates]
         try:
-            shared = await self._store.eval(_ADMIT_SCRIPT, len(keys), *keys, self._ttl_s, *versions)
+            shared = await self._script(keys=keys, args=[self._ttl_s, *versions])
         except (OSError, ConnectionError, TimeoutError) as exc:
             self._store_failed(exc)
             return admitted

@@ -1,6 +1,6 @@
 """Assembly of one worker process, in data-flow order, and its run loop with signals and endpoints.
 
-    listings.new -> consume -> validate -> batch -> cache -> infer -> decode -> guard -> emit -> commit
+    listings.new -> consume -> validate -> cache -> batch -> infer -> decode -> guard -> emit -> commit
 
 Each stage gets only its own config section; clients are built here and passed in.
 """
@@ -8,6 +8,7 @@ Each stage gets only its own config section; clients are built here and passed i
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -41,7 +42,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     validator = ListingValidator()
     cache = ResultCache(redis, model.version, config.cache.ttl_s, metrics)
     backend = make_backend(config.backend, max_in_flight=config.batch.max_in_flight, metrics=metrics)
-    enricher = BatchEnricher(model, cache, backend, config.flow, metrics)  # cache -> infer -> decode
+    enricher = BatchEnricher(model, backend, config.flow, metrics)  # infer -> decode
     guard = StaleUpdateGuard(
         store=redis,
         namespace=f"enrich:version:{config.kafka.output_topic}",
@@ -50,7 +51,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     producer = make_producer(config.kafka, config.worker_id)
     return StreamWorker(
         kafka=config.kafka, batch=config.batch, worker_id=config.worker_id, source=source,
-        validator=validator, enricher=enricher, guard=guard, producer=producer, metrics=metrics,
+        validator=validator, cache=cache, enricher=enricher, guard=guard, producer=producer, metrics=metrics,
     )  # fmt: skip
 
 
@@ -101,6 +102,9 @@ async def run_worker(
         )
     try:
         await wait_for_backend(worker, config)
+        # What start-up allocated (model runtime, tokenizer, clients) lives as long as the process: keep it
+        # out of the collections the hot path's allocations trigger (measured: ~+10 % events/s on hits).
+        gc.freeze()
         await worker.run(stop)
     finally:
         if server is not None:

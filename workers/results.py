@@ -1,10 +1,11 @@
-"""Model results as they are cached: spans in token positions, so a hit re-anchors on the current text.
+"""The model's result for one title, kept as the JSON it is emitted as, and sealed to its title for the cache.
 
-The cache key hashes the *normalised* text (case and whitespace folded), so a hit may come from a title
-that differs in case or spacing, and its character offsets would not fit. The cached value therefore
-keeps token positions plus a digest of the token ids: when the current title tokenizes to the same ids,
-the spans map to exact character offsets of the current title through its own offset mapping — the same
-numbers decoding would have produced. When the ids differ, it is treated as a miss.
+A result is serialised once, when it is decoded; the attribute event embeds those bytes (orjson
+`Fragment`) and the cache stores them. The cache key hashes the exact title (see `workers.cache`), so
+a hit's character offsets fit the title that finds it and it is emitted as stored: no tokenizing,
+decoding or JSON parsing on the hit path. Each cached value starts with a seal (a hash of the title and
+the bytes that follow), so an entry that does not belong to this title — corrupted, truncated, or
+written by something else — is a miss, never output.
 """
 
 from __future__ import annotations
@@ -14,79 +15,72 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from workers.decode import Attribute
 
-__all__ = ["TokenSpanResult", "ids_digest"]
+__all__ = ["ListingResult"]
+
+_SEAL_BYTES = 8
+# orjson writes compact JSON and escapes control characters inside strings: no raw newline in either part.
+_SEPARATOR = b"\n"
 
 
-def ids_digest(ids: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=12).hexdigest()
+def _seal(title: str, body: bytes) -> bytes:
+    digest = hashlib.blake2b(title.encode("utf-8", "surrogatepass"), digest_size=_SEAL_BYTES)
+    digest.update(body)
+    return digest.digest()
 
 
-@dataclass(frozen=True)
-class TokenSpanResult:
-    """Category and attributes of one title; attribute spans as (first_token, last_token) inclusive."""
+@dataclass(frozen=True, slots=True)
+class ListingResult:
+    """Category and attributes of one title as listing-attributes v1 JSON: `{"label", "confidence"}`
+    and the list of attribute objects (name, value, confidence, start, end, source_field)."""
 
-    digest: str
-    category: str
-    category_confidence: float
-    spans: tuple[tuple[str, float, int, int], ...]
-
-    @classmethod
-    def from_attributes(
-        cls,
-        digest: str,
-        category: str,
-        category_confidence: float,
-        attributes: Sequence[Attribute],
-        offsets: Sequence[tuple[int, int]],
-    ) -> TokenSpanResult:
-        first_token = {}
-        last_token = {}
-        for index, (start, end) in enumerate(offsets):
-            if end > start:
-                first_token.setdefault(start, index)
-                last_token[end] = index
-        spans = tuple(
-            (a.name, float(a.confidence), first_token[a.start], last_token[a.end]) for a in attributes
-        )
-        return cls(digest, category, float(category_confidence), spans)
-
-    def attributes_for(self, text: str, offsets: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-        """listing-attributes v1 attribute dicts anchored on `text` (whose tokens have `offsets`)."""
-        found = []
-        for name, confidence, first, last in self.spans:
-            start, end = offsets[first][0], offsets[last][1]
-            found.append(
-                {
-                    "name": name,
-                    "value": text[start:end],
-                    "confidence": round(confidence, 6),
-                    "start": start,
-                    "end": end,
-                    "source_field": "title",
-                }
-            )
-        return found
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {"d": self.digest, "c": [self.category, self.category_confidence], "s": list(self.spans)}
-        )
+    category_json: bytes
+    attributes_json: bytes
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> TokenSpanResult | None:
-        """The cached result, or None when the entry is unreadable (then it counts as a miss)."""
-        try:
-            raw = orjson.loads(data)
-            return cls(
-                raw["d"],
-                raw["c"][0],
-                float(raw["c"][1]),
-                tuple((s[0], float(s[1]), int(s[2]), int(s[3])) for s in raw["s"]),
-            )
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+    def from_decoded(
+        cls, category: str, category_confidence: float, attributes: Sequence[Attribute]
+    ) -> ListingResult:
+        return cls(
+            orjson.dumps({"label": category, "confidence": round(float(category_confidence), 6)}),
+            orjson.dumps(
+                [
+                    {
+                        "name": a.name,
+                        "value": a.value,
+                        "confidence": round(float(a.confidence), 6),
+                        "start": a.start,
+                        "end": a.end,
+                        "source_field": "title",
+                    }
+                    for a in attributes
+                ]
+            ),
+        )
+
+    @property
+    def category(self) -> dict[str, Any]:
+        return orjson.loads(self.category_json)
+
+    @property
+    def attributes(self) -> list[dict[str, Any]]:
+        return orjson.loads(self.attributes_json)
+
+    def to_bytes(self, title: str) -> bytes:
+        """The cache value for `title`: seal, category JSON, newline, attributes JSON."""
+        body = self.category_json + _SEPARATOR + self.attributes_json
+        return _seal(title, body) + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes, title: str) -> ListingResult | None:
+        """The cached result for `title`, or None when the value was not sealed for `title` as it is."""
+        body = data[_SEAL_BYTES:]
+        if len(data) <= _SEAL_BYTES or data[:_SEAL_BYTES] != _seal(title, body):
             return None
+        category_json, separator, attributes_json = body.partition(_SEPARATOR)
+        if not separator:
+            return None
+        return cls(category_json, attributes_json)

@@ -1,13 +1,14 @@
-"""The stream worker: consume, validate, batch, enrich (cache, infer, decode), guard, emit, commit.
+"""The stream worker: consume, validate, cache, batch, infer, decode, guard, emit, commit.
 
 Assembled by `workers.pipeline.build_worker`.
 
 `StreamWorker.run()` is one asyncio loop. Its intake step consumes a chunk of records (in the consume
-thread), validates them (invalid ones go to the dead-letter topic), tokenizes the titles and puts them into
-length-bucketed micro-batches. Each released batch becomes a task: cache lookup, inference of the misses
-(retried behind the circuit breaker while the partitions are paused), decoding, the stale-update guard,
-then production of the attribute events. An input offset is finished when its output is acknowledged;
-commits only ever cover contiguous finished offsets (see commit.py).
+thread), validates them (invalid ones go to the dead-letter topic) and looks the whole chunk up in the
+cache with one MGET. Hits are published at once (guard, emit); only misses are tokenized and put into
+length-bucketed micro-batches. Each released batch becomes a task: inference (retried behind the circuit
+breaker while the partitions are paused), decoding, the cache write, then publishing. An input offset is
+finished when its output is acknowledged; commits only ever cover contiguous finished offsets
+(see commit.py).
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from functools import partial
+from typing import Any
 
 from confluent_kafka import KafkaException, Message, Producer
-from prometheus_client import Counter
 
 from workers.batch import Batch, MicroBatcher
+from workers.cache import ResultCache
 from workers.commit import OffsetTracker, TopicPartitionKey, commit_offsets, commit_transaction
 from workers.config import BatchConfig, KafkaConfig
 from workers.consume import KafkaSource
 from workers.emit import Emitter
 from workers.enrichment import BatchEnricher, WorkItem
 from workers.errors import KafkaOperationFailed, ValidationFailed
-from workers.events import Listing, SourceRecord, attribute_event, dead_letter_event, dead_letter_key
+from workers.events import SourceRecord, dead_letter_event, dead_letter_key
 from workers.guard import StaleUpdateGuard
 from workers.metrics import WorkerMetrics
-from workers.results import TokenSpanResult
+from workers.publish import AttributePublisher
+from workers.results import ListingResult
 from workers.validate import ListingValidator
 
 __all__ = ["StreamWorker"]
@@ -50,6 +54,7 @@ class StreamWorker:
         batch: BatchConfig,
         worker_id: str,
         source: KafkaSource,
+        cache: ResultCache,
         enricher: BatchEnricher,
         guard: StaleUpdateGuard,
         producer: Producer,
@@ -57,22 +62,25 @@ class StreamWorker:
         validator: ListingValidator | None = None,
     ) -> None:
         self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
-        self._source, self.enricher, self._guard, self._producer = source, enricher, guard, producer
+        self._source, self.cache, self.enricher, self._producer = source, cache, enricher, producer
         self.model, self.metrics = enricher.model, metrics
         self._validator = validator or ListingValidator()
         self._batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
         self._tracker = OffsetTracker()
-        self._stale = Counter(
-            "enrich_stale_dropped",
-            "Outputs not sent: a newer listing_version was already emitted",
-            registry=metrics.registry,
-        )
-        self._emit_lock = asyncio.Lock()
+        self._emitter = Emitter(producer)
+        self._publisher = AttributePublisher(
+            topic=kafka.output_topic, model_name=self.model.name, model_version=self.model.version,
+            worker_id=worker_id, guard=guard, emitter=self._emitter, tracker=self._tracker, metrics=metrics,
+        )  # fmt: skip
         # Released batches queue here rather than all awaiting Redis at once: with a backlog, ~100 batches
         # in flight made each MGET wait behind the others' decoding past the cache's socket timeout, and
         # exhausted redis-py's connection pool (MaxConnectionsError): the cache and the shared stale-update
         # guard switched off exactly during catch-up.
         self._batch_slots = asyncio.Semaphore(2 * batch.max_in_flight)
+        # A chunk's cache lookup and publishing wait on Redis (MGET, the guard's script) and on the lock
+        # that orders publishing; intake validates the next chunk meanwhile. Two in flight keeps both the
+        # event loop and Redis busy; more would only queue on that lock.
+        self._lookup_slots = asyncio.Semaphore(2)
         self._tasks: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._running = False
@@ -80,7 +88,6 @@ class StreamWorker:
         self._closing = False
         self._heartbeat = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._emitter: Emitter | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -106,7 +113,7 @@ class StreamWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set (SIGTERM), then drain, commit and leave the group."""
         self._loop = loop = asyncio.get_running_loop()
-        self._emitter = Emitter(self._producer, loop)
+        self._emitter.start(loop)
         interval_s = self._kafka.commit_interval_ms / 1000
         next_commit = loop.time() + interval_s
         failed = True
@@ -127,16 +134,10 @@ class StreamWorker:
         finally:
             await self._shutdown(failed=failed)
 
-    @property
-    def _emitter_(self) -> Emitter:
-        if self._emitter is None:
-            raise RuntimeError("StreamWorker.run() has not started")
-        return self._emitter
-
     def _raise_if_failed(self) -> None:
         if self._fatal is not None:
             raise self._fatal
-        self._emitter_.raise_if_failed()
+        self._emitter.raise_if_failed()
 
     # ---- intake: consume, validate, tokenize, batch ------------------------------------------------------
 
@@ -153,7 +154,10 @@ class StreamWorker:
             self._launch(batch)
 
     async def _accept(self, messages: list[Message]) -> None:
-        valid: list[tuple[SourceRecord, Listing]] = []
+        valid: list[WorkItem] = []
+        consumed = 0
+        now = time.monotonic()
+        assigned, track, validate = self._source.assigned, self._tracker.track, self._validator.validate
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -162,23 +166,48 @@ class StreamWorker:
                 log.warning("consumer error (librdkafka retries it): %s", error)
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if (topic, partition) not in self._source.assigned:
+            if (topic, partition) not in assigned:
                 continue  # revoked meanwhile: its new owner reads it from the committed offset
-            self._tracker.track((topic, partition), offset)
-            self.metrics.events_in.inc()
+            track((topic, partition), offset)
+            consumed += 1
             ts_type, ts = msg.timestamp()
             source = SourceRecord(topic, partition, offset, msg.key(), ts if ts_type else None)
+            value = msg.value()
             try:
-                valid.append((source, self._validator.validate(msg.value(), source.key)))
+                valid.append(WorkItem(source, validate(value, source.key), now))
             except ValidationFailed as exc:
-                await self._dead_letter(source, msg.value(), exc)
-        if not valid:
+                await self._dead_letter(source, value, exc)
+        self.metrics.events_in.inc(consumed)
+        if valid:
+            await self._lookup_slots.acquire()
+            self._start(self._lookup(valid))
+
+    async def _lookup(self, items: list[WorkItem]) -> None:
+        """Publish the chunk's cache hits now; tokenize the misses into their micro-batches."""
+        try:
+            await self._lookup_and_publish(items)
+        finally:
+            self._lookup_slots.release()
+
+    async def _lookup_and_publish(self, items: list[WorkItem]) -> None:
+        cached = await self.cache.lookup([item.listing.title for item in items])
+        hits: list[WorkItem] = []
+        results: list[ListingResult] = []
+        misses: list[WorkItem] = []
+        for item, result in zip(items, cached, strict=True):
+            if result is None:
+                misses.append(item)
+            else:
+                hits.append(item)
+                results.append(result)
+        if hits:
+            await self._publisher.publish(hits, results, cache_hit=True)
+        if not misses:
             return
         encoder = self.model.encoder
-        encoded = encoder.encode([listing.title for _, listing in valid])
-        now = time.monotonic()
-        for (source, listing), enc in zip(valid, encoded, strict=True):
-            batch = self._batcher.add(WorkItem(source, listing, enc, now), encoder.bucket_for(enc.length))
+        for item, enc in zip(misses, encoder.encode([item.listing.title for item in misses]), strict=True):
+            item.encoded = enc
+            batch = self._batcher.add(item, encoder.bucket_for(enc.length))
             if batch is not None:
                 self._launch(batch)
 
@@ -193,7 +222,7 @@ class StreamWorker:
         )
         self.metrics.dlq.labels(code=exc.code).inc()
         record = dead_letter_event(source, value, exc.code, exc.message, self.worker_id)
-        await self._emitter_.produce(
+        await self._emitter.produce(
             self._kafka.dlq_topic,
             dead_letter_key(source.key),
             record,
@@ -202,62 +231,32 @@ class StreamWorker:
         )
 
     def _launch(self, batch: Batch[WorkItem]) -> None:
-        task = asyncio.get_running_loop().create_task(self._process(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._batch_done)
+        self._start(self._process(batch))
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None and self._fatal is None:
             self._fatal = task.exception()
             log.error("batch failed; stopping without committing past it: %r", self._fatal)
 
-    # ---- one batch: cache, infer, decode, guard, emit ----------------------------------------------------
+    # ---- one batch of misses: infer, decode, cache write, guard, emit -------------------------------------
 
     async def _process(self, batch: Batch[WorkItem]) -> None:
         async with self._batch_slots:
             self.metrics.in_flight_batches.inc()
             self.metrics.batch_size.observe(len(batch))
             try:
-                results = await self.enricher.results_for(batch.items)
-                await self._emit(batch.items, results)
+                items = batch.items
+                results = await self.enricher.infer(items)
+                await self.cache.store([(i.listing.title, r) for i, r in zip(items, results, strict=True)])
+                await self._publisher.publish(items, results, cache_hit=False)
             finally:
                 self.metrics.in_flight_batches.dec()
-
-    async def _emit(self, items: list[WorkItem], results: list[tuple[TokenSpanResult, bool]]) -> None:
-        # Guard decision and produce order must match: no other batch may emit in between.
-        async with self._emit_lock:
-            admitted = await self._guard.admit(
-                [(i.listing.listing_id, i.listing.listing_version) for i in items]
-            )
-            now = time.monotonic()
-            for item, (result, cache_hit), ok in zip(items, results, admitted, strict=True):
-                tp = (item.source.topic, item.source.partition)
-                if not ok:
-                    self._stale.inc()
-                    self._tracker.finish(tp, item.source.offset)
-                    continue
-                event = attribute_event(
-                    item.listing,
-                    model_name=self.model.name,
-                    model_version=self.model.version,
-                    category=result.category,
-                    category_confidence=result.category_confidence,
-                    attributes=result.attributes_for(item.listing.title, item.encoded.offsets),
-                    cache_hit=cache_hit,
-                    latency_ms=(now - item.consumed_at) * 1000,
-                    worker_id=self.worker_id,
-                )
-                await self._emitter_.produce(
-                    self._kafka.output_topic,
-                    item.listing.listing_id.encode(),
-                    event,
-                    on_delivered=partial(self._delivered, tp, item.source.offset),
-                )
-
-    def _delivered(self, tp: TopicPartitionKey, offset: int) -> None:
-        self._tracker.finish(tp, offset)
-        self.metrics.events_out.inc()
 
     # ---- commit, rebalance, shutdown ---------------------------------------------------------------------
 
@@ -281,10 +280,12 @@ class StreamWorker:
 
     async def _finish_in_flight(self, partitions: list[TopicPartitionKey] | None) -> None:
         """Release every open batch and wait (bounded) until the tracked offsets are finished."""
-        for batch in self._batcher.drain():
-            self._launch(batch)
         deadline = time.monotonic() + self._kafka.drain_timeout_s
-        while self._tracker.unfinished(partitions) and time.monotonic() < deadline and self._fatal is None:
+        while True:
+            for batch in self._batcher.drain():  # again each turn: lookups in flight may add misses
+                self._launch(batch)
+            if not self._tracker.unfinished(partitions) or time.monotonic() >= deadline or self._fatal:
+                return
             await asyncio.sleep(0.005)
 
     def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
@@ -329,12 +330,12 @@ class StreamWorker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._closing = True
             await self._source.close()
-            await self._emitter_.flush(10)
-            self._emitter_.close()
+            await self._emitter.flush(10)
             # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.
-            self._emitter = None
+            self._emitter.close()
             del self._producer
             await self.enricher.close()
+            await self.cache.close()
             log.info("worker stopped", extra={"worker_id": self.worker_id})
 
     async def _final_commit(self, failed: bool) -> None:

@@ -1,0 +1,87 @@
+"""Guard -> emit: the attribute events of one batch, and the offsets they finish once acknowledged.
+
+Batches (cache hits from intake, inferred misses from their tasks) reach `publish` out of order; a lock
+makes the stale-update guard's decision and the production order the same. One guard round trip and
+one hand-over of delivery reports per batch: the per-event work is building and producing the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+
+from prometheus_client import Counter
+
+from workers.commit import OffsetTracker, TopicPartitionKey
+from workers.emit import Emitter
+from workers.enrichment import WorkItem
+from workers.events import attribute_event, utc_now_iso
+from workers.guard import StaleUpdateGuard
+from workers.metrics import WorkerMetrics
+from workers.results import ListingResult
+
+__all__ = ["AttributePublisher"]
+
+
+class AttributePublisher:
+    """Admits each result through the guard, produces the admitted ones, finishes offsets on ack."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        model_name: str,
+        model_version: str,
+        worker_id: str,
+        guard: StaleUpdateGuard,
+        emitter: Emitter,
+        tracker: OffsetTracker,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self._topic, self._worker_id = topic, worker_id
+        self._model = {"name": model_name, "version": model_version}
+        self._guard, self._emitter, self._tracker, self._metrics = guard, emitter, tracker, metrics
+        self._lock = asyncio.Lock()
+        self._stale = Counter(
+            "enrich_stale_dropped",
+            "Outputs not sent: a newer listing_version was already emitted",
+            registry=metrics.registry,
+        )
+
+    async def publish(self, items: list[WorkItem], results: list[ListingResult], *, cache_hit: bool) -> None:
+        """Produce one attribute event per admitted item; stale items finish without output."""
+        async with self._lock:
+            admitted = await self._guard.admit(
+                [(item.listing.listing_id, item.listing.listing_version) for item in items]
+            )
+            now, processed_at = time.monotonic(), utc_now_iso()
+            records: list[tuple[bytes, bytes]] = []
+            finished: list[tuple[TopicPartitionKey, int]] = []
+            for item, result, ok in zip(items, results, admitted, strict=True):
+                source = item.source
+                if not ok:
+                    self._stale.inc()
+                    self._tracker.finish((source.topic, source.partition), source.offset)
+                    continue
+                records.append((
+                    item.listing.listing_id.encode(),
+                    attribute_event(
+                        item.listing,
+                        model=self._model,
+                        category_json=result.category_json,
+                        attributes_json=result.attributes_json,
+                        cache_hit=cache_hit,
+                        latency_ms=(now - item.consumed_at) * 1000,
+                        worker_id=self._worker_id,
+                        processed_at=processed_at,
+                    ),
+                ))  # fmt: skip
+                finished.append(((source.topic, source.partition), source.offset))
+            await self._emitter.produce_batch(self._topic, records, partial(self._delivered, finished))
+
+    def _delivered(self, finished: list[tuple[TopicPartitionKey, int]]) -> None:
+        finish = self._tracker.finish
+        for tp, offset in finished:
+            finish(tp, offset)
+        self._metrics.events_out.inc(len(finished))
