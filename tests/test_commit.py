@@ -109,3 +109,16 @@ def test_transactional_commit_refuses_unfinished_work_and_unacknowledged_outputs
     with pytest.raises(KafkaOperationFailed, match="not acknowledged"):
         commit_transaction(producer, RecordingConsumer(), tracker)
     assert "commit_transaction" not in producer.calls
+
+
+def test_finish_many_is_finish_for_each_offset() -> None:
+    one, many = OffsetTracker(), OffsetTracker()
+    for tracker in (one, many):
+        for offset in (3, 4, 5, 7, 8):
+            tracker.track(("t", 0), offset)
+    for offset in (5, 3, 8):
+        one.finish(("t", 0), offset)
+    many.finish_many(("t", 0), [5, 3, 8])
+    many.finish_many(("gone", 1), [1])  # not tracked (revoked): ignored
+    assert one.committable() == many.committable() == {("t", 0): 4}
+    assert one.unfinished() == many.unfinished() == 2

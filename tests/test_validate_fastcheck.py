@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from workers.demo import sample_listings
-from workers.events import load_schema
+from workers.events import Listing, load_schema
 from workers.fastcheck import compile_fast_check
 from workers.validate import _is_rfc3339
 
@@ -23,7 +23,7 @@ REPLACEMENTS = [
 
 @pytest.fixture(scope="module")
 def checks() -> tuple:
-    fast = compile_fast_check(SCHEMA, _is_rfc3339)
+    fast = compile_fast_check(SCHEMA, _is_rfc3339, Listing, Listing._fields)
     assert fast is not None
     return fast, fastjsonschema.compile(SCHEMA, formats={"date-time": _is_rfc3339})
 
@@ -40,7 +40,9 @@ def test_sample_listings_take_the_fast_path(checks: tuple) -> None:
     fast, full = checks
     for _, value in sample_listings(50):
         data = orjson.loads(value)
-        assert fast(data) and is_valid(full, data)
+        listing = fast(data)
+        assert listing is not None and is_valid(full, data)
+        assert listing == Listing(*(data.get(name) for name in Listing._fields))
 
 
 def test_fast_check_is_never_more_permissive_than_the_schema(checks: tuple) -> None:
@@ -51,14 +53,18 @@ def test_fast_check_is_never_more_permissive_than_the_schema(checks: tuple) -> N
     mutations += [{k: v for k, v in base.items() if k != name} for name in names]
     accepted_fast = 0
     for data in mutations:
-        if fast(data):
+        if fast(data) is not None:
             accepted_fast += 1
             assert is_valid(full, data), data
     assert accepted_fast > len(names)  # the fast path does accept valid variants
 
 
 def test_schemas_outside_the_flat_subset_get_no_fast_path() -> None:
-    assert compile_fast_check(load_schema("listing-attributes"), _is_rfc3339) is None
-    assert compile_fast_check({**SCHEMA, "additionalProperties": False}, _is_rfc3339) is None
+    def compiled(schema: dict) -> object:
+        return compile_fast_check(schema, _is_rfc3339, Listing, Listing._fields)
+
+    assert compiled(load_schema("listing-attributes")) is None
+    assert compiled({**SCHEMA, "additionalProperties": False}) is None
     odd = {**SCHEMA, "properties": {**SCHEMA["properties"], "title": {"type": "string", "enum": ["a"]}}}
-    assert compile_fast_check(odd, _is_rfc3339) is None
+    assert compiled(odd) is None
+    assert compile_fast_check(SCHEMA, _is_rfc3339, Listing, ["not_a_property"]) is None

@@ -50,6 +50,18 @@ class OffsetTracker:
             finished.discard(done)
             self._position[tp] = done + 1
 
+    def finish_many(self, tp: TopicPartitionKey, offsets: list[int]) -> None:
+        """`finish` for several offsets of one partition."""
+        pending = self._pending.get(tp)
+        if pending is None:
+            return
+        finished = self._finished.setdefault(tp, set())
+        finished.update(offsets)
+        while pending and pending[0] in finished:
+            done = pending.popleft()
+            finished.discard(done)
+            self._position[tp] = done + 1
+
     def unfinished(self, partitions: Iterable[TopicPartitionKey] | None = None) -> int:
         """Tracked offsets not finished yet (in `partitions`, or in all)."""
         keys = self._pending.keys() if partitions is None else partitions

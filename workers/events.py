@@ -93,7 +93,8 @@ def attribute_event(
     processed_at: str | None = None,
 ) -> bytes:
     """A listing-attributes v1 event; `model`: {"name", "version"}; the category object and the attribute
-    list come already serialised (`workers.results.ListingResult`) and are embedded as they are."""
+    list come already serialised (`workers.results.ListingResult`) and are embedded as they are;
+    `latency_ms` is written as given (callers round it)."""
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
@@ -104,7 +105,7 @@ def attribute_event(
             "attributes": orjson.Fragment(attributes_json),
             "cache_hit": cache_hit,
             "processed_at": processed_at or utc_now_iso(),
-            "latency_ms": round(max(latency_ms, 0.0), 3),
+            "latency_ms": latency_ms,
             "worker_id": worker_id,
         }
     )

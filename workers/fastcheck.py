@@ -2,8 +2,9 @@
 
 fastjsonschema's generated code is general (every keyword, error messages, Decimal) and costs ~5 µs per
 listing. Listing v1 is a flat object of strings and integers, so a specialised function does the same
-checks in a fraction of that. It only ever answers "certainly valid" (True) or "not sure" (False); on
-False the validator runs fastjsonschema, which makes the decision and writes the error message. So a
+checks in a fraction of that, and builds the listing from the values it checked. It only ever answers
+"certainly valid" (the listing) or "not sure" (None); on None the validator runs fastjsonschema, which
+makes the decision and writes the error message. So a
 fast path that is too strict costs time, never correctness; `tests/test_validate_fastcheck.py` compares
 both on valid and mutated events. Schemas using any keyword outside the small subset below get no fast
 path (`compile_fast_check` returns None).
@@ -12,8 +13,8 @@ path (`compile_fast_check` returns None).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 __all__ = ["compile_fast_check"]
 
@@ -30,6 +31,7 @@ _PROPERTY = _ANNOTATIONS | {
     "format",
 }
 _TYPES = {"string": "str", "integer": "int", "null": None}
+T = TypeVar("T")
 
 
 def _property_lines(index: int, name: str, spec: dict[str, Any], required: bool,
@@ -39,14 +41,14 @@ def _property_lines(index: int, name: str, spec: dict[str, Any], required: bool,
     lines = [
         f"    v = get({name!r}, MISSING)",
         "    if v is MISSING:",
-        f"        {'return False' if required else 'pass'}",
+        f"        {'return None' if required else 'v = None'}",
     ]
     if "const" in spec:
         const = spec["const"]
         if type(const) not in (int, str) or set(spec) - _ANNOTATIONS - {"const"}:
             return None
         lines.append(
-            f"    elif type(v) is not {type(const).__name__} or v != {const!r}:\n        return False"
+            f"    elif type(v) is not {type(const).__name__} or v != {const!r}:\n        return None"
         )
         return lines
     kinds = spec.get("type")
@@ -56,7 +58,8 @@ def _property_lines(index: int, name: str, spec: dict[str, Any], required: bool,
     python_type = next(_TYPES[k] for k in kinds if _TYPES[k])
     checks = [f"type(v) is not {python_type}"]
     if python_type == "str":
-        checks += [f"len(v) < {int(spec.get('minLength', 0))}"]
+        if int(spec.get("minLength", 0)) > 0:
+            checks.append(f"len(v) < {int(spec['minLength'])}")
         if "maxLength" in spec:
             checks.append(f"len(v) > {int(spec['maxLength'])}")
         if "pattern" in spec:
@@ -74,15 +77,18 @@ def _property_lines(index: int, name: str, spec: dict[str, Any], required: bool,
             if python_type != "int" or type(spec[key]) is not int:
                 return None
             checks.append(f"v {op} {spec[key]}")
-    guard = f"    elif v is None:\n        {'pass' if None in [_TYPES[k] for k in kinds] else 'return False'}"
-    lines += [guard, f"    elif {' or '.join(checks)}:", "        return False"]
+    guard = f"    elif v is None:\n        {'pass' if None in [_TYPES[k] for k in kinds] else 'return None'}"
+    lines += [guard, f"    elif {' or '.join(checks)}:", "        return None"]
     return lines
 
 
 def compile_fast_check(
-    schema: dict[str, Any], is_datetime: Callable[[str], bool]
-) -> Callable[[dict[str, Any]], bool] | None:
-    """`check(data) -> True` only when `data` certainly satisfies `schema`; None if the schema is not flat."""
+    schema: dict[str, Any], is_datetime: Callable[[str], bool], build: Callable[..., T], fields: Sequence[str]
+) -> Callable[[dict[str, Any]], T | None] | None:
+    """`check(data) -> build(*values of fields)` only when `data` certainly satisfies `schema`, else None.
+
+    Absent optional properties give None. Returns None (no fast path) if the schema is not flat.
+    """
     if (
         set(schema) - _TOP_LEVEL
         or schema.get("type") != "object"
@@ -91,15 +97,17 @@ def compile_fast_check(
         return None
     required = set(schema.get("required", []))
     properties: dict[str, Any] = schema.get("properties", {})
-    if not required <= set(properties):
+    if not required <= set(properties) or not set(fields) <= set(properties):
         return None
-    env: dict[str, Any] = {"MISSING": object(), "is_datetime": is_datetime}
+    env: dict[str, Any] = {"MISSING": object(), "is_datetime": is_datetime, "BUILD": build}
     lines = ["def check(data):", "    get = data.get"]
     for index, (name, spec) in enumerate(properties.items()):
         property_lines = _property_lines(index, name, spec, name in required, env)
         if property_lines is None:
             return None
         lines += property_lines
-    lines.append("    return True")
+        if name in fields:
+            lines.append(f"    f{fields.index(name)} = v")
+    lines.append(f"    return BUILD({', '.join(f'f{i}' for i in range(len(fields)))})")
     exec(compile("\n".join(lines), "<fast-check>", "exec"), env)
     return env["check"]

@@ -5,16 +5,17 @@ the guard is asked right before an attribute event is produced. An update is adm
 >= the highest version already admitted for that listing (equal versions are re-deliveries, allowed under
 at-least-once). Rejected updates are finished without output: a newer version is already downstream.
 
-Two memories: an in-process LRU (always), and optionally Redis, shared by all workers of the group, so a
-partition that moves to another worker or a restart after a crash cannot emit an older version either.
-Redis failures fall back to the in-process memory (counted and logged), like the cache.
+Two memories: a bounded in-process map, least recently updated forgotten first (always), and optionally
+Redis, shared by all workers of the group, so a partition that moves to another worker or a restart after
+a crash cannot emit an older version either. Redis failures fall back to the in-process memory (counted
+and logged), like the cache.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
+from itertools import islice
 from typing import Any, Protocol
 
 __all__ = ["StaleUpdateGuard"]
@@ -63,32 +64,42 @@ class StaleUpdateGuard:
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self._latest: OrderedDict[str, int] = OrderedDict()
+        self._latest: dict[str, int] = {}  # insertion order = age: the oldest are forgotten first
         self._capacity = capacity
         self._script = store.register_script(_ADMIT_SCRIPT) if store is not None else None
         self._namespace = namespace
         self._ttl_s = ttl_s
         self._on_store_error = on_store_error
 
-    def _admit_locally(self, listing_id: str, version: int) -> bool:
-        latest = self._latest.get(listing_id)
-        if latest is not None and latest > version:
-            return False
-        self._latest[listing_id] = version
-        self._latest.move_to_end(listing_id)
-        if len(self._latest) > self._capacity:
-            self._latest.popitem(last=False)
-        return True
+    def _admit_locally(self, updates: list[tuple[str, int]]) -> list[bool]:
+        latest, admitted = self._latest, []
+        for listing_id, version in updates:
+            stored = latest.get(listing_id)
+            if stored is None:
+                latest[listing_id] = version
+            elif stored > version:
+                admitted.append(False)
+                continue
+            else:
+                del latest[listing_id]  # re-inserted as the youngest
+                latest[listing_id] = version
+            admitted.append(True)
+        excess = len(latest) - self._capacity
+        if excess > 0:
+            for listing_id in list(islice(latest, excess)):
+                del latest[listing_id]
+        return admitted
 
     async def admit(self, updates: list[tuple[str, int]]) -> list[bool]:
         """One flag per update, in order (a later update in the same call sees the earlier ones)."""
-        admitted = [self._admit_locally(listing_id, version) for listing_id, version in updates]
+        admitted = self._admit_locally(updates)
         if self._script is None:
             return admitted
         candidates = [i for i, ok in enumerate(admitted) if ok]
         if not candidates:
             return admitted
-        keys = [f"{self._namespace}:{updates[i][0]}" for i in candidates]
+        prefix = self._namespace + ":"
+        keys = [prefix + updates[i][0] for i in candidates]
         versions = [updates[i][1] for i in candidates]
         try:
             shared = await self._script(keys=keys, args=[self._ttl_s, *versions])
@@ -101,7 +112,7 @@ class StaleUpdateGuard:
             self._store_failed(exc)
             return admitted
         for i, ok in zip(candidates, shared, strict=True):
-            if not int(ok):
+            if not ok:
                 admitted[i] = False
         return admitted
 

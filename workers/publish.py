@@ -56,32 +56,35 @@ class AttributePublisher:
                 [(item.listing.listing_id, item.listing.listing_version) for item in items]
             )
             now, processed_at = time.monotonic(), utc_now_iso()
+            model, worker_id, tracker = self._model, self._worker_id, self._tracker
             records: list[tuple[bytes, bytes]] = []
-            finished: list[tuple[TopicPartitionKey, int]] = []
+            finished: dict[TopicPartitionKey, list[int]] = {}
+            latency_ms: dict[float, float] = {}  # items consumed together share it
             for item, result, ok in zip(items, results, admitted, strict=True):
                 source = item.source
                 if not ok:
                     self._stale.inc()
-                    self._tracker.finish((source.topic, source.partition), source.offset)
+                    tracker.finish((source.topic, source.partition), source.offset)
                     continue
+                latency = latency_ms.get(item.consumed_at)
+                if latency is None:
+                    latency = latency_ms[item.consumed_at] = round(max(now - item.consumed_at, 0.0) * 1000, 3)
+                listing = item.listing
                 records.append((
-                    item.listing.listing_id.encode(),
+                    listing.listing_id.encode(),
                     attribute_event(
-                        item.listing,
-                        model=self._model,
-                        category_json=result.category_json,
-                        attributes_json=result.attributes_json,
-                        cache_hit=cache_hit,
-                        latency_ms=(now - item.consumed_at) * 1000,
-                        worker_id=self._worker_id,
-                        processed_at=processed_at,
+                        listing, model=model, category_json=result.category_json,
+                        attributes_json=result.attributes_json, cache_hit=cache_hit, latency_ms=latency,
+                        worker_id=worker_id, processed_at=processed_at,
                     ),
                 ))  # fmt: skip
-                finished.append(((source.topic, source.partition), source.offset))
+                offsets = finished.get((source.topic, source.partition))
+                if offsets is None:
+                    offsets = finished[(source.topic, source.partition)] = []
+                offsets.append(source.offset)
             await self._emitter.produce_batch(self._topic, records, partial(self._delivered, finished))
 
-    def _delivered(self, finished: list[tuple[TopicPartitionKey, int]]) -> None:
-        finish = self._tracker.finish
-        for tp, offset in finished:
-            finish(tp, offset)
-        self._metrics.events_out.inc(len(finished))
+    def _delivered(self, finished: dict[TopicPartitionKey, list[int]]) -> None:
+        for tp, offsets in finished.items():
+            self._tracker.finish_many(tp, offsets)
+        self._metrics.events_out.inc(sum(len(offsets) for offsets in finished.values()))

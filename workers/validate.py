@@ -29,7 +29,7 @@ class ListingValidator:
         self.require_key = require_key
         # RFC 3339 via the C parser instead of fastjsonschema's long regex (same acceptance, 3.11+ parser).
         self._check = fastjsonschema.compile(schema, formats={"date-time": _is_rfc3339})
-        self._certainly_valid = compile_fast_check(schema, _is_rfc3339)
+        self._certainly_valid = compile_fast_check(schema, _is_rfc3339, Listing, Listing._fields)
 
     def validate(self, value: bytes | None, key: bytes | None) -> Listing:
         """The listing in `value`; raises `ValidationFailed(code, message)` when it cannot be processed."""
@@ -53,23 +53,24 @@ class ListingValidator:
                 ReasonCode.UNSUPPORTED_SCHEMA_VERSION,
                 f"schema_version {version!r}; this worker reads listing v{SCHEMA_VERSION}",
             )
-        if self._certainly_valid is None or not self._certainly_valid(data):
+        listing = self._certainly_valid(data) if self._certainly_valid is not None else None
+        if listing is None:
             try:
                 self._check(data)  # the authority, and the error message
             except fastjsonschema.JsonSchemaValueException as exc:
                 raise ValidationFailed(ReasonCode.SCHEMA_VIOLATION, exc.message) from None
-        get = data.get
-        listing = Listing(
-            data["listing_id"],
-            int(data["listing_version"]),  # the schema also admits 3.0
-            data["title"],
-            data["event_time"],
-            get("description"),
-            get("category_hint"),
-            get("locale"),
-            get("marketplace"),
-        )
-        if self.require_key:
+            get = data.get
+            listing = Listing(
+                data["listing_id"],
+                int(data["listing_version"]),  # the schema also admits 3.0
+                data["title"],
+                data["event_time"],
+                get("description"),
+                get("category_hint"),
+                get("locale"),
+                get("marketplace"),
+            )
+        if self.require_key and (key is None or key != listing.listing_id.encode()):
             _check_key(key, listing.listing_id)
         return listing
 
