@@ -78,7 +78,7 @@ class KafkaConfig:
         _parse_bool,
     )
     consume_max_messages: int = setting(
-        500, "ENRICH_CONSUME_MAX_MESSAGES", "messages per consume() call", int
+        2000, "ENRICH_CONSUME_MAX_MESSAGES", "messages per consume() call (one cache MGET each)", int
     )
     commit_interval_ms: int = setting(
         1000,
@@ -109,7 +109,7 @@ class BatchConfig:
     max_wait_ms: int = setting(20, "ENRICH_MAX_WAIT_MS", "longest a listing waits for its batch to fill", int)
     max_in_flight: int = setting(4, "ENRICH_MAX_IN_FLIGHT", "inference batches in flight at once", int)
     max_pending: int = setting(
-        4000, "ENRICH_MAX_PENDING", "consumed but unfinished listings before partitions are paused", int
+        4000, "ENRICH_MAX_PENDING", "consumed but unfinished listings before intake waits", int
     )
 
 

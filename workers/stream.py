@@ -42,6 +42,8 @@ __all__ = ["StreamWorker"]
 log = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_S = 0.1
+_FULL_WINDOW_WAIT_S = 0.002
+_SERVE_CALLBACKS_EVERY_S = 0.5
 
 
 class StreamWorker:
@@ -87,6 +89,7 @@ class StreamWorker:
         self._stopped = False
         self._closing = False
         self._heartbeat = 0.0
+        self._last_consume = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -142,14 +145,26 @@ class StreamWorker:
     # ---- intake: consume, validate, tokenize, batch ------------------------------------------------------
 
     async def _intake_once(self) -> None:
-        self._source.set_paused(
-            self.enricher.blocked > 0 or self._tracker.unfinished() >= self._batch_config.max_pending
-        )
+        # Pausing makes librdkafka drop the records it has prefetched (librdkafka#5343), which are then
+        # fetched again on resume: it is kept for a blocked backend (a long wait). A full in-flight window
+        # only holds back consume() briefly; librdkafka's own queue limits stop its fetching meanwhile.
+        self._source.set_paused(self.enricher.blocked > 0)
         wait = self._batcher.seconds_until_due()
         timeout = _POLL_TIMEOUT_S if wait is None else min(_POLL_TIMEOUT_S, max(wait, 0.001))
-        messages = await self._source.consume(self._kafka.consume_max_messages, timeout)
+        max_messages = self._kafka.consume_max_messages
+        if self._tracker.unfinished() >= self._batch_config.max_pending and not self._source.paused:
+            if time.monotonic() - self._last_consume < _SERVE_CALLBACKS_EVERY_S:
+                await asyncio.sleep(min(timeout, _FULL_WINDOW_WAIT_S))
+                self._launch_due()
+                return
+            max_messages = 1  # keep serving rebalance callbacks and group membership
+        self._last_consume = time.monotonic()
+        messages = await self._source.consume(max_messages, timeout)
         if messages:
             await self._accept(messages)
+        self._launch_due()
+
+    def _launch_due(self) -> None:
         for batch in self._batcher.due():
             self._launch(batch)
 
