@@ -152,6 +152,9 @@ def _worker_passes(options: BenchOptions, ctx: BenchContext, titles: list[str],
         passes[name] = result
         return result
 
+    # The broker's JVM compiles its hot paths during the first few thousand records: without this warm-up
+    # the first pass paid ~2 broker CPU-seconds more, taken from the worker and Triton on these 2 cores.
+    run("warm-up", min(n, 3000), cache_off)
     run("triton-model", n, cache_off)
     if "b" in options.measures:
         run("triton-batch1", max(200, n // 10), {**cache_off, "ENRICH_MAX_BATCH": "1"})

@@ -41,7 +41,9 @@ __all__ = ["StreamWorker"]
 
 log = logging.getLogger(__name__)
 
-_POLL_TIMEOUT_S = 0.1
+# librdkafka's batch consume() waits out its whole timeout unless the batch fills: at moderate rates that
+# wait is every record's latency, so it is kept to the micro-batch window (ENRICH_MAX_WAIT_MS) or less.
+_POLL_TIMEOUT_MAX_S = 0.1
 _FULL_WINDOW_WAIT_S = 0.002
 _SERVE_CALLBACKS_EVERY_S = 0.5
 
@@ -150,7 +152,9 @@ class StreamWorker:
         # only holds back consume() briefly; librdkafka's own queue limits stop its fetching meanwhile.
         self._source.set_paused(self.enricher.blocked > 0)
         wait = self._batcher.seconds_until_due()
-        timeout = _POLL_TIMEOUT_S if wait is None else min(_POLL_TIMEOUT_S, max(wait, 0.001))
+        timeout = min(_POLL_TIMEOUT_MAX_S, max(self._batch_config.max_wait_ms / 1000, 0.001))
+        if wait is not None:
+            timeout = min(timeout, max(wait, 0.001))
         max_messages = self._kafka.consume_max_messages
         if self._tracker.unfinished() >= self._batch_config.max_pending and not self._source.paused:
             if time.monotonic() - self._last_consume < _SERVE_CALLBACKS_EVERY_S:
@@ -225,6 +229,10 @@ class StreamWorker:
             batch = self._batcher.add(item, encoder.bucket_for(enc.length))
             if batch is not None:
                 self._launch(batch)
+        # The intake loop may be inside a long consume() wait: release these misses' batch on time.
+        wait = self._batcher.seconds_until_due()
+        if wait is not None:
+            asyncio.get_running_loop().call_later(wait, self._launch_due)
 
     async def _dead_letter(self, source: SourceRecord, value: bytes | None, exc: ValidationFailed) -> None:
         log.warning(
