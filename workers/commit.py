@@ -40,21 +40,13 @@ class OffsetTracker:
 
     def finish(self, tp: TopicPartitionKey, offset: int) -> None:
         """Mark `offset` finished; advances the partition's position over every contiguous finished one."""
-        pending = self._pending.get(tp)
-        if pending is None:
-            return  # partition revoked meanwhile: its offsets are someone else's now
-        finished = self._finished.setdefault(tp, set())
-        finished.add(offset)
-        while pending and pending[0] in finished:
-            done = pending.popleft()
-            finished.discard(done)
-            self._position[tp] = done + 1
+        self.finish_many(tp, (offset,))
 
-    def finish_many(self, tp: TopicPartitionKey, offsets: list[int]) -> None:
+    def finish_many(self, tp: TopicPartitionKey, offsets: Iterable[int]) -> None:
         """`finish` for several offsets of one partition."""
         pending = self._pending.get(tp)
         if pending is None:
-            return
+            return  # partition revoked meanwhile: its offsets are someone else's now
         finished = self._finished.setdefault(tp, set())
         finished.update(offsets)
         while pending and pending[0] in finished:

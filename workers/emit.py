@@ -82,24 +82,14 @@ class Emitter:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queue one record; `on_delivered()` runs on the loop once it is acknowledged."""
-        self.raise_if_failed()
-
-        loop = self.loop
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(self._settle, err, topic, key, on_delivered)
-
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=report)
-                return
-            except BufferError:
-                await asyncio.sleep(0.005)  # local queue full: the poller drains it
-            except KafkaException as exc:
-                raise KafkaOperationFailed("produce", f"topic {topic!r}: {exc}") from exc
+        await self.produce_batch(topic, [(key, value)], on_delivered, headers)
 
     async def produce_batch(
-        self, topic: str, records: list[tuple[bytes, bytes]], on_delivered: Callable[[], None]
+        self,
+        topic: str,
+        records: list[tuple[bytes | None, bytes]],
+        on_delivered: Callable[[], None],
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queue `(key, value)` records; `on_delivered()` runs on the loop once all are acknowledged."""
         self.raise_if_failed()
@@ -114,7 +104,7 @@ class Emitter:
 
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                loop.call_soon_threadsafe(self._settle, err, topic, msg.key(), on_delivered)
+                loop.call_soon_threadsafe(self._fail, err, topic, msg.key())
             elif next(acknowledged) == total:
                 loop.call_soon_threadsafe(on_delivered)
 
@@ -123,22 +113,17 @@ class Emitter:
         while index < total:
             key, value = records[index]
             try:
-                produce(topic, value, key, on_delivery=report)
+                produce(topic, value, key, headers=headers, on_delivery=report)
                 index += 1
             except BufferError:
                 await asyncio.sleep(0.005)  # local queue full: the poller drains it
             except KafkaException as exc:
                 raise KafkaOperationFailed("produce", f"topic {topic!r}: {exc}") from exc
 
-    def _settle(
-        self, err: KafkaError | None, topic: str, key: bytes | None, on_delivered: Callable[[], None]
-    ) -> None:
-        if err is not None:
-            if self._failure is None:
-                self._failure = DeliveryFailed(topic, key, str(err))
-                log.error("%s", self._failure)
-            return
-        on_delivered()
+    def _fail(self, err: KafkaError, topic: str, key: bytes | None) -> None:
+        if self._failure is None:
+            self._failure = DeliveryFailed(topic, key, str(err))
+            log.error("%s", self._failure)
 
     def raise_if_failed(self) -> None:
         if self._failure is not None:
