@@ -88,22 +88,18 @@ def test_triton_outage_loses_nothing_and_the_worker_recovers_by_itself(
     assert len(result.recovery_s) == 1, explain(result)
 
 
-def test_broker_restart_loses_nothing(
-    redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("scenario", "nodes"),
+    [("broker-restart", 1), ("broker-failover", 3)],
+    ids=["broker-restart-loses-nothing", "one-of-three-brokers-killed-loses-nothing"],
+)
+def test_broker_loss_loses_nothing(
+    scenario: str, nodes: int, redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    with own_cluster(tmp_path, nodes=1) as kafka:  # the session broker must stay up for other tests
+    # Its own cluster: the session broker must stay up for the other tests.
+    with own_cluster(tmp_path, nodes=nodes) as kafka:
         services = Services(kafka, redis_server, tiny_model_dir, tmp_path)
-        result = run_scenario("broker-restart", services, QUICK)
-    assert_nothing_lost(result)
-    assert len(result.recovery_s) == 1, explain(result)
-
-
-def test_one_of_three_brokers_killed_loses_nothing(
-    redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    with own_cluster(tmp_path, nodes=3) as kafka:
-        services = Services(kafka, redis_server, tiny_model_dir, tmp_path)
-        result = run_scenario("broker-failover", services, QUICK)
+        result = run_scenario(scenario, services, QUICK)
     assert_nothing_lost(result)
     assert len(result.recovery_s) == 1, explain(result)
 
