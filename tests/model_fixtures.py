@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.fixtures import DEFAULT_FIXTURE_PATH
+from devtools.fixtures import DEFAULT_FIXTURE_PATH
 
 __all__ = ["FIXTURE_OFFERS", "tiny_model_dir", "tiny_triton_repo"]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from localservices.kafka import KafkaCluster
-from localservices.redis_server import RedisServer
-from localservices.triton import TritonServer
+from devtools.services.kafka import KafkaCluster
+from devtools.services.redis_server import RedisServer
+from devtools.services.triton import TritonServer
 
 __all__ = ["kafka", "new_topic", "produce_confirmed", "redis_server", "triton_factory"]
 

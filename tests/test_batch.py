@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.batch import MicroBatcher
+from workers.stages.batch import MicroBatcher
 
 
 class FakeClock:

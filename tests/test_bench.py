@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from bench.report import format_table
-from bench.run import BenchOptions, run_bench
+from devtools.bench.report import format_table
+from devtools.bench.run import BenchOptions, run_bench
 
 pytestmark = pytest.mark.services
 

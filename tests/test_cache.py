@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from workers.cache import ResultCache, make_redis_client, make_result_cache, unique_keys
-from workers.config import CacheConfig
-from workers.decode import Attribute
-from workers.metrics import WorkerMetrics
-from workers.results import ListingResult
+from workers.contract.results import ListingResult
+from workers.model.decode import Attribute
+from workers.runtime.config import CacheConfig
+from workers.runtime.metrics import WorkerMetrics
+from workers.stages.cache import ResultCache, make_redis_client, make_result_cache, unique_keys
 
 
 def _counts(metrics: WorkerMetrics) -> tuple[float, float, float]:
@@ -193,7 +193,7 @@ def test_make_result_cache_follows_the_config(redis_server: Any) -> None:
 def test_the_c_packer_writes_the_same_bytes_as_redis_py() -> None:
     from redis.asyncio import Connection
 
-    from workers.cache import CPackedConnection
+    from workers.stages.cache import CPackedConnection
 
     for args in (
         ("MGET", "enrich:v1:r2:00ff", b"k\xff2"),

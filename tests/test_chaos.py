@@ -1,7 +1,7 @@
 """Shortened chaos scenarios (issue 5) on the real services: nothing lost, the worker recovers by itself.
 
 Each runs `enrich worker` as a subprocess with the tiny model and accounts for every produced record by
-reading the output and DLQ topics to the end (reliability/). Full-size figures: `enrich chaos all`.
+reading the output and DLQ topics to the end (devtools/reliability/). Full-size figures: `enrich chaos all`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from localservices.kafka import KafkaCluster
-from localservices.redis_server import RedisServer
-from reliability.report import format_details
-from reliability.run import ScenarioResult, Services
-from reliability.scenarios import ChaosOptions, run_scenario
+from devtools.reliability.report import format_details
+from devtools.reliability.run import ScenarioResult, Services
+from devtools.reliability.scenarios import ChaosOptions, run_scenario
+from devtools.services.kafka import KafkaCluster
+from devtools.services.redis_server import RedisServer
 
 pytestmark = pytest.mark.services
 

@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from reliability.hostile import HOSTILE_KINDS, HUGE_KINDS, hostile_records, mixed
-from reliability.ledger import count_outcomes
-from reliability.traffic import OUTPUT, Expected, valid_listings
-from workers.errors import ValidationFailed
-from workers.validate import ListingValidator
+from devtools.reliability.hostile import HOSTILE_KINDS, HUGE_KINDS, hostile_records, mixed
+from devtools.reliability.ledger import count_outcomes
+from devtools.reliability.traffic import OUTPUT, Expected, valid_listings
+from workers.contract.errors import ValidationFailed
+from workers.stages.validate import ListingValidator
 
 
 def _valid(label: str) -> Expected:

@@ -1,7 +1,7 @@
-"""Bugs the chaos scenarios found, each pinned by a focused test (see reliability/RESULTS.md).
+"""Bugs the chaos scenarios found, each pinned by a focused test (see devtools/reliability/RESULTS.md).
 
 1. A record too large for the worker's own dead-letter producer crashes the worker on every restart (a
-   poison pill). Fixed: payload and key are bounded so the encoded record fits (workers/events.py).
+   poison pill). Fixed: payload and key are bounded so the encoded record fits (workers/contract/events.py).
 2. (Fixed in e35535c.) Triton answers NOT_FOUND ("has no available versions") while it unloads models
    during a graceful shutdown (and during any model reload); the worker took that as permanent and exited.
 """
@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localservices.triton import TritonServer
-from workers.errors import BackendUnavailable, ReasonCode
-from workers.events import SourceRecord, dead_letter_event
+from devtools.services.triton import TritonServer
+from workers.contract.errors import BackendUnavailable, ReasonCode
+from workers.contract.events import SourceRecord, dead_letter_event
 
-# librdkafka's default `message.max.bytes`, which the worker's producer (workers/emit.py) keeps, and the
-# broker's default limit is about the same: a dead-letter record larger than this can never be written.
+# librdkafka's default `message.max.bytes`, which the worker's producer (workers/runtime/producer.py) keeps,
+# and the broker's default limit is about the same: a dead-letter record larger than this can never be
+# written.
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 
 
@@ -51,7 +52,7 @@ def test_dead_letter_record_of_an_oversized_record_fits_in_one_kafka_message(
 def test_triton_model_unloaded_for_a_moment_is_retriable_not_fatal(
     triton_factory: Callable[..., TritonServer], tiny_triton_repo: Path
 ) -> None:
-    from workers.infer import TritonBackend
+    from workers.backends import TritonBackend
 
     server = triton_factory(tiny_triton_repo)
     url = f"http://{server.http_url}/v2/repository/models/attribute_extractor"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from workers.commit import OffsetTracker, commit_offsets, commit_transaction
-from workers.errors import KafkaOperationFailed
+from workers.contract.errors import KafkaOperationFailed
+from workers.stages.commit import OffsetTracker, commit_offsets, commit_transaction
 
 P0, P1 = ("in", 0), ("in", 1)
 

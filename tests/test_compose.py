@@ -1,5 +1,5 @@
 """docker-compose.yml, the worker image and the Kubernetes manifests agree with each other and with the
-code: service names and ports line up with the worker's ENRICH_* settings (read by workers/config.py
+code: service names and ports line up with the worker's ENRICH_* settings (read by workers/runtime/config.py
 itself), mounted files exist, topic and group names match, and the image installs what workers import."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from localservices.kafka_jars import KAFKA_VERSION
-from workers import config as worker_config
+from devtools.services.kafka_jars import KAFKA_VERSION
+from workers.runtime import config as worker_config
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -258,7 +258,7 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Block())
-from enrich.cli import build_parser
+from workers.cli import build_parser
 build_parser()
 for path in sorted(pathlib.Path("workers").glob("*.py")):
     importlib.import_module(f"workers.{path.stem}")

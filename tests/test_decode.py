@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from devtools.fixtures import DEFAULT_FIXTURE_PATH, generate_offers
 from training.data import find_value_spans, load_offers, token_tags
-from training.fixtures import DEFAULT_FIXTURE_PATH, generate_offers
-from workers.decode import ModelLabels, decode_attributes, decode_category
+from workers.model.decode import ModelLabels, decode_attributes, decode_category
 
 LABELS = ModelLabels.from_attributes(
     ["Brand", "Color", "Gender", "Size"], {"Shoes": ["Brand", "Color", "Gender", "Size"], "Tea": ["Brand"]}
@@ -51,7 +51,7 @@ def test_unicode_and_repeated_values_round_trip_with_exact_offsets() -> None:
 def test_fixture_offers_round_trip_through_the_real_tokenizer_offsets(tmp_path) -> None:
     from training.data import build_labels
     from training.tiny import train_wordpiece_tokenizer
-    from workers.encode import TitleEncoder
+    from workers.model.encode import TitleEncoder
 
     offers = load_offers(DEFAULT_FIXTURE_PATH)
     labels = build_labels(offers)
@@ -139,7 +139,7 @@ def _masked_log_probs(rng: np.random.Generator, labels: ModelLabels, allowed: tu
 
 
 def test_fast_viterbi_paths_equal_the_numpy_programme() -> None:
-    from workers import decode
+    from workers.model import decode
 
     labels = ModelLabels.from_attributes([f"A{i}" for i in range(12)], {"C": [f"A{i}" for i in range(12)]})
     rng = np.random.default_rng(7)
@@ -155,7 +155,7 @@ def test_fast_viterbi_paths_equal_the_numpy_programme() -> None:
 
 
 def test_viterbi_keeps_numpy_semantics_for_non_finite_and_unrestrictable_inputs() -> None:
-    from workers import decode
+    from workers.model import decode
 
     allowed = decode._allowed_tags(LABELS, ("Brand",))
     assert allowed is not None and allowed.tags == ("O", "B-Brand", "I-Brand")

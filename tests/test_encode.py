@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.tiny import train_wordpiece_tokenizer
-from workers.encode import TitleEncoder
+from workers.model.encode import TitleEncoder
 
 TITLES = [
     "Café Bustelo Espresso Roast Ground Coffee, 10 oz",

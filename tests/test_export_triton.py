@@ -13,13 +13,13 @@ import pytest
 from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
 
+from devtools.fixtures import DEFAULT_FIXTURE_PATH
 from training.data import load_offers
 from training.evaluate import predict
-from training.fixtures import DEFAULT_FIXTURE_PATH
 from training.model import load_model
 from training.train import torch_runner
-from workers.decode import ModelLabels
-from workers.encode import TitleEncoder
+from workers.model.decode import ModelLabels
+from workers.model.encode import TitleEncoder
 
 pytestmark = pytest.mark.services
 MODEL = "attribute_extractor"

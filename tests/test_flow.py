@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from workers.errors import BackendUnavailable, EnrichError
-from workers.flow import CLOSED, HALF_OPEN, OPEN, Backoff, CircuitBreaker, retry_until_success
+from workers.contract.errors import BackendUnavailable, EnrichError
+from workers.runtime.resilience import CLOSED, HALF_OPEN, OPEN, Backoff, CircuitBreaker, retry_until_success
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from workers.guard import StaleUpdateGuard
+from workers.stages.guard import StaleUpdateGuard
 
 
 def admit(guard: StaleUpdateGuard, updates: list[tuple[str, int]]) -> list[bool]:

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from workers.config import BackendConfig
-from workers.encode import TitleEncoder
-from workers.errors import BackendUnavailable, ModelMismatch
-from workers.infer import InferenceFailed, ModelOutputs, OnnxRuntimeBackend, TritonBackend, make_backend
+from workers.backends import InferenceFailed, ModelOutputs, OnnxRuntimeBackend, TritonBackend, make_backend
+from workers.contract.errors import BackendUnavailable, ModelMismatch
+from workers.model.encode import TitleEncoder
+from workers.runtime.config import BackendConfig
 
 TITLES = [
     "Lavazza Crema e Gusto Ground Coffee 8.8 oz",

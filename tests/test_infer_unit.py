@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from workers.errors import BackendUnavailable, ModelMismatch
-from workers.infer import InferenceFailed, TritonBackend, check_triton_model_config
-from workers.metrics import WorkerMetrics
+from workers.backends import InferenceFailed, TritonBackend, check_triton_model_config
+from workers.contract.errors import BackendUnavailable, ModelMismatch
+from workers.runtime.metrics import WorkerMetrics
 
 TAGS, CATEGORIES = 5, 3
 

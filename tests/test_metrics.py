@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from workers.flow import CircuitBreaker
-from workers.logs import configure_json_logging
-from workers.metrics import MetricsServer, WorkerMetrics, start_http_endpoint
+from workers.runtime.logs import configure_json_logging
+from workers.runtime.metrics import MetricsServer, WorkerMetrics, start_http_endpoint
+from workers.runtime.resilience import CircuitBreaker
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -12,12 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from workers.config import WorkerConfig, load_config
-from workers.decode import ModelLabels
-from workers.demo import invalid_samples, produce_records, read_events, sample_listings
-from workers.errors import ReasonCode
-from workers.pipeline import build_worker
-from workers.stream import StreamWorker
+from devtools.demo import invalid_samples, produce_records, read_events, sample_listings
+from workers.contract.errors import ReasonCode
+from workers.model.decode import ModelLabels
+from workers.runtime.assembly import build_worker
+from workers.runtime.config import WorkerConfig, load_config
+from workers.runtime.worker import StreamWorker
 
 pytestmark = pytest.mark.services
 
@@ -195,8 +195,8 @@ def test_worker_serves_metrics_liveness_and_readiness(
 ) -> None:
     import urllib.request
 
-    from workers.metrics import WorkerMetrics
-    from workers.pipeline import run_worker
+    from workers.runtime.assembly import run_worker
+    from workers.runtime.metrics import WorkerMetrics
 
     bootstrap = kafka.bootstrap_servers
     produce_records(bootstrap, topics[0], [*sample_listings(12, id_prefix="M"), *invalid_samples()[:1]])

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
-from workers.demo import produce_records, sample_listings
+from devtools.demo import produce_records, sample_listings
 
 pytestmark = pytest.mark.services
 
@@ -52,7 +52,7 @@ class Reader:
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "enrich.cli", "worker"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "workers.cli", "worker"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
         )
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.demo import produce_records, read_events, sample_listings
 from tests.test_pipeline import counter, finished, make_config
-from workers.demo import produce_records, read_events, sample_listings
-from workers.pipeline import build_worker, wait_for_backend
+from workers.runtime.assembly import build_worker, wait_for_backend
 
 pytestmark = pytest.mark.services
 

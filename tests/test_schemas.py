@@ -10,7 +10,7 @@ from pathlib import Path
 import fastjsonschema
 import pytest
 
-from schemas.compat import SCHEMA_DIR, breaking_changes, check_published, publish, schema_files
+from workers.contract.compat import SCHEMA_DIR, breaking_changes, check_published, publish, schema_files
 
 CONTRACTS = ("listing", "listing-attributes", "dead-letter")
 

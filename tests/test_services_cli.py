@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from localservices.stack import adopt_processes
+from devtools.services.stack import adopt_processes
 
 pytestmark = pytest.mark.services
 
 
 def _enrich(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "enrich.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True,
                           timeout=300, check=False)
 
 

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, Producer
 from confluent_kafka import TopicPartition as CkTopicPartition
 
-from localservices.kafka import KafkaCluster
+from devtools.services.kafka import KafkaCluster
 from tests.service_fixtures import produce_confirmed
 
 pytestmark = pytest.mark.services

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import PartitionMetadata
 
-from localservices.kafka import KafkaCluster
+from devtools.services.kafka import KafkaCluster
 from tests.service_fixtures import produce_confirmed
 
 pytestmark = pytest.mark.services

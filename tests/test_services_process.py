@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from localservices.ports import free_ports, is_port_open
-from localservices.process import ManagedProcess, ServiceStartError
+from devtools.services.ports import free_ports, is_port_open
+from devtools.services.process import ManagedProcess, ServiceStartError
 
 _IGNORES_SIGTERM = (
     "import signal, sys, time\n"
@@ -80,7 +80,7 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     parent_code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from localservices.process import ManagedProcess\n"
+        "from devtools.services.process import ManagedProcess\n"
         "run = Path(sys.argv[1])\n"
         "child = ManagedProcess.spawn('grandchild', [sys.executable, '-c', 'import time; time.sleep(600)', "
         "str(run)], log_path=run / 'grandchild.log', marker=str(run))\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from localservices.redis_server import RedisServer
+from devtools.services.redis_server import RedisServer
 
 pytestmark = pytest.mark.services
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from localservices.process import ServiceStartError
-from localservices.triton import SHM_DIR, TritonServer
+from devtools.services.process import ServiceStartError
+from devtools.services.triton import SHM_DIR, TritonServer
 
 pytestmark = pytest.mark.services
 

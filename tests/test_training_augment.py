@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from devtools.fixtures import DEFAULT_FIXTURE_PATH
 from training.augment import (
     augment_offers,
     build_value_pool,
@@ -13,7 +14,6 @@ from training.augment import (
     substitute_values,
 )
 from training.data import Offer, find_value_spans, load_offers
-from training.fixtures import DEFAULT_FIXTURE_PATH
 
 OFFER = Offer(
     "Crocs Women's Ballet Flat, Navy, 8 M US (Women's)",

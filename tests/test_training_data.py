@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.fixtures import DEFAULT_FIXTURE_PATH
 from training.data import (
     DataError,
     Offer,
@@ -16,7 +17,6 @@ from training.data import (
     split_offers,
     write_offers,
 )
-from training.fixtures import DEFAULT_FIXTURE_PATH
 
 
 def write_lines(path: Path, rows: list[object]) -> Path:

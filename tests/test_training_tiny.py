@@ -16,8 +16,8 @@ from training.data import load_offers, split_offers
 from training.evaluate import predict, score
 from training.model import new_model
 from training.train import torch_runner
-from workers.decode import ModelLabels
-from workers.encode import TitleEncoder
+from workers.model.decode import ModelLabels
+from workers.model.encode import TitleEncoder
 
 
 def test_model_directory_follows_the_contract(tiny_model_dir: Path) -> None:
@@ -63,7 +63,7 @@ def test_evaluate_cli_prints_json_metrics_and_writes_charts(tiny_model_dir: Path
         [
             sys.executable,
             "-m",
-            "enrich.cli",
+            "workers.cli",
             "evaluate",
             str(tiny_model_dir),
             str(FIXTURE_OFFERS),
@@ -86,7 +86,7 @@ def test_evaluate_cli_prints_json_metrics_and_writes_charts(tiny_model_dir: Path
 def test_augment_cli_writes_valid_offers(tmp_path: Path) -> None:
     out = tmp_path / "aug.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "enrich.cli", "augment", str(FIXTURE_OFFERS), str(out), "--copies", "1"],
+        [sys.executable, "-m", "workers.cli", "augment", str(FIXTURE_OFFERS), str(out), "--copies", "1"],
         check=True,
         capture_output=True,
         timeout=120,

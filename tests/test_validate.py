@@ -7,9 +7,9 @@ import base64
 import orjson
 import pytest
 
-from workers.errors import ReasonCode, ValidationFailed
-from workers.events import SourceRecord, dead_letter_event, load_schema
-from workers.validate import ListingValidator
+from workers.contract.errors import ReasonCode, ValidationFailed
+from workers.contract.events import SourceRecord, dead_letter_event, load_schema
+from workers.stages.validate import ListingValidator
 
 GOOD = {
     "listing_id": "L-1",

@@ -8,10 +8,10 @@ import fastjsonschema
 import orjson
 import pytest
 
-from workers.demo import sample_listings
-from workers.events import Listing, load_schema
-from workers.fastcheck import compile_fast_check
-from workers.validate import _is_rfc3339
+from devtools.demo import sample_listings
+from workers.contract.events import Listing, load_schema
+from workers.stages.validate import _is_rfc3339
+from workers.stages.validate_fast import compile_fast_check
 
 SCHEMA = load_schema("listing")
 REPLACEMENTS = [

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from enrich.cli import main
-from workers.demo import produce_records, read_events
-from workers.events import SCHEMA_DIR
+from devtools.demo import produce_records, read_events
+from workers.cli import main
+from workers.contract.events import SCHEMA_DIR
 
 
 def test_worker_help_lists_settings_with_env_vars(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.config import add_config_arguments, load_config
-from workers.errors import ConfigError
+from workers.contract.errors import ConfigError
+from workers.runtime.config import add_config_arguments, load_config
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from workers.decode import Attribute
-from workers.events import Listing, attribute_event
-from workers.results import ListingResult
+from workers.contract.events import Listing, attribute_event
+from workers.contract.results import ListingResult
+from workers.model.decode import Attribute
 
 TITLE = "Lavazza Dark Roast, 2 lb"
 

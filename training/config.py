@@ -25,7 +25,7 @@ def _opt(default: Any, help_text: str) -> Any:
 class TrainConfig:
     """Everything `enrich train` needs; the model directory's metrics.json records the values used."""
 
-    data_path: str = _opt("data/fixtures/offers.jsonl", "OA-Mine-format JSON-lines training file")
+    data_path: str = _opt("devtools/harness/offers.jsonl", "OA-Mine-format JSON-lines training file")
     output_root: str = _opt("models", "where model directories <name>/<version>/ are written")
     name: str = _opt("attribute-extractor", "model name (first path level under output_root)")
     version: str = _opt("", "model version string; empty = UTC timestamp")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.decode import ModelLabels
-from workers.encode import TitleEncoder
+from workers.model.decode import ModelLabels
+from workers.model.encode import TitleEncoder
 
 __all__ = [
     "IGNORE_INDEX",

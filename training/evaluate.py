@@ -1,7 +1,8 @@
 """Scoring: micro P/R/F1 over (attribute, value) pairs, per-attribute table, category report, charts.
 
-Predictions go through the serving code (``workers.encode`` + ``workers.decode``); only the function that
-turns padded ids into probabilities differs (torch during training, ONNX Runtime for ``enrich evaluate``).
+Predictions go through the serving code (``workers.model.encode`` + ``workers.model.decode``); only the
+function that turns padded ids into probabilities differs (torch during training, ONNX Runtime for
+``enrich evaluate``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from training.data import Offer
-from workers.decode import Attribute, ModelLabels, decode_attributes, decode_category
-from workers.encode import TitleEncoder
+from workers.model.decode import Attribute, ModelLabels, decode_attributes, decode_category
+from workers.model.encode import TitleEncoder
 
 __all__ = [
     "Prediction",

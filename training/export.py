@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from training.model import ProbabilityOutputs, load_model
-from workers.encode import TitleEncoder
+from workers.model.encode import TitleEncoder
 
 __all__ = ["DEFAULT_TRITON_CPU_REPO", "export_model", "export_onnx", "fill_triton_repo", "parity_check"]
 

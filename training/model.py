@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
-from workers.decode import ModelLabels
+from workers.model.decode import ModelLabels
 
 __all__ = ["AttributeModel", "ProbabilityOutputs", "load_model", "new_model", "save_model"]
 

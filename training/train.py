@@ -37,8 +37,8 @@ from training.data import (
 from training.evaluate import RunBatch, predict, score
 from training.model import AttributeModel, new_model, save_model
 from training.model_card import write_model_card
-from workers.decode import ModelLabels
-from workers.encode import TitleEncoder
+from workers.model.decode import ModelLabels
+from workers.model.encode import TitleEncoder
 
 __all__ = ["FitResult", "torch_runner", "train"]
 

@@ -1,0 +1,210 @@
+"""One benchmark pass: fresh topics, traffic in, `enrich worker` subprocesses, attribute events out.
+
+Workers run as real `enrich worker` processes (the deployed thing: its own interpreter, GIL and event
+loop), configured through ENRICH_* variables. A pass also records the CPU seconds each process spent
+while it ran, because on a small machine the worker, Triton, Kafka and the bench share the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from devtools.bench.traffic import OutputCollector, PacedProducer, listing_records, produce_backlog
+from devtools.paths import REPO_ROOT
+
+__all__ = ["BenchContext", "PassResult", "WorkerPool", "percentile", "steady_rate"]
+
+INPUT_PARTITIONS = 4
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def steady_rate(times_ms: list[int], skip_fraction: float = 0.05) -> float:
+    """Events/s between the first `skip_fraction` of outputs (start-up, first batches) and the last one."""
+    ordered = sorted(times_ms)
+    first = int(len(ordered) * skip_fraction)
+    span_s = (ordered[-1] - ordered[first]) / 1000 if len(ordered) > 1 else 0.0
+    return (len(ordered) - 1 - first) / span_s if span_s > 0 else 0.0
+
+
+@dataclass
+class PassResult:
+    name: str
+    events: int
+    workers: int
+    events_per_s: float
+    seconds: float
+    cache_hits: int
+    cpu_s: dict[str, float]
+    settings: dict[str, str]
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        row = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+        if self.latencies_ms:
+            row["latency_ms"] = {f"p{q}": round(percentile(self.latencies_ms, q / 100), 2)
+                                 for q in (50, 95, 99)}  # fmt: skip
+        return row
+
+
+def _worker_command(profile_to: Path | None) -> list[str]:
+    if profile_to is None:
+        script = Path(sys.executable).parent / "enrich"
+        if script.is_file():
+            return [str(script), "worker"]
+        return [sys.executable, "-m", "workers.cli", "worker"]
+    if profile_to.suffix == ".pstats":  # cProfile: exact call counts and own time per function
+        return [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "workers.cli", "worker"]
+    return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile_to),
+            "-m", "workers.cli", "worker"]  # fmt: skip
+
+
+class WorkerPool:
+    """`count` worker processes with one environment (one consumer group); stopped with SIGTERM."""
+
+    def __init__(self, count: int, env: Mapping[str, str], log_dir: Path, profile_to: Path | None = None):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = [log_dir / f"worker-{i}.log" for i in range(count)]
+        self.popens: list[subprocess.Popen[bytes]] = []
+        for i, log_path in enumerate(self.logs):
+            with log_path.open("wb") as log:
+                self.popens.append(subprocess.Popen(
+                    _worker_command(profile_to), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, **env, "ENRICH_WORKER_ID": f"{env['ENRICH_GROUP_ID']}-{i}"},
+                ))  # fmt: skip
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.popens]
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.popens)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        for popen in self.popens:
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGTERM)
+        for popen in self.popens:
+            try:
+                popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(timeout=10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            for log in self.logs
+        )
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for proc in (process, *process.children(recursive=True)):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+@dataclass
+class BenchContext:
+    """Where passes run: the Kafka cluster, the services' PIDs, the worker environment and a run folder."""
+
+    kafka: Any  # localservices KafkaCluster (create_topic, bootstrap_servers)
+    base_env: dict[str, str]
+    run_dir: Path
+    service_pids: dict[str, list[int]]
+    timeout_s: float = 300.0
+    _serial: int = 0
+
+    def _topics(self, name: str) -> tuple[str, str, str]:
+        self._serial += 1
+        stem = f"bench-{os.getpid()}-{self._serial}-{name}"
+        topics = (f"{stem}.in", f"{stem}.out", f"{stem}.dlq")
+        self.kafka.create_topic(topics[0], partitions=INPUT_PARTITIONS)
+        self.kafka.create_topic(topics[1], partitions=1)
+        self.kafka.create_topic(topics[2], partitions=1)
+        return topics
+
+    def _env(self, topics: tuple[str, str, str], group: str, overrides: Mapping[str, str]) -> dict[str, str]:
+        return {**self.base_env, "ENRICH_INPUT_TOPIC": topics[0], "ENRICH_OUTPUT_TOPIC": topics[1],
+                "ENRICH_DLQ_TOPIC": topics[2], "ENRICH_GROUP_ID": group, **overrides}  # fmt: skip
+
+    def _cpu(self, worker_pids: list[int]) -> dict[str, float]:
+        cpu = {name: _cpu_seconds(pids) for name, pids in self.service_pids.items()}
+        cpu["workers"] = _cpu_seconds(worker_pids)
+        own = psutil.Process().cpu_times()
+        cpu["bench"] = own.user + own.system  # this process only: services and workers are its children
+        return cpu
+
+    def _await(self, collector: OutputCollector, pool: WorkerPool, count: int, what: str) -> None:
+        if not collector.wait_for(count, self.timeout_s, pool.alive):
+            pool.stop(timeout_s=10)
+            raise RuntimeError(f"{what}: {collector.count}/{count} attribute events "
+                               f"({'worker exited' if not pool.alive() else 'timed out'})\n{pool.log_tail()}")
+
+    def backlog_pass(self, name: str, titles: list[str], count: int, overrides: Mapping[str, str], *,
+                     workers: int = 1, profile_to: Path | None = None) -> PassResult:  # fmt: skip
+        """Produce `count` listings first, then start the workers and time how fast they drain them."""
+        topics = self._topics(name)
+        produce_backlog(self.kafka.bootstrap_servers, topics[0], listing_records(name, titles, count))
+        collector = OutputCollector(self.kafka.bootstrap_servers, topics[1])
+        env = self._env(topics, f"bench-{name}-{self._serial}", overrides)
+        pool = WorkerPool(workers, env, self.run_dir / name, profile_to)
+        try:
+            self._await(collector, pool, 1, name)
+            cpu_before, started = self._cpu(pool.pids), time.perf_counter()
+            self._await(collector, pool, count, name)
+            seconds = time.perf_counter() - started
+            cpu = {k: round(v - cpu_before[k], 2) for k, v in self._cpu(pool.pids).items()}
+        finally:
+            pool.stop()
+            collector.close()
+        return PassResult(name, count, workers, steady_rate(collector.times_ms), round(seconds, 3),
+                          collector.hits, cpu, dict(overrides))  # fmt: skip
+
+    def paced_pass(self, name: str, titles: list[str], rate: float, duration_s: float,
+                   overrides: Mapping[str, str]) -> PassResult:  # fmt: skip
+        """Start a worker, warm it up, then produce at `rate`/s: latency from event_time to the output."""
+        topics = self._topics(name)
+        collector = OutputCollector(self.kafka.bootstrap_servers, topics[1])
+        pool = WorkerPool(1, self._env(topics, f"bench-{name}-{self._serial}", overrides),
+                          self.run_dir / name)  # fmt: skip
+        try:
+            warmup = 200
+            produce_backlog(self.kafka.bootstrap_servers, topics[0], listing_records("warm", titles, warmup))
+            self._await(collector, pool, warmup, name)
+            producer = PacedProducer(self.kafka.bootstrap_servers, topics[0], titles, name)
+            cpu_before, started = self._cpu(pool.pids), time.perf_counter()
+            achieved = producer.run(rate, duration_s)
+            self._await(collector, pool, warmup + len(producer.event_ms), name)
+            seconds = time.perf_counter() - started
+            cpu = {k: round(v - cpu_before[k], 2) for k, v in self._cpu(pool.pids).items()}
+        finally:
+            pool.stop()
+            collector.close()
+        latencies = [float(t - producer.event_ms[k]) for k, t in zip(collector.keys, collector.times_ms,
+                                                                       strict=True) if k in producer.event_ms]
+        return PassResult(name, len(latencies), 1, achieved, round(seconds, 3), collector.hits, cpu,
+                          dict(overrides), latencies)  # fmt: skip

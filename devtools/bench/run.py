@@ -1,0 +1,241 @@
+"""`enrich bench`: every measure of issue 6 in one run on one machine, as a table, results.json and PNGs.
+
+    services (Kafka, Redis, Triton on a tmp copy of triton_repo/cpu) -> raw backend ceilings ->
+    worker passes (a) efficiency (b) batching (c) cache hits (d) latency (e) scale-out (f) backends
+    -> optional pyinstrument profiles of the worker -> report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devtools.bench.backends import BackendThroughput, measure_ort_throughput, measure_triton_throughput
+from devtools.bench.passes import BenchContext, PassResult
+from devtools.bench.traffic import fixture_titles
+from devtools.paths import FIXTURE_OFFERS, MODELS_DIR, REPO_ROOT, TRITON_CPU_REPO
+
+__all__ = ["BenchOptions", "choose_model", "run_bench"]
+
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str = "auto"  # auto: minilm if one is exported under models/, else tiny
+    model_dir: Path | None = None  # an exported model directory to use as is (tests)
+    events: int | None = None  # per throughput pass; None: ~15 s of the raw Triton rate (2,000-20,000)
+    quick: bool = False
+    out: Path = REPO_ROOT / "devtools" / "bench" / "results"
+    profile: bool = False
+    profiler: str = "pyinstrument"  # or cprofile (a .pstats file per profiled pass)
+    model_root: Path = MODELS_DIR
+    triton_repo: Path = TRITON_CPU_REPO
+    triton_url: str | None = None  # an already running Triton (the GPU script); else one is started
+    triton_model: str = "attribute_extractor"
+    raw_duration_s: float = 4.0
+    latency_duration_s: float = 20.0
+    measures: frozenset[str] = field(default_factory=lambda: frozenset("abcdef"))
+    command: str = "enrich bench"
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [1, 8, 32] if self.quick else [1, 2, 4, 8, 16, 32, 64]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {"events": self.events, "quick": self.quick, "raw_duration_s": self.raw_duration_s,
+                "latency_duration_s": self.latency_duration_s, "measures": "".join(sorted(self.measures))}
+
+
+def choose_model(options: BenchOptions) -> tuple[Path, str]:
+    """The model directory and why it was chosen: an exported MiniLM when there is one, else tiny."""
+    from training.build import ensure_model
+
+    if options.model_dir is not None:
+        return options.model_dir, f"given directory ({options.model_dir.parent.parent.name})"
+    if options.model in ("auto", "minilm"):
+        minilm = _newest_exported(options.model_root, base="minilm")
+        if minilm is not None:
+            return minilm, f"MiniLM ({minilm.parent.name}/{minilm.name}, exported under models/)"
+        if options.model == "minilm":
+            raise SystemExit("no exported MiniLM under models/: run `enrich demo --base minilm` or "
+                             "`enrich train` + `enrich export` first, or use --model tiny")  # fmt: skip
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    reason = "tiny (no exported MiniLM under models/)" if options.model == "auto" else "tiny (--model tiny)"
+    return ensure_model(options.model_root, FIXTURE_OFFERS, "tiny"), reason
+
+
+def _newest_exported(model_root: Path, base: str) -> Path | None:
+    """The newest exported model directory (model.onnx + tokenizer + labels) trained from `base`."""
+    found = []
+    for onnx_path in Path(model_root).glob("*/*/model.onnx"):
+        model_dir = onnx_path.parent
+        try:
+            info = json.loads((model_dir / "model_info.json").read_text())
+        except (OSError, ValueError):
+            continue
+        ready = all((model_dir / n).is_file() for n in ("tokenizer.json", "labels.json"))
+        if ready and base in str(info.get("base_model", "")).lower():
+            found.append((str(info.get("created_at", "")), model_dir))
+    return max(found)[1] if found else None
+
+
+def _typical_seq_len(model_dir: Path, titles: list[str], batch: int) -> int:
+    """The sequence bucket most of the worker's batches get when it batches these titles in order."""
+    from workers.model.encode import TitleEncoder
+
+    encoder = TitleEncoder.from_model_dir(model_dir)
+    encoded = encoder.encode(titles * max(1, (batch * 20) // len(titles) + 1))
+    buckets = Counter(
+        encoder.pad_to_bucket(encoded[i : i + batch])[0].shape[1] for i in range(0, len(encoded), batch)
+    )
+    return buckets.most_common(1)[0][0]
+
+
+def _raw_ceilings(options: BenchOptions, model_dir: Path, triton_url: str, seq_len: int,
+                  in_flight: int) -> dict[str, list[BackendThroughput]]:  # fmt: skip
+    vocab = _vocab_size(model_dir)
+    raw: dict[str, list[BackendThroughput]] = {"triton": [], "onnxruntime": []}
+    timing = {"duration_s": options.raw_duration_s, "warmup_s": min(1.0, options.raw_duration_s)}
+    for batch_size in options.batch_sizes:
+        raw["triton"].append(measure_triton_throughput(
+            triton_url, options.triton_model, batch_size=batch_size, seq_len=seq_len, in_flight=in_flight,
+            **timing, vocab_size=vocab))  # fmt: skip
+        if "f" in options.measures:
+            raw["onnxruntime"].append(measure_ort_throughput(
+                model_dir / "model.onnx", batch_size=batch_size, seq_len=seq_len, concurrency=in_flight,
+                **timing, vocab_size=vocab))  # fmt: skip
+    return raw
+
+
+def _vocab_size(model_dir: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab_size()
+
+
+def _prepare_triton_repo(options: BenchOptions, model_dir: Path, work_dir: Path) -> Path:
+    from training.export import fill_triton_repo
+
+    repo = work_dir / "triton_repo"
+    shutil.copytree(options.triton_repo, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    fill_triton_repo(model_dir, repo)
+    return repo
+
+
+def _worker_passes(options: BenchOptions, ctx: BenchContext, titles: list[str],
+                   config: Any) -> tuple[dict[str, PassResult], dict[str, Any]]:  # fmt: skip
+    """The end-to-end passes; returns them by name plus notes."""
+    n = options.events or 2000
+    cache_off = {"ENRICH_REDIS_URL": "", "ENRICH_BACKEND": "triton"}
+    cache_on = {"ENRICH_BACKEND": "triton"}
+    passes: dict[str, PassResult] = {}
+    notes: dict[str, Any] = {}
+    # The hit path runs ~100x the model's pace: 2n hits would be over in a fraction of a second.
+    hit_events = n * 2 if options.quick else max(n * 2, 100_000)
+
+    def run(name: str, count: int, overrides: dict[str, str], **kwargs: Any) -> PassResult:
+        print(f"  pass {name}: {count} events {overrides} ...", flush=True)
+        started = time.perf_counter()
+        result = ctx.backlog_pass(name, titles, count, overrides, **kwargs)
+        print(f"    {result.events_per_s:,.0f} events/s (pass took {time.perf_counter() - started:.1f} s)",
+              flush=True)  # fmt: skip
+        passes[name] = result
+        return result
+
+    # The broker's JVM compiles its hot paths during the first few thousand records: without this warm-up
+    # the first pass paid ~2 broker CPU-seconds more, taken from the worker and Triton on these 2 cores.
+    run("warm-up", min(n, 3000), cache_off)
+    run("triton-model", n, cache_off)
+    if "b" in options.measures:
+        run("triton-batch1", max(200, n // 10), {**cache_off, "ENRICH_MAX_BATCH": "1"})
+    if "c" in options.measures:
+        run("cache-warm", len(titles), cache_on)
+        run("cache-hit", hit_events, cache_on)
+    if "d" in options.measures:
+        rate = passes["triton-model"].events_per_s / 2
+        print(f"  pass latency: {rate:,.0f} events/s for {options.latency_duration_s:.0f} s ...", flush=True)
+        passes["latency"] = ctx.paced_pass("latency", titles, rate, options.latency_duration_s, cache_off)
+    if "e" in options.measures:
+        run("triton-2workers", n, cache_off, workers=2)
+    if "f" in options.measures:
+        run("onnx-model", n, {"ENRICH_REDIS_URL": "", "ENRICH_BACKEND": "onnx"})
+    if options.profile:
+        profiles = {}
+        profiled = (("profile-model", cache_off, n), ("profile-cache-hit", cache_on, hit_events))
+        for name, overrides, count in profiled:
+            path = options.out / f"{name}.{'pstats' if options.profiler == 'cprofile' else 'txt'}"
+            run(name, count, overrides, profile_to=path)
+            profiles[name] = str(path)
+        notes["profiles"] = profiles
+    return passes, notes
+
+
+def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
+    """Run every measure, write results.json + PNGs; returns the results.
+
+    `services`: running Kafka/Redis/Triton to use (anything with `.kafka`, `.redis`, `.triton` like a
+    `LocalStack`, e.g. the test suite's fixtures); by default a fresh stack is started and stopped.
+    """
+    from devtools.bench.report import build_results, print_table, write_plots
+    from devtools.services.stack import LocalStack
+    from workers.runtime.config import load_config
+
+    config = load_config(None)  # the configured micro-batch and in-flight limit (ENRICH_* or defaults)
+    options.out.mkdir(parents=True, exist_ok=True)
+    model_dir, reason = choose_model(options)
+    print(f"model: {reason}: {model_dir}", flush=True)
+    titles = fixture_titles()
+    seq_len = _typical_seq_len(model_dir, titles, config.batch.max_batch)
+    work_dir = Path(tempfile.mkdtemp(prefix="enrich-bench-"))
+    try:
+        with contextlib.ExitStack() as exits:
+            if services is None:
+                triton_repo = (None if options.triton_url
+                               else _prepare_triton_repo(options, model_dir, work_dir))  # fmt: skip
+                started = "Kafka + Redis" + (" + Triton (CPU)" if triton_repo else "")
+                print(f"services: {started} ...", flush=True)
+                services = exits.enter_context(LocalStack(work_dir / "services", triton_repo=triton_repo))
+            raw, passes, notes = _measure(options, services, model_dir, titles, seq_len, config)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    results = build_results(options, config, model_dir, reason, seq_len, raw, passes, notes)
+    write_plots(results, options.out)
+    print_table(results)
+    return results
+
+
+def _measure(options: BenchOptions, services: Any, model_dir: Path, titles: list[str], seq_len: int,
+             config: Any) -> tuple[dict[str, list[BackendThroughput]], dict[str, PassResult], dict[str, Any]]:
+    triton_url = options.triton_url or services.triton.grpc_url
+    pids = {"kafka": [n.process.pid for n in services.kafka.nodes.values() if n.process],
+            "redis": [services.redis.process.pid] if services.redis.process else []}
+    if getattr(services, "triton", None) is not None and services.triton.process is not None:
+        pids["triton"] = [services.triton.process.pid]
+    base_env = {"ENRICH_KAFKA_BOOTSTRAP": services.kafka.bootstrap_servers,
+                "ENRICH_REDIS_URL": services.redis.url, "ENRICH_MODEL_DIR": str(model_dir),
+                "ENRICH_TRITON_URL": triton_url,
+                "ENRICH_TRITON_MODEL": options.triton_model, "ENRICH_METRICS_PORT": "-1",
+                "ENRICH_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    print(f"raw backends at [batch, {seq_len}] ...", flush=True)
+    raw = _raw_ceilings(options, model_dir, triton_url, seq_len, config.batch.max_in_flight)
+    if options.events is None:  # ~15 s per pass at the model's pace: MiniLM on CPU is ~10x slower than tiny
+        ceiling = max(r.rows_per_s for r in raw["triton"])
+        options = dataclasses.replace(options, events=int(min(20_000, max(2_000, ceiling * 15)) // 100 * 100))
+        print(f"events per throughput pass: {options.events}", flush=True)
+    logs = options.out / "logs"  # every worker's log, kept for reading after the run
+    shutil.rmtree(logs, ignore_errors=True)
+    ctx = BenchContext(services.kafka, base_env, logs, pids)
+    print("worker passes (`enrich worker` subprocesses):", flush=True)
+    passes, notes = _worker_passes(options, ctx, titles, config)
+    notes["events"] = options.events
+    return raw, passes, notes

@@ -1,0 +1,255 @@
+"""`enrich demo` and the tools behind `produce-sample` and `tail`.
+
+The demo, on a fresh clone: start Kafka + Redis (+ Triton with `--backend triton`), find or train the
+model, create the topics, produce sample listings (a few of them invalid, a few updated), run one worker
+until every listing is accounted for, print a table of listings with their attributes and category, then
+run a second pass over the same titles (served from the cache) and print throughput and cache hit rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from devtools.paths import CACHE_DIR, FIXTURE_OFFERS, MODELS_DIR, TRITON_CPU_REPO
+from workers.commands import format_event
+from workers.contract.events import utc_now_iso
+
+__all__ = [
+    "DemoOptions",
+    "invalid_samples",
+    "produce_records",
+    "read_events",
+    "run_demo",
+    "sample_listings",
+]
+
+
+
+def sample_listings(
+    count: int, *, seed: int = 7, version: int = 1, id_prefix: str = "L"
+) -> list[tuple[bytes, bytes]]:
+    """`count` valid listing v1 records (key, value) with titles from the fixture offers."""
+    offers = [json.loads(line) for line in FIXTURE_OFFERS.read_text(encoding="utf-8").splitlines() if line]
+    rng = random.Random(seed)
+    records = []
+    for index in range(count):
+        offer = offers[rng.randrange(len(offers))]
+        listing_id = f"{id_prefix}-{index:06d}"
+        event = {
+            "schema_version": 1, "listing_id": listing_id, "listing_version": version,
+            "title": offer["input"], "category_hint": None, "locale": "en_US", "marketplace": "US",
+            "event_time": utc_now_iso(),
+        }  # fmt: skip
+        records.append((listing_id.encode(), orjson.dumps(event)))
+    return records
+
+
+def invalid_samples(id_prefix: str = "BAD") -> list[tuple[bytes | None, bytes | None]]:
+    """One record per common failure: each must reach the dead-letter topic with its reason code."""
+    ok = {
+        "listing_id": f"{id_prefix}-4",
+        "listing_version": 1,
+        "title": "x",
+        "event_time": "2026-01-01T00:00:00Z",
+    }
+    return [
+        (
+            f"{id_prefix}-1".encode(),
+            b'{"listing_id": "' + id_prefix.encode() + b'-1", "title": ',
+        ),  # invalid_json
+        (f"{id_prefix}-2".encode(), b"\xff\xfe not utf-8"),  # invalid_utf8
+        (f"{id_prefix}-3".encode(), orjson.dumps({"listing_id": f"{id_prefix}-3", "title": ""})),  # schema
+        (f"{id_prefix}-4".encode(), orjson.dumps({**ok, "schema_version": 9})),  # unsupported version
+        (None, orjson.dumps(ok)),  # missing_key
+    ]
+
+
+def produce_records(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]], timeout_s: float = 30
+) -> int:
+    """Produce (key, value) pairs with an idempotent producer and wait for every acknowledgement."""
+    from confluent_kafka import KafkaException, Producer
+
+    errors: list[str] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    count = 0
+    for key, value in records:
+        producer.produce(
+            topic, key=key, value=value, on_delivery=lambda err, _: err and errors.append(str(err))
+        )
+        producer.poll(0)
+        count += 1
+    if producer.flush(timeout_s) or errors:
+        raise KafkaException(f"producing to {topic!r} failed: {errors[:3] or 'not acknowledged in time'}")
+    return count
+
+
+def read_events(
+    bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 30.0,
+    from_beginning: bool = True, read_committed: bool = True, raw: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """JSON events of `topic` until `expected` were read or `timeout_s` passed (each with `_partition`);
+    with `raw`, `{"key", "value", "_partition"}` dicts of the undecoded bytes."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}", "enable.auto.commit": False,
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+    })  # fmt: skip
+    consumer.subscribe([topic])
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and (expected is None or len(events) < expected):
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is not None:
+                    continue
+                record = {"key": msg.key(), "value": msg.value()} if raw else orjson.loads(msg.value())
+                events.append({**record, "_partition": msg.partition()})
+    finally:
+        consumer.close()
+    return events
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    count: int = 200
+    backend: str = "onnx"
+    base: str = "minilm"
+    rows: int = 15
+    base_dir: Path = CACHE_DIR / "demo"
+    model_root: Path = MODELS_DIR
+
+
+@dataclass(frozen=True)
+class PassStats:
+    listings: int
+    seconds: float
+    cache_hits: float
+    cache_misses: float
+
+    @property
+    def throughput(self) -> float:
+        return self.listings / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        lookups = self.cache_hits + self.cache_misses
+        return self.cache_hits / lookups if lookups else 0.0
+
+
+def _run_pass(config: Any, expected: int) -> PassStats:
+    """Run one worker until `expected` input records are finished (output, DLQ or stale), then stop it."""
+    from workers.runtime.assembly import run_worker
+    from workers.runtime.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics()
+
+    def value(name: str) -> float:
+        return sum(s.value for m in metrics.registry.collect() if m.name == name for s in m.samples
+                   if s.name.endswith("_total"))  # fmt: skip
+
+    async def main() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_worker(config, stop, metrics=metrics))
+        started = None
+        while not task.done():
+            done = value("enrich_events_out") + value("enrich_dlq") + value("enrich_stale_dropped")
+            if started is None and value("enrich_events_in") > 0:
+                started = time.perf_counter()
+            if done >= expected:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+        stop.set()
+        await task
+        return elapsed
+
+    seconds = asyncio.run(main())
+    gc.collect()  # the worker's producer lives in reference cycles; free it before the services stop
+    return PassStats(expected, seconds, value("enrich_cache_hits"), value("enrich_cache_misses"))
+
+
+def run_demo(options: DemoOptions) -> int:
+    from devtools.services.stack import LocalStack
+    from training.build import ensure_model
+    from workers.runtime.config import load_config
+
+    logging.basicConfig(level=logging.ERROR)  # dead-lettering warnings would interleave with the report
+    print(f"[1/5] model: finding or training one ({options.base}) ...", flush=True)
+    model_dir = ensure_model(options.model_root, FIXTURE_OFFERS, options.base)
+    print(f"      {model_dir}")
+    triton_repo = None
+    if options.backend == "triton":
+        import shutil
+
+        from training.export import fill_triton_repo
+
+        triton_repo = options.base_dir / "triton_repo"
+        shutil.copytree(TRITON_CPU_REPO, triton_repo, dirs_exist_ok=True)
+        fill_triton_repo(model_dir, triton_repo)
+    print("[2/5] services: Kafka (KRaft) + Redis" + (" + Triton" if triton_repo else "") + " ...", flush=True)
+    with LocalStack(options.base_dir / "run", triton_repo=triton_repo) as stack:
+        run_id = time.strftime("%H%M%S")
+        topics = {
+            name: f"demo-{run_id}.{name}" for name in ("listings.new", "listings.attributes", "listings.dlq")
+        }
+        for name, topic in topics.items():
+            stack.kafka.create_topic(topic, partitions=3 if name == "listings.new" else 1)
+        env = {**stack.env(), "ENRICH_MODEL_DIR": str(model_dir), "ENRICH_METRICS_PORT": "-1",
+               "ENRICH_INPUT_TOPIC": topics["listings.new"],
+               "ENRICH_OUTPUT_TOPIC": topics["listings.attributes"],
+               "ENRICH_DLQ_TOPIC": topics["listings.dlq"], "ENRICH_GROUP_ID": f"demo-{run_id}",
+               "ENRICH_COMMIT_INTERVAL_MS": "200", "ENRICH_LOG_LEVEL": "WARNING"}  # fmt: skip
+        config = load_config(None, env=env)
+        bootstrap = stack.kafka.bootstrap_servers
+
+        listings, invalid = sample_listings(options.count), invalid_samples()
+        print(f"[3/5] producing {len(listings)} listings and {len(invalid)} invalid records ...", flush=True)
+        produce_records(bootstrap, topics["listings.new"], [*listings, *invalid])
+        print("[4/5] worker: first pass (cold cache) ...", flush=True)
+        cold = _run_pass(config, len(listings) + len(invalid))
+        events = read_events(bootstrap, topics["listings.attributes"], expected=len(listings))
+        dead = read_events(bootstrap, topics["listings.dlq"], expected=len(invalid), timeout_s=10)
+
+        print("[5/5] worker: second pass, the same titles as version 2 (warm cache) ...", flush=True)
+        produce_records(bootstrap, topics["listings.new"], sample_listings(options.count, version=2))
+        warm = _run_pass(replace(config, worker_id=config.worker_id + "-2"), options.count)
+
+    _print_report(events, dead, cold, warm, options.rows)
+    return 0
+
+
+def _print_report(events: list[dict[str, Any]], dead: list[dict[str, Any]], cold: PassStats, warm: PassStats,
+                  rows: int) -> None:  # fmt: skip
+    print()
+    print(f"{'listing':<10} {'ver':<4} {'category (conf.)':<18} {'from':<5}  attributes")
+    print("-" * 110)
+    for event in sorted(events, key=lambda e: e["listing_id"])[:rows]:
+        print(format_event(event))
+    print(f"... {max(0, len(events) - rows)} more attribute events")
+    print()
+    for code, count in sorted(Counter(e["error"]["code"] for e in dead).items()):
+        print(f"dead-lettered: {count} x {code}")
+    print()
+    print(
+        f"pass 1 (cold cache): {cold.listings} records in {cold.seconds:.2f} s = {cold.throughput:,.0f}/s, "
+        f"cache hit rate {cold.hit_rate:.0%}"
+    )
+    print(
+        f"pass 2 (warm cache): {warm.listings} records in {warm.seconds:.2f} s = {warm.throughput:,.0f}/s, "
+        f"cache hit rate {warm.hit_rate:.0%}"
+    )

@@ -1,0 +1,169 @@
+"""One scenario run: its topics, the producer of its traffic, the worker under test and the ledger.
+
+A worker that exits without being told to is counted as a death and restarted (as a supervisor would),
+so a crash loop shows up in the figures instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devtools.reliability.ledger import Ledger, Tally
+from devtools.reliability.traffic import PacedProducer, Record
+from devtools.reliability.worker_process import WorkerProcess
+from devtools.services.kafka import KafkaCluster
+from devtools.services.redis_server import RedisServer
+from devtools.services.triton import TritonServer
+
+__all__ = ["MAX_RESTARTS_AFTER_DEATH", "Run", "ScenarioResult", "Services"]
+
+MAX_RESTARTS_AFTER_DEATH = 5
+INPUT_PARTITIONS = 3
+
+
+@dataclass
+class Services:
+    """What a scenario runs against; the scenario may stop and restart any of them."""
+
+    kafka: KafkaCluster
+    redis: RedisServer
+    model_dir: Path
+    run_dir: Path
+    triton: TritonServer | None = None
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    tally: Tally
+    recovery_s: list[float]
+    deaths: int
+    peak_rss_bytes: int
+    seconds: float
+    complete: bool
+    details: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def in_flight_window(self) -> int:
+        """What one crash may re-deliver at most: unfinished work (max_pending, plus one consume() that
+        may overshoot it) and what finished since the last commit (the commit interval's throughput)."""
+        rate = self.tally.events_in / self.seconds if self.seconds > 0 else 0.0
+        details = self.details
+        pending = int(str(details.get("max_pending", 0))) + int(str(details.get("consume_max_messages", 0)))
+        return pending + int(rate * int(str(details.get("commit_interval_ms", 0))) / 1000) + 1
+
+    @property
+    def max_recovery_s(self) -> float | None:
+        return max(self.recovery_s) if self.recovery_s else None
+
+
+class Run:
+    """Topics (input: 3 partitions; output: LogAppendTime, so append times are the broker's clock)."""
+
+    def __init__(self, services: Services, name: str, *, worker_env: Mapping[str, str],
+                 input_topic_config: Mapping[str, str] | None = None,
+                 read_committed: bool = False) -> None:  # fmt: skip
+        self.services = services
+        self.name = name
+        suffix = uuid.uuid4().hex[:8]
+        self.input_topic, self.output_topic, self.dlq_topic = (
+            f"chaos-{name}-{suffix}.{kind}" for kind in ("in", "out", "dlq")
+        )
+        kafka = services.kafka
+        kafka.create_topic(self.input_topic, INPUT_PARTITIONS, config=input_topic_config)
+        kafka.create_topic(self.output_topic, 1, config={"message.timestamp.type": "LogAppendTime"})
+        kafka.create_topic(self.dlq_topic, 1)
+        self.ledger = Ledger(kafka.bootstrap_servers, self.input_topic, self.output_topic, self.dlq_topic,
+                             read_committed=read_committed)  # fmt: skip
+        env = {
+            "HF_HUB_OFFLINE": "1", "ENRICH_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+            "ENRICH_MODEL_DIR": str(services.model_dir), "ENRICH_GROUP_ID": f"chaos-{name}-{suffix}",
+            "ENRICH_INPUT_TOPIC": self.input_topic, "ENRICH_OUTPUT_TOPIC": self.output_topic,
+            "ENRICH_DLQ_TOPIC": self.dlq_topic, "ENRICH_REDIS_URL": services.redis.url,
+            "ENRICH_METRICS_PORT": "-1", "ENRICH_LOG_LEVEL": "WARNING", "ENRICH_WORKER_ID": f"chaos-{name}",
+            **worker_env,
+        }  # fmt: skip
+        self.worker = WorkerProcess(env, services.run_dir / f"worker-{name}-{suffix}.log")
+        self.producer: PacedProducer | None = None
+        self.deaths = 0
+        self.recovery_s: list[float] = []
+        self.started = time.monotonic()
+
+    # ---- traffic and progress --------------------------------------------------------------------------
+
+    def produce(self, records: Iterable[Record], rate: float) -> PacedProducer:
+        self.producer = PacedProducer(self.services.kafka.bootstrap_servers, self.input_topic, records, rate)
+        return self.producer.start()
+
+    def step(self, seconds: float) -> None:
+        """Read the topics for `seconds`, restarting the worker if it died on its own."""
+        self.ledger.poll(seconds)
+        if self.worker.died():
+            self.deaths += 1
+            code = self.worker.terminate()
+            if self.deaths <= MAX_RESTARTS_AFTER_DEATH:
+                print(f"  [{self.name}] worker died (exit {code}); restarting", flush=True)
+                self.worker.start()
+
+    def wait_for_accounted(self, count: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.gave_up:
+            self.step(0.5)
+            if self._accounted() >= count:
+                return True
+        return False
+
+    @property
+    def gave_up(self) -> bool:
+        """The worker kept dying (a crash loop): waiting longer shows nothing new."""
+        return self.deaths > MAX_RESTARTS_AFTER_DEATH
+
+    def all_accounted(self) -> bool:
+        producer = self.producer
+        return producer is not None and producer.done and self._accounted() >= len(producer.snapshot())
+
+    def _accounted(self) -> int:
+        return self.ledger.accounted(self.producer.snapshot()) if self.producer is not None else 0
+
+    def wait_for_output_after(self, moment: float, timeout_s: float) -> float | None:
+        """Seconds from `moment` (wall clock) until the broker appended an attribute event; recorded."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.gave_up:
+            first = self.ledger.first_output_after(moment)
+            if first is not None:
+                self.recovery_s.append(max(0.0, first - moment))
+                return self.recovery_s[-1]
+            self.step(0.25)
+        return None
+
+    # ---- the end ---------------------------------------------------------------------------------------
+
+    def finish(self, timeout_s: float, **details: object) -> ScenarioResult:
+        """Wait until every produced record has an outcome (or the timeout), stop the worker cleanly
+        (SIGTERM: drain + commit), read both topics to the end and tally."""
+        producer = self.producer
+        if producer is None:
+            raise RuntimeError("nothing produced")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.all_accounted() and not self.gave_up:
+            self.step(0.5)
+        complete = self.all_accounted()
+        exit_code = self.worker.terminate()
+        self.ledger.read_to_end()
+        tally = self.ledger.tally(producer.snapshot())
+        if producer.errors:
+            details["produce_errors"] = producer.errors[:5]
+        return ScenarioResult(
+            scenario=self.name, tally=tally, recovery_s=self.recovery_s, deaths=self.deaths,
+            peak_rss_bytes=self.worker.rss.peak_bytes, seconds=time.monotonic() - self.started,
+            complete=complete,
+            details={"final_exit_code": exit_code, **details, "worker_log": str(self.worker.log_path)},
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.worker.close()
+        self.ledger.close()

@@ -1,0 +1,187 @@
+"""The fault scenarios of issue 5. Each returns a `ScenarioResult`; none asserts (tests and the CLI judge).
+
+- kill:            kill -9 the worker `kills` times at random moments while listings flow.
+- exactly-once:    the same with transactions; the ledger reads read_committed.
+- triton-outage:   tritonserver stopped for `outage_s` mid-stream (worker on the Triton backend).
+- redis-outage:    redis-server stopped for `outage_s` mid-stream.
+- broker-restart:  the (single) broker killed, down for `outage_s`, started again.
+- broker-failover: one of three brokers killed (RF 3, min.insync.replicas 2), back after `outage_s`.
+- hostile:         hostile records mixed into valid traffic.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from devtools.reliability.hostile import hostile_records, mixed
+from devtools.reliability.run import Run, ScenarioResult, Services
+from devtools.reliability.traffic import valid_listings
+
+__all__ = ["SCENARIOS", "ChaosOptions", "run_scenario"]
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    size: int = 100_000  # valid listings
+    rate: float = 0.0  # listings per second produced; 0: all at once (a backlog)
+    kills: int = 10
+    kill_delay_s: tuple[float, float] = (1.0, 8.0)  # random wait after output resumes, before a kill
+    outage_s: float = 30.0
+    fault_after: float = 0.3  # fraction of the listings accounted for before a fault starts
+    hostile: int = 10_000
+    huge_payloads: int = 5  # of the hostile records, this many are oversized (10 MB, or > 1 MB once escaped)
+    huge_kinds: tuple[str, ...] = ()  # which of hostile.HUGE_KINDS; empty: all
+    session_timeout_ms: int = 6000
+    timeout_s: float = 1800.0
+    seed: int = 5
+
+    @property
+    def recovery_timeout_s(self) -> float:
+        return 120.0
+
+
+def _env(options: ChaosOptions, **extra: str) -> dict[str, str]:
+    return {"ENRICH_SESSION_TIMEOUT_MS": str(options.session_timeout_ms), **extra}
+
+
+def kill_worker(services: Services, options: ChaosOptions, *, exactly_once: bool = False) -> ScenarioResult:
+    name = "exactly-once" if exactly_once else "kill"
+    env = _env(options, ENRICH_EXACTLY_ONCE=str(exactly_once).lower())
+    run = Run(services, name, worker_env=env, read_committed=exactly_once)
+    rng = random.Random(options.seed)
+    try:
+        run.produce(valid_listings(options.size, prefix="K", seed=options.seed), options.rate)
+        run.worker.start()
+        kill_times: list[float] = []
+        for _ in range(options.kills):
+            if run.wait_for_output_after(run.worker.starts[-1], options.recovery_timeout_s) is None:
+                break
+            pause_until = time.monotonic() + rng.uniform(*options.kill_delay_s)
+            while time.monotonic() < pause_until:
+                run.step(min(0.2, max(0.0, pause_until - time.monotonic())))
+            if run.all_accounted():
+                break  # nothing left in flight: a kill now would prove nothing
+            run.worker.kill()
+            kill_times.append(time.time())
+            run.worker.start()
+        if kill_times:
+            run.wait_for_output_after(run.worker.starts[-1], options.recovery_timeout_s)
+        return run.finish(options.timeout_s, kills=len(kill_times), **_window(options))
+    finally:
+        run.close()
+
+
+def _window(options: ChaosOptions) -> dict[str, object]:
+    """The worker's in-flight window (its defaults): what a crash may re-deliver (consumed, uncommitted)."""
+    from workers.runtime.config import BatchConfig, KafkaConfig
+
+    kafka, batch = KafkaConfig(), BatchConfig()
+    return {"max_pending": batch.max_pending, "consume_max_messages": kafka.consume_max_messages,
+            "commit_interval_ms": kafka.commit_interval_ms}  # fmt: skip
+
+
+def _outage(services: Services, options: ChaosOptions, name: str, *, worker_env: dict[str, str],
+            stop: Callable[[], None], start: Callable[[], None]) -> ScenarioResult:  # fmt: skip
+    """Steady traffic; after `fault_after` of it is accounted for, stop a service for `outage_s`, start it
+    again; recovery = from the service being back until the broker appends the next attribute event."""
+    run = Run(services, name, worker_env=_env(options, **worker_env))
+    try:
+        # Unique titles for the Triton outage: with repeating ones the cache serves the whole outage.
+        listings = valid_listings(options.size, prefix=name[:1].upper(), seed=options.seed,
+                                  unique_titles=name == "triton-outage")  # fmt: skip
+        run.produce(listings, options.rate)
+        run.worker.start()
+        run.wait_for_accounted(int(options.size * options.fault_after), options.timeout_s)
+        fault_start = time.monotonic()
+        stop()
+        while time.monotonic() < fault_start + options.outage_s:
+            run.step(0.5)
+        start()
+        back = time.time()
+        run.wait_for_output_after(back, options.recovery_timeout_s)
+        return run.finish(options.timeout_s, outage_s=round(time.monotonic() - fault_start, 1))
+    finally:
+        run.close()
+
+
+def triton_outage(services: Services, options: ChaosOptions) -> ScenarioResult:
+    triton = services.triton
+    if triton is None:
+        raise ValueError("the triton-outage scenario needs a TritonServer")
+    env = {"ENRICH_BACKEND": "triton", "ENRICH_TRITON_URL": triton.grpc_url}
+    return _outage(services, options, "triton-outage", worker_env=env, stop=triton.stop, start=triton.start)
+
+
+def redis_outage(services: Services, options: ChaosOptions) -> ScenarioResult:
+    redis = services.redis
+    return _outage(services, options, "redis-outage", worker_env={}, stop=redis.stop, start=redis.start)
+
+
+def broker_restart(services: Services, options: ChaosOptions) -> ScenarioResult:
+    kafka = services.kafka
+    if len(kafka.nodes) != 1:
+        raise ValueError("broker-restart restarts the only broker of a one-node cluster")
+    return _outage(services, options, "broker-restart", worker_env={},
+                   stop=lambda: kafka.kill_node(1), start=lambda: kafka.start_node(1))  # fmt: skip
+
+
+def broker_failover(services: Services, options: ChaosOptions) -> ScenarioResult:
+    """Kill the leader of the output partition (so appends must move to another broker); recovery is
+    measured from the kill, as the cluster must carry on without that node."""
+    kafka = services.kafka
+    if len(kafka.nodes) != 3:
+        raise ValueError("broker-failover needs a three-node cluster (RF 3, min.insync.replicas 2)")
+    run = Run(services, "broker-failover", worker_env=_env(options))
+    try:
+        run.produce(valid_listings(options.size, prefix="F", seed=options.seed), options.rate)
+        run.worker.start()
+        run.wait_for_accounted(int(options.size * options.fault_after), options.timeout_s)
+        metadata = kafka.admin().list_topics(run.output_topic, timeout=10).topics[run.output_topic]
+        victim = metadata.partitions[0].leader
+        killed = time.time()
+        fault_start = time.monotonic()
+        kafka.kill_node(victim)
+        run.wait_for_output_after(killed, options.recovery_timeout_s)
+        while time.monotonic() < fault_start + options.outage_s:
+            run.step(0.5)
+        kafka.start_node(victim)
+        down_s = round(time.monotonic() - fault_start, 1)
+        return run.finish(options.timeout_s, killed_node=victim, down_s=down_s)
+    finally:
+        run.close()
+
+
+def hostile(services: Services, options: ChaosOptions) -> ScenarioResult:
+    run = Run(services, "hostile", worker_env=_env(options),
+              input_topic_config={"max.message.bytes": str(16 * 1024 * 1024)})  # fmt: skip
+    try:
+        bad = hostile_records(options.hostile, huge=options.huge_payloads, seed=options.seed,
+                              huge_kinds=options.huge_kinds)  # fmt: skip
+        good = valid_listings(options.size, prefix="V", seed=options.seed)
+        run.produce(mixed(good, bad, seed=options.seed), options.rate)
+        run.worker.start()
+        return run.finish(options.timeout_s, hostile=options.hostile, huge_payloads=options.huge_payloads)
+    finally:
+        run.close()
+
+
+def exactly_once(services: Services, options: ChaosOptions) -> ScenarioResult:
+    return kill_worker(services, options, exactly_once=True)
+
+
+SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
+    "kill": kill_worker,
+    "redis-outage": redis_outage,
+    "triton-outage": triton_outage,
+    "broker-restart": broker_restart,
+    "broker-failover": broker_failover,
+    "hostile": hostile,
+    "exactly-once": exactly_once,
+}
+
+
+def run_scenario(name: str, services: Services, options: ChaosOptions) -> ScenarioResult:
+    return SCENARIOS[name](services, options)

@@ -1,0 +1,90 @@
+"""A throwaway redis-server (Debian's binary) on a free loopback port, no persistence."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from devtools.services.ports import LOOPBACK, free_port
+from devtools.services.process import ManagedProcess, ServiceError
+
+__all__ = ["RedisServer", "find_redis_server", "redis_server_version"]
+
+
+def find_redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise ServiceError("No `redis-server` found. Run `make setup` (scripts/bootstrap.sh installs the "
+                           "Debian package redis-server).")
+    return path
+
+
+def redis_server_version() -> str:
+    """E.g. '7.0.15' (from `redis-server --version`)."""
+    argv = [find_redis_server(), "--version"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return next((word[2:] for word in out.split() if word.startswith("v=")), out.strip())
+
+
+class RedisServer:
+    """redis-server with `--save '' --appendonly no` in `run_dir`; ready when it answers PING."""
+
+    def __init__(self, run_dir: Path, *, start_timeout_s: float = 30.0, detached: bool = False) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.port = free_port()
+        self.start_timeout_s = start_timeout_s
+        self.detached = detached
+        self.process: ManagedProcess | None = None
+        self.started_in_s: float | None = None
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        started = time.monotonic()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            find_redis_server(), "--bind", LOOPBACK, "--port", str(self.port), "--save", "",
+            "--appendonly", "no", "--dir", str(self.run_dir), "--daemonize", "no",
+            "--protected-mode", "yes", "--logfile", "",
+            # Keep the original command line (with the run folder in it): `enrich services down` checks it
+            # before signalling a PID from the state file.
+            "--set-proc-title", "no",
+        ]
+        self.process = ManagedProcess.spawn("redis-server", argv, log_path=self.run_dir / "redis.log",
+                                            marker=str(self.run_dir), detached=self.detached)
+        probe = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            self.process.wait_until(lambda: bool(probe.ping()), what="answering PING",
+                                    timeout_s=self.start_timeout_s, interval_s=0.05)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            probe.close()
+        self.started_in_s = time.monotonic() - started
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is not None:
+            self.process.stop(timeout_s)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,126 @@
+"""Assembly of one worker process, in data-flow order, and its run loop with signals and endpoints.
+
+    listings.new -> consume -> validate -> cache -> batch -> infer -> decode -> guard -> emit -> commit
+
+Each stage gets only its own config section; clients are built here and passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import time
+from pathlib import Path
+
+from workers.backends import TritonBackend, make_backend
+from workers.contract.errors import BackendUnavailable, ConfigError
+from workers.model.served import ServedModel
+from workers.runtime.config import WorkerConfig
+from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
+from workers.runtime.producer import make_producer
+from workers.runtime.worker import StreamWorker
+from workers.stages.cache import ResultCache, make_redis_client
+from workers.stages.consume import KafkaSource, make_consumer
+from workers.stages.guard import StaleUpdateGuard
+from workers.stages.infer import BatchEnricher
+from workers.stages.validate import ListingValidator
+
+__all__ = ["build_worker", "check_model_dir", "run_worker", "serve", "wait_for_backend"]
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) -> StreamWorker:
+    """Every collaborator of a `StreamWorker`, built from `config`, in the order the data flows."""
+    model_dir = check_model_dir(config)
+    model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
+    metrics = metrics if metrics is not None else WorkerMetrics()
+    redis = make_redis_client(config.cache.redis_url) if config.cache.redis_url else None
+
+    source = KafkaSource(make_consumer(config.kafka, config.worker_id), config.kafka.input_topic)
+    validator = ListingValidator()
+    cache = ResultCache(redis, model.version, config.cache.ttl_s, metrics)
+    backend = make_backend(config.backend, max_in_flight=config.batch.max_in_flight, metrics=metrics)
+    enricher = BatchEnricher(model, backend, config.flow, metrics)  # infer -> decode
+    guard = StaleUpdateGuard(
+        store=redis,
+        namespace=f"enrich:version:{config.kafka.output_topic}",
+        on_store_error=lambda _: metrics.cache_errors.inc(),
+    )
+    producer = make_producer(config.kafka, config.worker_id)
+    return StreamWorker(
+        kafka=config.kafka, batch=config.batch, worker_id=config.worker_id, source=source,
+        validator=validator, cache=cache, enricher=enricher, guard=guard, producer=producer, metrics=metrics,
+    )  # fmt: skip
+
+
+def check_model_dir(config: WorkerConfig) -> Path:
+    """The configured model directory; ConfigError naming the setting when it is missing or incomplete."""
+    model_dir = config.backend.model_dir
+    if model_dir is None:
+        raise ConfigError(
+            "no model directory: set ENRICH_MODEL_DIR / --model-dir to an exported model "
+            "(`enrich train` then `enrich export`; `enrich demo` does both)"
+        )
+    missing = [
+        n for n in ("model_info.json", "labels.json", "tokenizer.json") if not (model_dir / n).is_file()
+    ]
+    if missing:
+        raise ConfigError(f"model directory {model_dir} lacks {', '.join(missing)}: is it an exported model?")
+    return model_dir
+
+
+async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s: float = 120.0) -> None:
+    """Start-up check of the served model (Triton: live, ready, config fits our batches)."""
+    backend = worker.enricher.backend
+    if not isinstance(backend, TritonBackend):
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await backend.check_model(
+                batch_size=config.batch.max_batch, max_seq_len=worker.model.encoder.seq_buckets[-1]
+            )
+            return
+        except BackendUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for Triton: %s", exc)
+            await asyncio.sleep(1.0)
+
+
+async def run_worker(
+    config: WorkerConfig, stop: asyncio.Event, *, metrics: WorkerMetrics | None = None
+) -> None:
+    """Build a worker, serve its endpoints, and process until `stop` is set."""
+    worker = build_worker(config, metrics=metrics)
+    server = None
+    if config.metrics.port >= 0:
+        server = start_http_endpoint(
+            worker.metrics, config.metrics.port, worker.is_live, worker.is_ready, host=config.metrics.host
+        )
+    try:
+        await wait_for_backend(worker, config)
+        # What start-up allocated (model runtime, tokenizer, clients) lives as long as the process: keep it
+        # out of the collections the hot path's allocations trigger (measured: ~+10 % events/s on hits).
+        gc.freeze()
+        await worker.run(stop)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def serve(config: WorkerConfig) -> int:
+    """The `enrich worker` process: SIGTERM/SIGINT drain in-flight work, commit, and exit 0."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(config, stop)
+
+    asyncio.run(main())
+    return 0

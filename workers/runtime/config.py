@@ -1,0 +1,279 @@
+"""The worker's typed configuration, in one place: frozen dataclasses, one per component.
+
+Every setting has an `ENRICH_*` environment variable and a command-line flag (flags win over env vars,
+env vars over defaults). `enrich worker --help` lists them all with their defaults. Each stage is handed
+only its own section (`config.kafka`, `config.batch`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.contract.errors import ConfigError
+
+__all__ = [
+    "BackendConfig",
+    "BatchConfig",
+    "CacheConfig",
+    "FlowConfig",
+    "KafkaConfig",
+    "MetricsConfig",
+    "WorkerConfig",
+    "add_config_arguments",
+    "load_config",
+    "settings_table",
+]
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _parse_optional_path(text: str) -> Path | None:
+    return Path(text).expanduser() if text.strip() else None
+
+
+def setting(
+    default: Any,
+    env: str,
+    help_text: str,
+    parse: Callable[[str], Any] = str,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A config field with its env var, its help line and the parser for its text form."""
+    return field(
+        default=default, metadata={"env": env, "help": help_text, "parse": parse, "choices": choices}
+    )
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = setting("127.0.0.1:9092", "ENRICH_KAFKA_BOOTSTRAP", "Kafka bootstrap servers")
+    group_id: str = setting(
+        "listing-enrichment",
+        "ENRICH_GROUP_ID",
+        "consumer group id; run more processes with the same id to scale out",
+    )
+    input_topic: str = setting("listings.new", "ENRICH_INPUT_TOPIC", "topic of listing v1 events")
+    output_topic: str = setting(
+        "listings.attributes", "ENRICH_OUTPUT_TOPIC", "topic of listing-attributes v1 events"
+    )
+    dlq_topic: str = setting("listings.dlq", "ENRICH_DLQ_TOPIC", "dead-letter topic (dead-letter v1)")
+    exactly_once: bool = setting(
+        False,
+        "ENRICH_EXACTLY_ONCE",
+        "transactions + send_offsets_to_transaction instead of at-least-once",
+        _parse_bool,
+    )
+    consume_max_messages: int = setting(
+        2000, "ENRICH_CONSUME_MAX_MESSAGES", "messages per consume() call (one cache MGET each)", int
+    )
+    commit_interval_ms: int = setting(
+        1000,
+        "ENRICH_COMMIT_INTERVAL_MS",
+        "how often finished offsets (or the transaction) are committed",
+        int,
+    )
+    session_timeout_ms: int = setting(
+        10000, "ENRICH_SESSION_TIMEOUT_MS", "consumer group session timeout", int
+    )
+    auto_offset_reset: str = setting(
+        "earliest", "ENRICH_AUTO_OFFSET_RESET", "where a new group starts", choices=("earliest", "latest")
+    )
+    transaction_timeout_ms: int = setting(
+        60000,
+        "ENRICH_TRANSACTION_TIMEOUT_MS",
+        "exactly-once: broker aborts a transaction left open this long",
+        int,
+    )
+    drain_timeout_s: float = setting(
+        30.0, "ENRICH_DRAIN_TIMEOUT_S", "on rebalance/SIGTERM, wait this long for in-flight batches", float
+    )
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch: int = setting(32, "ENRICH_MAX_BATCH", "listings per inference batch", int)
+    max_wait_ms: int = setting(20, "ENRICH_MAX_WAIT_MS", "longest a listing waits for its batch to fill", int)
+    max_in_flight: int = setting(4, "ENRICH_MAX_IN_FLIGHT", "inference batches in flight at once", int)
+    max_pending: int = setting(
+        4000, "ENRICH_MAX_PENDING", "consumed but unfinished listings before intake waits", int
+    )
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    redis_url: str = setting(
+        "", "ENRICH_REDIS_URL", "redis://host:port/db for the result cache; empty: no cache"
+    )
+    ttl_s: int = setting(7 * 24 * 3600, "ENRICH_CACHE_TTL_S", "cache entry lifetime in seconds", int)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    kind: str = setting("onnx", "ENRICH_BACKEND", "inference backend", choices=("onnx", "triton"))
+    model_dir: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
+        None,
+        "ENRICH_MODEL_DIR",
+        "exported model directory (model.onnx, tokenizer.json, labels.json, ...)",
+        _parse_optional_path,
+    )
+    triton_url: str = setting("127.0.0.1:8001", "ENRICH_TRITON_URL", "Triton gRPC address host:port")
+    triton_model: str = setting("attribute_extractor", "ENRICH_TRITON_MODEL", "model name on Triton")
+    timeout_s: float = setting(10.0, "ENRICH_INFER_TIMEOUT_S", "per-request inference timeout", float)
+    intra_op_threads: int = setting(
+        1, "ENRICH_ORT_THREADS", "ONNX Runtime intra-op threads (onnx backend)", int
+    )
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    failure_threshold: int = setting(
+        3, "ENRICH_BREAKER_FAILURES", "failures in a row that open the breaker", int
+    )
+    reset_after_s: float = setting(
+        5.0, "ENRICH_BREAKER_RESET_S", "open breaker tries again after this", float
+    )
+    backoff_initial_s: float = setting(0.2, "ENRICH_BACKOFF_INITIAL_S", "first retry delay", float)
+    backoff_max_s: float = setting(10.0, "ENRICH_BACKOFF_MAX_S", "longest retry delay", float)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = setting(
+        9108, "ENRICH_METRICS_PORT", "Prometheus /metrics, /healthz, /readyz port; -1: off", int
+    )
+    host: str = setting("0.0.0.0", "ENRICH_METRICS_HOST", "address the metrics endpoint binds")
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    worker_id: str = setting(
+        "", "ENRICH_WORKER_ID", "stable worker name (logs, DLQ, transactional.id); empty: host-pid"
+    )
+    log_level: str = setting(
+        "INFO", "ENRICH_LOG_LEVEL", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+
+    def __post_init__(self) -> None:
+        if not self.worker_id:
+            object.__setattr__(self, "worker_id", _default_worker_id())
+        _check_positive(self.batch.max_batch, "ENRICH_MAX_BATCH")
+        _check_positive(self.batch.max_in_flight, "ENRICH_MAX_IN_FLIGHT")
+        _check_positive(self.batch.max_pending, "ENRICH_MAX_PENDING")
+        _check_positive(self.kafka.consume_max_messages, "ENRICH_CONSUME_MAX_MESSAGES")
+        _check_positive(self.kafka.commit_interval_ms, "ENRICH_COMMIT_INTERVAL_MS")
+        if self.batch.max_wait_ms < 0:
+            raise ConfigError("ENRICH_MAX_WAIT_MS / --max-wait-ms must be >= 0")
+
+
+def _check_positive(value: int, env: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{env} / --{_flag_of(env)} must be > 0, got {value}")
+
+
+_SECTIONS: dict[str, type] = {
+    "kafka": KafkaConfig,
+    "batch": BatchConfig,
+    "cache": CacheConfig,
+    "backend": BackendConfig,
+    "flow": FlowConfig,
+    "metrics": MetricsConfig,
+}
+
+
+def _flag_of(env: str) -> str:
+    return env.removeprefix("ENRICH_").lower().replace("_", "-")
+
+
+def _dest_of(env: str) -> str:
+    return "cfg_" + env.removeprefix("ENRICH_").lower()
+
+
+def _fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if "env" in f.metadata]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting (e.g. --kafka-bootstrap for ENRICH_KAFKA_BOOTSTRAP), grouped by section."""
+    for title, cls in [("worker", WorkerConfig), *_SECTIONS.items()]:
+        group = parser.add_argument_group(f"{title} settings")
+        for f in _fields(cls):
+            env = f.metadata["env"]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            group.add_argument(
+                f"--{_flag_of(env)}",
+                dest=_dest_of(env),
+                default=None,
+                metavar=env.removeprefix("ENRICH_"),
+                choices=f.metadata["choices"],
+                help=f"{f.metadata['help']} [env {env}, default {default!r}]",
+            )
+
+
+def _value(f: dataclasses.Field[Any], args: argparse.Namespace | None, env: Mapping[str, str]) -> Any:
+    name = f.metadata["env"]
+    text = getattr(args, _dest_of(name), None) if args is not None else None
+    if text is None:
+        text = env.get(name)
+    if text is None:
+        return dataclasses.MISSING
+    choices = f.metadata["choices"]
+    if choices and text not in choices:
+        raise ConfigError(f"{name} / --{_flag_of(name)} must be one of {', '.join(choices)}, got {text!r}")
+    try:
+        return f.metadata["parse"](text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} / --{_flag_of(name)}: cannot read {text!r}: {exc}") from None
+
+
+def _build(cls: type, args: argparse.Namespace | None, env: Mapping[str, str], **extra: Any) -> Any:
+    values = {f.name: v for f in _fields(cls) if (v := _value(f, args, env)) is not dataclasses.MISSING}
+    return cls(**values, **extra)
+
+
+def load_config(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> WorkerConfig:
+    """Flags (`add_config_arguments`) over `ENRICH_*` env vars over defaults; `overrides` replace sections."""
+    environ = os.environ if env is None else env
+    sections = {name: _build(cls, args, environ) for name, cls in _SECTIONS.items()}
+    sections.update(overrides)
+    return _build(WorkerConfig, args, environ, **sections)
+
+
+def settings_table() -> str:
+    """A Markdown table of every setting (env var, flag, default, meaning), for the README."""
+    rows = ["| env var | flag | default | meaning |", "|---|---|---|---|"]
+    for cls in (WorkerConfig, *_SECTIONS.values()):
+        for f in _fields(cls):
+            env = f.metadata["env"]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append(f"| `{env}` | `--{_flag_of(env)}` | `{default!r}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

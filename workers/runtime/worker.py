@@ -1,0 +1,379 @@
+"""The stream worker: consume, validate, cache, batch, infer, decode, guard, emit, commit.
+
+Assembled by `workers.runtime.assembly.build_worker`.
+
+`StreamWorker.run()` is one asyncio loop. Its intake step consumes a chunk of records (in the consume
+thread), validates them (invalid ones go to the dead-letter topic) and looks the whole chunk up in the
+cache with one MGET. Hits are published at once (guard, emit); only misses are tokenized and put into
+length-bucketed micro-batches. Each released batch becomes a task: inference (retried behind the circuit
+breaker while the partitions are paused), decoding, the cache write, then publishing. An input offset is
+finished when its output is acknowledged; commits only ever cover contiguous finished offsets
+(see commit.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from functools import partial
+from typing import Any
+
+from confluent_kafka import KafkaException, Message, Producer
+
+from workers.contract.errors import KafkaOperationFailed, ValidationFailed
+from workers.contract.events import SourceRecord, dead_letter_event, dead_letter_key
+from workers.contract.results import ListingResult
+from workers.runtime.config import BatchConfig, KafkaConfig
+from workers.runtime.metrics import WorkerMetrics
+from workers.runtime.producer import AsyncProducer
+from workers.stages.batch import Batch, MicroBatcher
+from workers.stages.cache import ResultCache
+from workers.stages.commit import OffsetTracker, TopicPartitionKey, commit_offsets, commit_transaction
+from workers.stages.consume import KafkaSource
+from workers.stages.emit import AttributeEmitter
+from workers.stages.guard import StaleUpdateGuard
+from workers.stages.infer import BatchEnricher
+from workers.stages.item import WorkItem
+from workers.stages.validate import ListingValidator
+
+__all__ = ["StreamWorker"]
+
+log = logging.getLogger(__name__)
+
+# librdkafka's batch consume() waits out its whole timeout unless the batch fills: at moderate rates that
+# wait is every record's latency, so it is kept to the micro-batch window (ENRICH_MAX_WAIT_MS) or less.
+_POLL_TIMEOUT_MAX_S = 0.1
+_FULL_WINDOW_WAIT_S = 0.002
+_SERVE_CALLBACKS_EVERY_S = 0.5
+
+
+class StreamWorker:
+    """One consumer-group member; its collaborators are passed in (see `workers.runtime.assembly`)."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaConfig,
+        batch: BatchConfig,
+        worker_id: str,
+        source: KafkaSource,
+        cache: ResultCache,
+        enricher: BatchEnricher,
+        guard: StaleUpdateGuard,
+        producer: Producer,
+        metrics: WorkerMetrics,
+        validator: ListingValidator | None = None,
+    ) -> None:
+        self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
+        self._source, self.cache, self.enricher, self._producer = source, cache, enricher, producer
+        self.model, self.metrics = enricher.model, metrics
+        self._validator = validator or ListingValidator()
+        self._batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
+        self._tracker = OffsetTracker()
+        self._emitter = AsyncProducer(producer)
+        self._publisher = AttributeEmitter(
+            topic=kafka.output_topic, model_name=self.model.name, model_version=self.model.version,
+            worker_id=worker_id, guard=guard, emitter=self._emitter, tracker=self._tracker, metrics=metrics,
+        )  # fmt: skip
+        # Released batches queue here rather than all awaiting Redis at once: with a backlog, ~100 batches
+        # in flight made each MGET wait behind the others' decoding past the cache's socket timeout, and
+        # exhausted redis-py's connection pool (MaxConnectionsError): the cache and the shared stale-update
+        # guard switched off exactly during catch-up.
+        self._batch_slots = asyncio.Semaphore(2 * batch.max_in_flight)
+        # A chunk's cache lookup and publishing wait on Redis (MGET, the guard's script) and on the lock
+        # that orders publishing; intake validates the next chunk meanwhile. Two in flight keeps both the
+        # event loop and Redis busy; more would only queue on that lock.
+        self._lookup_slots = asyncio.Semaphore(2)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fatal: BaseException | None = None
+        self._running = False
+        self._stopped = False
+        self._closing = False
+        self._heartbeat = 0.0
+        self._last_consume = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def assigned(self) -> set[TopicPartitionKey]:
+        """Partitions this worker owns now."""
+        return set(self._source.assigned)
+
+    @property
+    def paused(self) -> bool:
+        """Whether intake is paused (backend blocked or too much unfinished work)."""
+        return self._source.paused
+
+    def is_live(self) -> bool:
+        """Starting, or the intake loop turned recently (a drain may hold it up to drain_timeout_s)."""
+        if self._stopped:
+            return False
+        return not self._running or time.monotonic() - self._heartbeat < self._kafka.drain_timeout_s + 30
+
+    def is_ready(self) -> bool:
+        return self._running and self.enricher.breaker.state == "closed"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process until `stop` is set (SIGTERM), then drain, commit and leave the group."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._emitter.start(loop)
+        interval_s = self._kafka.commit_interval_ms / 1000
+        next_commit = loop.time() + interval_s
+        failed = True
+        try:
+            if self._kafka.exactly_once:
+                await asyncio.to_thread(self._producer.init_transactions, 60)
+                self._producer.begin_transaction()
+            self._source.subscribe(on_assign=lambda _: None, on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self._running = True
+            while not stop.is_set():
+                self._heartbeat = time.monotonic()
+                self._raise_if_failed()
+                await self._intake_once()
+                if loop.time() >= next_commit:
+                    await self._commit_tick()
+                    next_commit = loop.time() + interval_s
+            failed = False
+        finally:
+            await self._shutdown(failed=failed)
+
+    def _raise_if_failed(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        self._emitter.raise_if_failed()
+
+    # ---- intake: consume, validate, tokenize, batch ------------------------------------------------------
+
+    async def _intake_once(self) -> None:
+        # Pausing makes librdkafka drop the records it has prefetched (librdkafka#5343), which are then
+        # fetched again on resume: it is kept for a blocked backend (a long wait). A full in-flight window
+        # only holds back consume() briefly; librdkafka's own queue limits stop its fetching meanwhile.
+        self._source.set_paused(self.enricher.blocked > 0)
+        wait = self._batcher.seconds_until_due()
+        timeout = min(_POLL_TIMEOUT_MAX_S, max(self._batch_config.max_wait_ms / 1000, 0.001))
+        if wait is not None:
+            timeout = min(timeout, max(wait, 0.001))
+        max_messages = self._kafka.consume_max_messages
+        if self._tracker.unfinished() >= self._batch_config.max_pending and not self._source.paused:
+            if time.monotonic() - self._last_consume < _SERVE_CALLBACKS_EVERY_S:
+                await asyncio.sleep(min(timeout, _FULL_WINDOW_WAIT_S))
+                self._launch_due()
+                return
+            max_messages = 1  # keep serving rebalance callbacks and group membership
+        self._last_consume = time.monotonic()
+        messages = await self._source.consume(max_messages, timeout)
+        if messages:
+            await self._accept(messages)
+        self._launch_due()
+
+    def _launch_due(self) -> None:
+        for batch in self._batcher.due():
+            self._launch(batch)
+
+    async def _accept(self, messages: list[Message]) -> None:
+        valid: list[WorkItem] = []
+        consumed = 0
+        now = time.monotonic()
+        assigned, track, validate = self._source.assigned, self._tracker.track, self._validator.validate
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaOperationFailed("consume", str(error))
+                log.warning("consumer error (librdkafka retries it): %s", error)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if (topic, partition) not in assigned:
+                continue  # revoked meanwhile: its new owner reads it from the committed offset
+            track((topic, partition), offset)
+            consumed += 1
+            ts_type, ts = msg.timestamp()
+            source = SourceRecord(topic, partition, offset, msg.key(), ts if ts_type else None)
+            value = msg.value()
+            try:
+                valid.append(WorkItem(source, validate(value, source.key), now))
+            except ValidationFailed as exc:
+                await self._dead_letter(source, value, exc)
+        self.metrics.events_in.inc(consumed)
+        if valid:
+            await self._lookup_slots.acquire()
+            self._start(self._lookup(valid))
+
+    async def _lookup(self, items: list[WorkItem]) -> None:
+        """Publish the chunk's cache hits now; tokenize the misses into their micro-batches."""
+        try:
+            await self._lookup_and_publish(items)
+        finally:
+            self._lookup_slots.release()
+
+    async def _lookup_and_publish(self, items: list[WorkItem]) -> None:
+        cached = await self.cache.lookup([item.listing.title for item in items])
+        hits: list[WorkItem] = []
+        results: list[ListingResult] = []
+        misses: list[WorkItem] = []
+        for item, result in zip(items, cached, strict=True):
+            if result is None:
+                misses.append(item)
+            else:
+                hits.append(item)
+                results.append(result)
+        if hits:
+            await self._publisher.publish(hits, results, cache_hit=True)
+        if not misses:
+            return
+        encoder = self.model.encoder
+        for item, enc in zip(misses, encoder.encode([item.listing.title for item in misses]), strict=True):
+            item.encoded = enc
+            batch = self._batcher.add(item, encoder.bucket_for(enc.length))
+            if batch is not None:
+                self._launch(batch)
+        # The intake loop may be inside a long consume() wait: release these misses' batch on time.
+        wait = self._batcher.seconds_until_due()
+        if wait is not None:
+            asyncio.get_running_loop().call_later(wait, self._launch_due)
+
+    async def _dead_letter(self, source: SourceRecord, value: bytes | None, exc: ValidationFailed) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            source.topic,
+            source.partition,
+            source.offset,
+            exc,
+            extra={"code": exc.code, "partition": source.partition, "offset": source.offset},
+        )
+        self.metrics.dlq.labels(code=exc.code).inc()
+        record = dead_letter_event(source, value, exc.code, exc.message, self.worker_id)
+        await self._emitter.produce(
+            self._kafka.dlq_topic,
+            dead_letter_key(source.key),
+            record,
+            on_delivered=partial(self._tracker.finish, (source.topic, source.partition), source.offset),
+            headers=[("error_code", exc.code.encode())],
+        )
+
+    def _launch(self, batch: Batch[WorkItem]) -> None:
+        self._start(self._process(batch))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._fatal is None:
+            self._fatal = task.exception()
+            log.error("batch failed; stopping without committing past it: %r", self._fatal)
+
+    # ---- one batch of misses: infer, decode, cache write, guard, emit -------------------------------------
+
+    async def _process(self, batch: Batch[WorkItem]) -> None:
+        async with self._batch_slots:
+            self.metrics.in_flight_batches.inc()
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                items = batch.items
+                results = await self.enricher.infer(items)
+                await self.cache.store([(i.listing.title, r) for i, r in zip(items, results, strict=True)])
+                await self._publisher.publish(items, results, cache_hit=False)
+            finally:
+                self.metrics.in_flight_batches.dec()
+
+    # ---- commit, rebalance, shutdown ---------------------------------------------------------------------
+
+    async def _commit_tick(self) -> None:
+        for (topic, partition), lag in self._source.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        if not self._kafka.exactly_once:
+            try:
+                commit_offsets(self._source.consumer, self._tracker, asynchronous=True)
+            except KafkaOperationFailed as exc:
+                log.warning("%s; retried at the next commit", exc)
+            return
+        if not self._tracker.committable() and not self._tracker.unfinished():
+            return
+        # Exactly-once: quiesce (intake waits here), so the transaction holds only finished offsets.
+        await self._finish_in_flight(None)
+        if self._tracker.unfinished():
+            log.warning("in-flight batches did not finish in time; transaction commit postponed")
+            return
+        await asyncio.to_thread(commit_transaction, self._producer, self._source.consumer, self._tracker)
+
+    async def _finish_in_flight(self, partitions: list[TopicPartitionKey] | None) -> None:
+        """Release every open batch and wait (bounded) until the tracked offsets are finished."""
+        deadline = time.monotonic() + self._kafka.drain_timeout_s
+        while True:
+            for batch in self._batcher.drain():  # again each turn: lookups in flight may add misses
+                self._launch(batch)
+            if not self._tracker.unfinished(partitions) or time.monotonic() >= deadline or self._fatal:
+                return
+            await asyncio.sleep(0.005)
+
+    def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        """Consume thread: finish the revoked partitions' work, commit it, then let the rebalance go on."""
+        if self._closing or self._loop is None:
+            return
+        positions = asyncio.run_coroutine_threadsafe(self._drain(partitions), self._loop).result()
+        if positions:
+            from confluent_kafka import TopicPartition
+
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+            try:
+                self._source.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
+
+    async def _drain(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        scope = None if self._kafka.exactly_once else partitions
+        await self._finish_in_flight(scope)
+        positions: dict[TopicPartitionKey, int] = {}
+        if self._kafka.exactly_once:
+            await asyncio.to_thread(commit_transaction, self._producer, self._source.consumer, self._tracker)
+        else:
+            positions = self._tracker.committable(partitions)
+        self._tracker.forget(partitions)
+        return positions
+
+    def _on_lost(self, partitions: list[TopicPartitionKey]) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._tracker.forget, partitions)
+
+    async def _shutdown(self, *, failed: bool) -> None:
+        self._running = False
+        self._stopped = True
+        try:
+            if not failed:
+                await self._finish_in_flight(None)
+            await self._final_commit(failed)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._closing = True
+            await self._source.close()
+            await self._emitter.flush(10)
+            # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.
+            self._emitter.close()
+            del self._producer
+            await self.enricher.close()
+            await self.cache.close()
+            log.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    async def _final_commit(self, failed: bool) -> None:
+        if not self._kafka.exactly_once:
+            # Safe even after a failure: only acknowledged, contiguous offsets are ever committable.
+            commit_offsets(self._source.consumer, self._tracker, asynchronous=False)
+        elif failed or self._tracker.unfinished():
+            try:
+                await asyncio.to_thread(self._producer.abort_transaction, 30)
+            except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
+                log.warning("abort_transaction failed: %s", exc)
+        else:
+            await asyncio.to_thread(
+                partial(
+                    commit_transaction, self._producer, self._source.consumer, self._tracker, begin_next=False
+                )
+            )

@@ -1,0 +1,174 @@
+"""Commit stage: which offsets may be committed, and the commit itself (at-least-once or transactional).
+
+An input offset is *finished* when its outcome — the attribute event, the dead-letter record, or the
+decision to drop a stale version — has been acknowledged by the broker. Batches finish out of order, so
+per partition only the highest *contiguous* finished offset counts: the committed position is that
+offset + 1, and nothing at or after the lowest unfinished offset is ever committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from workers.contract.errors import KafkaOperationFailed
+
+__all__ = ["OffsetTracker", "TopicPartitionKey", "commit_offsets", "commit_transaction"]
+
+log = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple[str, int]
+
+
+class OffsetTracker:
+    """Per-partition bookkeeping of consumed (`track`) and finished (`finish`) offsets.
+
+    Offsets of one partition must be tracked in increasing order (as the consumer returns them); they
+    need not be contiguous (compaction, transaction markers).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartitionKey, deque[int]] = {}
+        self._finished: dict[TopicPartitionKey, set[int]] = {}
+        self._position: dict[TopicPartitionKey, int] = {}
+        self._committed: dict[TopicPartitionKey, int] = {}
+
+    def track(self, tp: TopicPartitionKey, offset: int) -> None:
+        self._pending.setdefault(tp, deque()).append(offset)
+
+    def finish(self, tp: TopicPartitionKey, offset: int) -> None:
+        """Mark `offset` finished; advances the partition's position over every contiguous finished one."""
+        self.finish_many(tp, (offset,))
+
+    def finish_many(self, tp: TopicPartitionKey, offsets: Iterable[int]) -> None:
+        """`finish` for several offsets of one partition."""
+        pending = self._pending.get(tp)
+        if pending is None:
+            return  # partition revoked meanwhile: its offsets are someone else's now
+        finished = self._finished.setdefault(tp, set())
+        finished.update(offsets)
+        while pending and pending[0] in finished:
+            done = pending.popleft()
+            finished.discard(done)
+            self._position[tp] = done + 1
+
+    def unfinished(self, partitions: Iterable[TopicPartitionKey] | None = None) -> int:
+        """Tracked offsets not finished yet (in `partitions`, or in all)."""
+        keys = self._pending.keys() if partitions is None else partitions
+        return sum(len(self._pending.get(tp, ())) - len(self._finished.get(tp, ())) for tp in keys)
+
+    def committable(
+        self, partitions: Iterable[TopicPartitionKey] | None = None
+    ) -> dict[TopicPartitionKey, int]:
+        """Positions (last contiguous finished offset + 1) that moved since they were last committed."""
+        keys = self._position.keys() if partitions is None else partitions
+        return {
+            tp: self._position[tp]
+            for tp in keys
+            if tp in self._position and self._position[tp] != self._committed.get(tp)
+        }
+
+    def mark_committed(self, positions: dict[TopicPartitionKey, int]) -> None:
+        self._committed.update(positions)
+
+    def forget(self, partitions: Iterable[TopicPartitionKey]) -> None:
+        """Drop all state of revoked or lost partitions; late `finish` calls for them are ignored."""
+        for tp in partitions:
+            for table in (self._pending, self._finished, self._position, self._committed):
+                table.pop(tp, None)
+
+
+class CommittingConsumer(Protocol):
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> Any: ...
+
+    def consumer_group_metadata(self) -> Any: ...
+
+
+class TransactionalProducer(Protocol):
+    def flush(self, timeout: float) -> int: ...
+
+    def send_offsets_to_transaction(
+        self, positions: list[Any], group_metadata: Any, timeout: float
+    ) -> None: ...
+
+    def commit_transaction(self, timeout: float) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+
+def _topic_partitions(positions: dict[TopicPartitionKey, int]) -> list[Any]:
+    from confluent_kafka import TopicPartition
+
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
+
+
+def commit_offsets(
+    consumer: CommittingConsumer,
+    tracker: OffsetTracker,
+    *,
+    partitions: Iterable[TopicPartitionKey] | None = None,
+    asynchronous: bool = True,
+) -> dict[TopicPartitionKey, int]:
+    """At-least-once commit of finished work. Steps, in order:
+
+    1. Delivery: nothing to wait for here — an offset only counts as finished after the broker
+       acknowledged its output, and a failed delivery stops the worker before anything past it finishes.
+    2. Positions: per partition, the highest contiguous finished offset + 1 (`tracker.committable`).
+    3. Commit those positions (synchronously on revoke/shutdown, asynchronously otherwise), then
+       remember them so an unchanged partition is not committed again.
+    Returns what was committed.
+    """
+    from confluent_kafka import KafkaException
+
+    positions = tracker.committable(partitions)
+    if not positions:
+        return {}
+    try:
+        consumer.commit(offsets=_topic_partitions(positions), asynchronous=asynchronous)
+    except KafkaException as exc:
+        raise KafkaOperationFailed("commit", f"{exc} (positions {positions})", retriable=True) from exc
+    tracker.mark_committed(positions)
+    log.debug("committed %s", positions)
+    return positions
+
+
+def commit_transaction(
+    producer: TransactionalProducer,
+    consumer: CommittingConsumer,
+    tracker: OffsetTracker,
+    *,
+    timeout_s: float = 30.0,
+    begin_next: bool = True,
+) -> dict[TopicPartitionKey, int]:
+    """Exactly-once commit: the outputs produced in the open transaction and the input positions commit
+    atomically. The caller must have quiesced the pipeline first (no unfinished tracked offset), so every
+    output in the transaction belongs to an offset below the positions sent here. Steps:
+
+    1. Flush the producer (all outputs of the transaction acknowledged).
+    2. `send_offsets_to_transaction` with the consumer's group metadata (fences zombie instances).
+    3. `commit_transaction`; then begin the next one unless shutting down.
+    An error here is fatal for the process: the transaction is aborted by the broker or fenced, and a
+    restarted worker resumes from the last committed transaction.
+    """
+    from confluent_kafka import KafkaException
+
+    if tracker.unfinished():
+        raise KafkaOperationFailed("commit_transaction", "called with unfinished offsets; quiesce first")
+    positions = tracker.committable()
+    try:
+        remaining = producer.flush(timeout_s)
+        if remaining:
+            raise KafkaOperationFailed("commit_transaction", f"{remaining} outputs not acknowledged in time")
+        if positions:
+            producer.send_offsets_to_transaction(
+                _topic_partitions(positions), consumer.consumer_group_metadata(), timeout_s
+            )
+        producer.commit_transaction(timeout_s)
+        if begin_next:
+            producer.begin_transaction()
+    except KafkaException as exc:
+        raise KafkaOperationFailed("commit_transaction", str(exc)) from exc
+    tracker.mark_committed(positions)
+    return positions

@@ -1,0 +1,20 @@
+"""What flows through the stages: a valid listing, where it came from, and (misses only) its tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.contract.events import Listing, SourceRecord
+from workers.model.encode import EncodedText
+
+__all__ = ["WorkItem"]
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """One valid listing on its way through the pipeline; `encoded` is set only for cache misses."""
+
+    source: SourceRecord
+    listing: Listing
+    consumed_at: float
+    encoded: EncodedText | None = None
