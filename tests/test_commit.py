@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from workers.contract.errors import KafkaOperationFailed
-from workers.stages.commit import OffsetTracker, commit_offsets, commit_transaction
+from workers.stages.commit import (
+    AtLeastOnceCommits,
+    ExactlyOnceCommits,
+    OffsetTracker,
+    commit_offsets,
+    commit_transaction,
+    make_commit_policy,
+)
 
 P0, P1 = ("in", 0), ("in", 1)
 
@@ -88,6 +96,12 @@ class RecordingProducer:
     def begin_transaction(self) -> None:
         self.calls.append("begin_transaction")
 
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init_transactions")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort_transaction")
+
 
 def test_transactional_commit_steps_in_order() -> None:
     tracker, producer = OffsetTracker(), RecordingProducer()
@@ -122,3 +136,78 @@ def test_finish_many_is_finish_for_each_offset() -> None:
     many.finish_many(("gone", 1), [1])  # not tracked (revoked): ignored
     assert one.committable() == many.committable() == {("t", 0): 4}
     assert one.unfinished() == many.unfinished() == 2
+
+
+class RecordingSettle:
+    """The stream loop's settle step: records its scope and finishes what `finishes` names."""
+
+    def __init__(self, tracker: OffsetTracker, finishes: list[tuple[tuple[str, int], int]]) -> None:
+        self.tracker, self.finishes, self.scopes = tracker, finishes, []
+
+    async def __call__(self, partitions: list[tuple[str, int]] | None) -> None:
+        self.scopes.append(partitions)
+        for tp, offset in self.finishes:
+            self.tracker.finish(tp, offset)
+
+
+def test_the_configuration_picks_the_policy() -> None:
+    consumer, producer, tracker = RecordingConsumer(), RecordingProducer(), OffsetTracker()
+    pick = make_commit_policy
+    assert isinstance(pick(exactly_once=False, consumer=consumer, producer=producer, tracker=tracker),
+                      AtLeastOnceCommits)  # fmt: skip
+    assert isinstance(pick(exactly_once=True, consumer=consumer, producer=producer, tracker=tracker),
+                      ExactlyOnceCommits)  # fmt: skip
+
+
+def test_at_least_once_commits_on_tick_drain_and_close() -> None:
+    tracker, consumer = OffsetTracker(), RecordingConsumer()
+    commits = AtLeastOnceCommits(consumer, tracker)
+    for tp in (P0, P1):
+        tracker.track(tp, 5)
+    tracker.finish(P0, 5)
+
+    async def scenario() -> None:
+        await commits.begin()
+        await commits.tick(RecordingSettle(tracker, []))  # asynchronous, finished work only
+        settle = RecordingSettle(tracker, [(P1, 5)])
+        await commits.drain([P1], settle)  # revoke: settle that partition, commit it synchronously
+        assert settle.scopes == [[P1]]
+        assert tracker.unfinished([P1]) == 0 and tracker.committable([P1]) == {}  # forgotten
+        tracker.track(P0, 6)
+        tracker.finish(P0, 6)
+        await commits.close(failed=True)  # acknowledged work is committable even after a failure
+
+    asyncio.run(scenario())
+    assert consumer.commits == [([("in", 0, 6)], True), ([("in", 1, 6)], False), ([("in", 0, 7)], False)]
+
+
+def test_exactly_once_settles_everything_before_each_transaction_commit() -> None:
+    tracker, consumer, producer = OffsetTracker(), RecordingConsumer(), RecordingProducer()
+    commits = ExactlyOnceCommits(consumer, producer, tracker)
+
+    async def scenario() -> None:
+        await commits.begin()
+        await commits.tick(RecordingSettle(tracker, []))  # nothing consumed: no transaction commit
+        tracker.track(P0, 1)
+        await commits.tick(RecordingSettle(tracker, []))  # did not settle in time: postponed
+        assert "commit_transaction" not in producer.calls
+        settle = RecordingSettle(tracker, [(P0, 1)])
+        await commits.drain([P0], settle)  # the transaction spans every partition: settle all
+        assert settle.scopes == [None]
+        await commits.close(failed=False)
+
+    asyncio.run(scenario())
+    assert producer.calls == [
+        "init_transactions", "begin_transaction",
+        "flush", "send_offsets [(0, 2)] group-metadata", "commit_transaction", "begin_transaction",
+        "flush", "commit_transaction",  # the last one at close: nothing new to send, no next transaction
+    ]  # fmt: skip
+
+
+def test_exactly_once_aborts_when_closing_failed_or_unfinished() -> None:
+    for failed, unfinished in ((True, False), (False, True)):
+        tracker, producer = OffsetTracker(), RecordingProducer()
+        if unfinished:
+            tracker.track(P0, 1)
+        asyncio.run(ExactlyOnceCommits(RecordingConsumer(), producer, tracker).close(failed=failed))
+        assert producer.calls == ["abort_transaction"]

@@ -75,6 +75,11 @@ class InferenceBackend(Protocol):
 
     async def is_ready(self) -> bool: ...
 
+    async def check_model(self, *, batch_size: int, max_seq_len: int | None = None) -> None:
+        """Start-up check that the served model is there and fits the worker's batches; raises
+        BackendUnavailable (wait and retry) or ModelMismatch (a configuration error)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -320,6 +325,11 @@ class OnnxRuntimeBackend:
 
     async def is_ready(self) -> bool:
         return self._session is not None
+
+    async def check_model(self, *, batch_size: int, max_seq_len: int | None = None) -> None:
+        """The session loaded the model in `__init__` and takes dynamic shapes: only a closed one fails."""
+        if self._session is None:
+            raise BackendUnavailable("ONNX Runtime backend is closed")
 
     async def close(self) -> None:
         self._session = None

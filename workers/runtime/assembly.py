@@ -1,8 +1,9 @@
 """Assembly of one worker process, in data-flow order, and its run loop with signals and endpoints.
 
-    listings.new -> consume -> validate -> cache -> batch -> infer -> decode -> guard -> emit -> commit
+    listings.new -> consume -> validate (-> dead letters) -> cache -> batch -> infer -> decode
+                 -> guard -> emit -> commit
 
-Each stage gets only its own config section; clients are built here and passed in.
+Each stage gets only its own config section; every client and collaborator is built here and passed in.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ import signal
 import time
 from pathlib import Path
 
-from workers.backends import TritonBackend, make_backend
+from workers.backends import make_backend
 from workers.contract.errors import BackendUnavailable, ConfigError
 from workers.model.served import ServedModel
 from workers.runtime.config import WorkerConfig
 from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
-from workers.runtime.producer import make_producer
+from workers.runtime.producer import AsyncProducer, make_producer
 from workers.runtime.worker import StreamWorker
+from workers.stages.batch import MicroBatcher
 from workers.stages.cache import ResultCache, make_redis_client
+from workers.stages.commit import OffsetTracker, make_commit_policy
 from workers.stages.consume import KafkaSource, make_consumer
+from workers.stages.dead_letter import DeadLetterWriter
+from workers.stages.emit import AttributeEmitter
 from workers.stages.guard import StaleUpdateGuard
 from workers.stages.infer import BatchEnricher
+from workers.stages.item import WorkItem
 from workers.stages.validate import ListingValidator
 
 __all__ = ["build_worker", "check_model_dir", "run_worker", "serve", "wait_for_backend"]
@@ -38,21 +44,37 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
     metrics = metrics if metrics is not None else WorkerMetrics()
     redis = make_redis_client(config.cache.redis_url) if config.cache.redis_url else None
+    kafka, batch = config.kafka, config.batch
+    consumer = make_consumer(kafka, config.worker_id)
+    producer = make_producer(kafka, config.worker_id)
+    delivery = AsyncProducer(producer)
+    tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
 
-    source = KafkaSource(make_consumer(config.kafka, config.worker_id), config.kafka.input_topic)
+    source = KafkaSource(consumer, kafka.input_topic)
     validator = ListingValidator()
+    dead_letters = DeadLetterWriter(
+        topic=kafka.dlq_topic, worker_id=config.worker_id, producer=delivery, tracker=tracker, metrics=metrics
+    )
     cache = ResultCache(redis, model.version, config.cache.ttl_s, metrics)
-    backend = make_backend(config.backend, max_in_flight=config.batch.max_in_flight, metrics=metrics)
+    batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
+    backend = make_backend(config.backend, max_in_flight=batch.max_in_flight, metrics=metrics)
     enricher = BatchEnricher(model, backend, config.flow, metrics)  # infer -> decode
     guard = StaleUpdateGuard(
         store=redis,
-        namespace=f"enrich:version:{config.kafka.output_topic}",
+        namespace=f"enrich:version:{kafka.output_topic}",
         on_store_error=lambda _: metrics.cache_errors.inc(),
     )
-    producer = make_producer(config.kafka, config.worker_id)
+    emitter = AttributeEmitter(
+        topic=kafka.output_topic, model_name=model.name, model_version=model.version,
+        worker_id=config.worker_id, guard=guard, producer=delivery, tracker=tracker, metrics=metrics,
+    )  # fmt: skip
+    commits = make_commit_policy(
+        exactly_once=kafka.exactly_once, consumer=consumer, producer=producer, tracker=tracker
+    )
     return StreamWorker(
-        kafka=config.kafka, batch=config.batch, worker_id=config.worker_id, source=source,
-        validator=validator, cache=cache, enricher=enricher, guard=guard, producer=producer, metrics=metrics,
+        kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,
+        dead_letters=dead_letters, cache=cache, batcher=batcher, enricher=enricher, emitter=emitter,
+        producer=delivery, tracker=tracker, commits=commits, metrics=metrics,
     )  # fmt: skip
 
 
@@ -73,10 +95,8 @@ def check_model_dir(config: WorkerConfig) -> Path:
 
 
 async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s: float = 120.0) -> None:
-    """Start-up check of the served model (Triton: live, ready, config fits our batches)."""
+    """Start-up check of the served model, by the backend itself (Triton: live, ready, config fits)."""
     backend = worker.enricher.backend
-    if not isinstance(backend, TritonBackend):
-        return
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -87,7 +107,7 @@ async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s
         except BackendUnavailable as exc:
             if time.monotonic() > deadline:
                 raise
-            log.info("waiting for Triton: %s", exc)
+            log.info("waiting for the inference backend: %s", exc)
             await asyncio.sleep(1.0)
 
 

@@ -7,8 +7,8 @@ thread), validates them (invalid ones go to the dead-letter topic) and looks the
 cache with one MGET. Hits are published at once (guard, emit); only misses are tokenized and put into
 length-bucketed micro-batches. Each released batch becomes a task: inference (retried behind the circuit
 breaker while the partitions are paused), decoding, the cache write, then publishing. An input offset is
-finished when its output is acknowledged; commits only ever cover contiguous finished offsets
-(see commit.py).
+finished when its output is acknowledged; every commit and transaction decision is the commit policy's
+(`workers.stages.commit`: at-least-once or exactly-once).
 """
 
 from __future__ import annotations
@@ -17,23 +17,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaException, Message, Producer
+from confluent_kafka import Message
 
 from workers.contract.errors import KafkaOperationFailed, ValidationFailed
-from workers.contract.events import SourceRecord, dead_letter_event, dead_letter_key
+from workers.contract.events import SourceRecord
 from workers.contract.results import ListingResult
 from workers.runtime.config import BatchConfig, KafkaConfig
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.producer import AsyncProducer
 from workers.stages.batch import Batch, MicroBatcher
 from workers.stages.cache import ResultCache
-from workers.stages.commit import OffsetTracker, TopicPartitionKey, commit_offsets, commit_transaction
+from workers.stages.commit import CommitPolicy, OffsetTracker, TopicPartitionKey
 from workers.stages.consume import KafkaSource
+from workers.stages.dead_letter import DeadLetterWriter
 from workers.stages.emit import AttributeEmitter
-from workers.stages.guard import StaleUpdateGuard
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
 from workers.stages.validate import ListingValidator
@@ -59,24 +58,22 @@ class StreamWorker:
         batch: BatchConfig,
         worker_id: str,
         source: KafkaSource,
+        validator: ListingValidator,
+        dead_letters: DeadLetterWriter,
         cache: ResultCache,
+        batcher: MicroBatcher[WorkItem],
         enricher: BatchEnricher,
-        guard: StaleUpdateGuard,
-        producer: Producer,
+        emitter: AttributeEmitter,
+        producer: AsyncProducer,
+        tracker: OffsetTracker,
+        commits: CommitPolicy,
         metrics: WorkerMetrics,
-        validator: ListingValidator | None = None,
     ) -> None:
         self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
-        self._source, self.cache, self.enricher, self._producer = source, cache, enricher, producer
+        self._source, self._validator, self._dead_letters = source, validator, dead_letters
+        self.cache, self._batcher, self.enricher, self._emitter = cache, batcher, enricher, emitter
+        self._producer, self._tracker, self._commits = producer, tracker, commits
         self.model, self.metrics = enricher.model, metrics
-        self._validator = validator or ListingValidator()
-        self._batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
-        self._tracker = OffsetTracker()
-        self._emitter = AsyncProducer(producer)
-        self._publisher = AttributeEmitter(
-            topic=kafka.output_topic, model_name=self.model.name, model_version=self.model.version,
-            worker_id=worker_id, guard=guard, emitter=self._emitter, tracker=self._tracker, metrics=metrics,
-        )  # fmt: skip
         # Released batches queue here rather than all awaiting Redis at once: with a backlog, ~100 batches
         # in flight made each MGET wait behind the others' decoding past the cache's socket timeout, and
         # exhausted redis-py's connection pool (MaxConnectionsError): the cache and the shared stale-update
@@ -119,14 +116,12 @@ class StreamWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set (SIGTERM), then drain, commit and leave the group."""
         self._loop = loop = asyncio.get_running_loop()
-        self._emitter.start(loop)
+        self._producer.start(loop)
         interval_s = self._kafka.commit_interval_ms / 1000
         next_commit = loop.time() + interval_s
         failed = True
         try:
-            if self._kafka.exactly_once:
-                await asyncio.to_thread(self._producer.init_transactions, 60)
-                self._producer.begin_transaction()
+            await self._commits.begin()
             self._source.subscribe(on_assign=lambda _: None, on_revoke=self._on_revoke, on_lost=self._on_lost)
             self._running = True
             while not stop.is_set():
@@ -143,7 +138,7 @@ class StreamWorker:
     def _raise_if_failed(self) -> None:
         if self._fatal is not None:
             raise self._fatal
-        self._emitter.raise_if_failed()
+        self._producer.raise_if_failed()
 
     # ---- intake: consume, validate, tokenize, batch ------------------------------------------------------
 
@@ -196,7 +191,7 @@ class StreamWorker:
             try:
                 valid.append(WorkItem(source, validate(value, source.key), now))
             except ValidationFailed as exc:
-                await self._dead_letter(source, value, exc)
+                await self._dead_letters.write(source, value, exc)
         self.metrics.events_in.inc(consumed)
         if valid:
             await self._lookup_slots.acquire()
@@ -221,7 +216,7 @@ class StreamWorker:
                 hits.append(item)
                 results.append(result)
         if hits:
-            await self._publisher.publish(hits, results, cache_hit=True)
+            await self._emitter.emit(hits, results, cache_hit=True)
         if not misses:
             return
         encoder = self.model.encoder
@@ -234,25 +229,6 @@ class StreamWorker:
         wait = self._batcher.seconds_until_due()
         if wait is not None:
             asyncio.get_running_loop().call_later(wait, self._launch_due)
-
-    async def _dead_letter(self, source: SourceRecord, value: bytes | None, exc: ValidationFailed) -> None:
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s",
-            source.topic,
-            source.partition,
-            source.offset,
-            exc,
-            extra={"code": exc.code, "partition": source.partition, "offset": source.offset},
-        )
-        self.metrics.dlq.labels(code=exc.code).inc()
-        record = dead_letter_event(source, value, exc.code, exc.message, self.worker_id)
-        await self._emitter.produce(
-            self._kafka.dlq_topic,
-            dead_letter_key(source.key),
-            record,
-            on_delivered=partial(self._tracker.finish, (source.topic, source.partition), source.offset),
-            headers=[("error_code", exc.code.encode())],
-        )
 
     def _launch(self, batch: Batch[WorkItem]) -> None:
         self._start(self._process(batch))
@@ -278,7 +254,7 @@ class StreamWorker:
                 items = batch.items
                 results = await self.enricher.infer(items)
                 await self.cache.store([(i.listing.title, r) for i, r in zip(items, results, strict=True)])
-                await self._publisher.publish(items, results, cache_hit=False)
+                await self._emitter.emit(items, results, cache_hit=False)
             finally:
                 self.metrics.in_flight_batches.dec()
 
@@ -287,20 +263,7 @@ class StreamWorker:
     async def _commit_tick(self) -> None:
         for (topic, partition), lag in self._source.lag().items():
             self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
-        if not self._kafka.exactly_once:
-            try:
-                commit_offsets(self._source.consumer, self._tracker, asynchronous=True)
-            except KafkaOperationFailed as exc:
-                log.warning("%s; retried at the next commit", exc)
-            return
-        if not self._tracker.committable() and not self._tracker.unfinished():
-            return
-        # Exactly-once: quiesce (intake waits here), so the transaction holds only finished offsets.
-        await self._finish_in_flight(None)
-        if self._tracker.unfinished():
-            log.warning("in-flight batches did not finish in time; transaction commit postponed")
-            return
-        await asyncio.to_thread(commit_transaction, self._producer, self._source.consumer, self._tracker)
+        await self._commits.tick(self._finish_in_flight)
 
     async def _finish_in_flight(self, partitions: list[TopicPartitionKey] | None) -> None:
         """Release every open batch and wait (bounded) until the tracked offsets are finished."""
@@ -316,30 +279,12 @@ class StreamWorker:
         """Consume thread: finish the revoked partitions' work, commit it, then let the rebalance go on."""
         if self._closing or self._loop is None:
             return
-        positions = asyncio.run_coroutine_threadsafe(self._drain(partitions), self._loop).result()
-        if positions:
-            from confluent_kafka import TopicPartition
-
-            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-            try:
-                self._source.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
-
-    async def _drain(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
-        scope = None if self._kafka.exactly_once else partitions
-        await self._finish_in_flight(scope)
-        positions: dict[TopicPartitionKey, int] = {}
-        if self._kafka.exactly_once:
-            await asyncio.to_thread(commit_transaction, self._producer, self._source.consumer, self._tracker)
-        else:
-            positions = self._tracker.committable(partitions)
-        self._tracker.forget(partitions)
-        return positions
+        drain = self._commits.drain(partitions, self._finish_in_flight)
+        asyncio.run_coroutine_threadsafe(drain, self._loop).result()
 
     def _on_lost(self, partitions: list[TopicPartitionKey]) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._tracker.forget, partitions)
+            self._loop.call_soon_threadsafe(self._commits.lost, partitions)
 
     async def _shutdown(self, *, failed: bool) -> None:
         self._running = False
@@ -347,33 +292,16 @@ class StreamWorker:
         try:
             if not failed:
                 await self._finish_in_flight(None)
-            await self._final_commit(failed)
+            await self._commits.close(failed=failed)
         finally:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._closing = True
             await self._source.close()
-            await self._emitter.flush(10)
+            await self._producer.flush(10)
             # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.
-            self._emitter.close()
-            del self._producer
+            self._producer.close()
             await self.enricher.close()
             await self.cache.close()
             log.info("worker stopped", extra={"worker_id": self.worker_id})
-
-    async def _final_commit(self, failed: bool) -> None:
-        if not self._kafka.exactly_once:
-            # Safe even after a failure: only acknowledged, contiguous offsets are ever committable.
-            commit_offsets(self._source.consumer, self._tracker, asynchronous=False)
-        elif failed or self._tracker.unfinished():
-            try:
-                await asyncio.to_thread(self._producer.abort_transaction, 30)
-            except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
-                log.warning("abort_transaction failed: %s", exc)
-        else:
-            await asyncio.to_thread(
-                partial(
-                    commit_transaction, self._producer, self._source.consumer, self._tracker, begin_next=False
-                )
-            )

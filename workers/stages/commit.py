@@ -8,14 +8,27 @@ offset + 1, and nothing at or after the lowest unfinished offset is ever committ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any, Protocol
+
+from confluent_kafka import KafkaException
 
 from workers.contract.errors import KafkaOperationFailed
 
-__all__ = ["OffsetTracker", "TopicPartitionKey", "commit_offsets", "commit_transaction"]
+__all__ = [
+    "AtLeastOnceCommits",
+    "CommitPolicy",
+    "ExactlyOnceCommits",
+    "OffsetTracker",
+    "TopicPartitionKey",
+    "commit_offsets",
+    "commit_transaction",
+    "make_commit_policy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +110,10 @@ class TransactionalProducer(Protocol):
 
     def begin_transaction(self) -> None: ...
 
+    def init_transactions(self, timeout: float) -> None: ...
+
+    def abort_transaction(self, timeout: float) -> None: ...
+
 
 def _topic_partitions(positions: dict[TopicPartitionKey, int]) -> list[Any]:
     from confluent_kafka import TopicPartition
@@ -120,8 +137,6 @@ def commit_offsets(
        remember them so an unchanged partition is not committed again.
     Returns what was committed.
     """
-    from confluent_kafka import KafkaException
-
     positions = tracker.committable(partitions)
     if not positions:
         return {}
@@ -152,8 +167,6 @@ def commit_transaction(
     An error here is fatal for the process: the transaction is aborted by the broker or fenced, and a
     restarted worker resumes from the last committed transaction.
     """
-    from confluent_kafka import KafkaException
-
     if tracker.unfinished():
         raise KafkaOperationFailed("commit_transaction", "called with unfinished offsets; quiesce first")
     positions = tracker.committable()
@@ -172,3 +185,130 @@ def commit_transaction(
         raise KafkaOperationFailed("commit_transaction", str(exc)) from exc
     tracker.mark_committed(positions)
     return positions
+
+
+# A callable that releases every open batch and waits (bounded) until the tracked offsets of
+# `partitions` (all when None) are finished: the stream loop's, handed to the policy per call.
+Settle = Callable[[list[TopicPartitionKey] | None], Awaitable[None]]
+
+
+class CommitPolicy(Protocol):
+    """Every commit and transaction decision of one worker, in the spirit of Quix Streams' `Checkpoint`.
+
+    The stream loop calls `begin` once before it subscribes, `tick` every commit interval, `drain` when
+    partitions are revoked (from the consume thread, through the event loop), `lost` when they were lost
+    without a chance to commit, and `close` once at shutdown (`failed` after an error)."""
+
+    tracker: OffsetTracker
+
+    async def begin(self) -> None: ...
+
+    async def tick(self, settle: Settle) -> None: ...
+
+    async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None: ...
+
+    def lost(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    async def close(self, *, failed: bool) -> None: ...
+
+
+class AtLeastOnceCommits:
+    """Commit finished offsets: asynchronously on the timer, synchronously on revoke and at shutdown.
+
+    Safe even after a failure: only acknowledged, contiguous offsets are ever committable, so a crash
+    between output and commit re-processes (duplicates), never skips.
+    """
+
+    def __init__(self, consumer: CommittingConsumer, tracker: OffsetTracker) -> None:
+        self._consumer, self.tracker = consumer, tracker
+
+    async def begin(self) -> None:
+        return None
+
+    async def tick(self, settle: Settle) -> None:
+        try:
+            commit_offsets(self._consumer, self.tracker, asynchronous=True)
+        except KafkaOperationFailed as exc:
+            log.warning("%s; retried at the next commit", exc)
+
+    async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None:
+        await settle(partitions)
+        try:
+            # In a thread: the revoke callback holds the consume thread, the event loop must keep turning.
+            commit = partial(commit_offsets, self._consumer, self.tracker, partitions=partitions)
+            await asyncio.to_thread(commit, asynchronous=False)
+        except KafkaOperationFailed as exc:
+            log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
+        self.tracker.forget(partitions)
+
+    def lost(self, partitions: list[TopicPartitionKey]) -> None:
+        self.tracker.forget(partitions)
+
+    async def close(self, *, failed: bool) -> None:
+        commit_offsets(self._consumer, self.tracker, asynchronous=False)
+
+
+class ExactlyOnceCommits:
+    """Kafka transactions: outputs and input positions commit atomically (`commit_transaction`).
+
+    A transaction may only hold finished offsets, so every commit first settles all in-flight work
+    (intake waits meanwhile); a failed or unfinished worker aborts at shutdown instead of committing.
+    """
+
+    def __init__(
+        self, consumer: CommittingConsumer, producer: TransactionalProducer, tracker: OffsetTracker
+    ) -> None:
+        self._consumer, self._producer, self.tracker = consumer, producer, tracker
+
+    async def begin(self) -> None:
+        await asyncio.to_thread(self._producer.init_transactions, 60)
+        self._producer.begin_transaction()
+
+    async def tick(self, settle: Settle) -> None:
+        if not self.tracker.committable() and not self.tracker.unfinished():
+            return
+        await settle(None)
+        if self.tracker.unfinished():
+            log.warning("in-flight batches did not finish in time; transaction commit postponed")
+            return
+        await self._commit()
+
+    async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None:
+        # The open transaction spans every partition: it can only commit once all work is finished.
+        await settle(None)
+        await self._commit()
+        self.tracker.forget(partitions)
+
+    def lost(self, partitions: list[TopicPartitionKey]) -> None:
+        self.tracker.forget(partitions)
+
+    async def close(self, *, failed: bool) -> None:
+        try:
+            if failed or self.tracker.unfinished():
+                try:
+                    await asyncio.to_thread(self._producer.abort_transaction, 30)
+                except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
+                    log.warning("abort_transaction failed: %s", exc)
+            else:
+                await self._commit(begin_next=False)
+        finally:
+            # The worker destroys the librdkafka producer at shutdown by dropping its last reference.
+            del self._producer
+
+    async def _commit(self, *, begin_next: bool = True) -> None:
+        await asyncio.to_thread(
+            partial(commit_transaction, self._producer, self._consumer, self.tracker, begin_next=begin_next)
+        )
+
+
+def make_commit_policy(
+    *,
+    exactly_once: bool,
+    consumer: CommittingConsumer,
+    producer: TransactionalProducer,
+    tracker: OffsetTracker,
+) -> CommitPolicy:
+    """The policy the configuration asks for (`ENRICH_EXACTLY_ONCE`)."""
+    if exactly_once:
+        return ExactlyOnceCommits(consumer, producer, tracker)
+    return AtLeastOnceCommits(consumer, tracker)

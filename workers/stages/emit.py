@@ -1,6 +1,6 @@
 """Guard -> emit: the attribute events of one batch, and the offsets they finish once acknowledged.
 
-Batches (cache hits from intake, inferred misses from their tasks) reach `publish` out of order; a lock
+Batches (cache hits from intake, inferred misses from their tasks) reach `emit` out of order; a lock
 makes the stale-update guard's decision and the production order the same. One guard round trip and
 one hand-over of delivery reports per batch: the per-event work is building and producing the record.
 """
@@ -35,13 +35,13 @@ class AttributeEmitter:
         model_version: str,
         worker_id: str,
         guard: StaleUpdateGuard,
-        emitter: AsyncProducer,
+        producer: AsyncProducer,
         tracker: OffsetTracker,
         metrics: WorkerMetrics,
     ) -> None:
         self._topic, self._worker_id = topic, worker_id
         self._model = {"name": model_name, "version": model_version}
-        self._guard, self._emitter, self._tracker, self._metrics = guard, emitter, tracker, metrics
+        self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
         self._stale = Counter(
             "enrich_stale_dropped",
@@ -49,7 +49,7 @@ class AttributeEmitter:
             registry=metrics.registry,
         )
 
-    async def publish(self, items: list[WorkItem], results: list[ListingResult], *, cache_hit: bool) -> None:
+    async def emit(self, items: list[WorkItem], results: list[ListingResult], *, cache_hit: bool) -> None:
         """Produce one attribute event per admitted item; stale items finish without output."""
         async with self._lock:
             admitted = await self._guard.admit(
@@ -82,7 +82,7 @@ class AttributeEmitter:
                 if offsets is None:
                     offsets = finished[(source.topic, source.partition)] = []
                 offsets.append(source.offset)
-            await self._emitter.produce_batch(self._topic, records, partial(self._delivered, finished))
+            await self._producer.produce_batch(self._topic, records, partial(self._delivered, finished))
 
     def _delivered(self, finished: dict[TopicPartitionKey, list[int]]) -> None:
         for tp, offsets in finished.items():
