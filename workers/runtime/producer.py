@@ -1,4 +1,4 @@
-"""Emit stage: attribute events and dead-letter records through one idempotent producer.
+"""The idempotent producer under the emit and dead-letter stages: produce, and hear each ack on the loop.
 
 Delivery reports are served by a small polling thread and handed to the event loop; `on_delivered`
 runs there only after the broker acknowledged the record (`produce`), or all records of a batch
