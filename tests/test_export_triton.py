@@ -16,8 +16,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from devtools.fixtures import DEFAULT_FIXTURE_PATH
 from training.data import load_offers
 from training.evaluate import predict
-from training.model import load_model
-from training.train import torch_runner
+from training.model import load_model, torch_runner
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 

@@ -14,8 +14,7 @@ from tokenizers import Tokenizer
 from tests.model_fixtures import FIXTURE_OFFERS
 from training.data import load_offers, split_offers
 from training.evaluate import predict, score
-from training.model import new_model
-from training.train import torch_runner
+from training.model import new_model, torch_runner
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 

@@ -215,8 +215,7 @@ def evaluate_model_dir(
     if (model_dir / "model.onnx").is_file():
         run_batch, backend = onnx_runner(model_dir / "model.onnx"), "onnxruntime"
     else:
-        from training.model import load_model
-        from training.train import torch_runner
+        from training.model import load_model, torch_runner
 
         run_batch, backend = torch_runner(load_model(model_dir)), "torch"
     run_batch = _memoised(run_batch)

@@ -7,8 +7,10 @@ Saved as an HF-style directory: ``config.json`` (the encoder's config plus ``id2
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -17,7 +19,7 @@ from transformers.utils import logging as hf_logging
 
 from workers.model.decode import ModelLabels
 
-__all__ = ["AttributeModel", "ProbabilityOutputs", "load_model", "new_model", "save_model"]
+__all__ = ["AttributeModel", "ProbabilityOutputs", "load_model", "new_model", "save_model", "torch_runner"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 hf_logging.set_verbosity_error()
@@ -94,3 +96,15 @@ def load_model(model_dir: Path | str) -> AttributeModel:
     model = AttributeModel(encoder, len(config.id2label), len(config.category_labels), config.head_dropout)
     model.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
     return model.eval()
+
+
+def torch_runner(model: AttributeModel) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """In-process inference with the same softmax outputs as the ONNX graph (a training.evaluate.RunBatch)."""
+
+    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        model.eval()
+        with torch.inference_mode():
+            tag_logits, category_logits = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        return tag_logits.softmax(-1).numpy(), category_logits.softmax(-1).numpy()
+
+    return run

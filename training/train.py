@@ -34,13 +34,13 @@ from training.data import (
     load_offers,
     split_offers,
 )
-from training.evaluate import RunBatch, predict, score
-from training.model import AttributeModel, new_model, save_model
+from training.evaluate import predict, score
+from training.model import AttributeModel, new_model, save_model, torch_runner
 from training.model_card import write_model_card
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 
-__all__ = ["FitResult", "torch_runner", "train"]
+__all__ = ["FitResult", "train"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -131,18 +131,6 @@ def make_optimizer(model: AttributeModel, config: TrainConfig, total_steps: int)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def torch_runner(model: AttributeModel) -> RunBatch:
-    """In-process inference with the same softmax outputs as the ONNX graph."""
-
-    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        model.eval()
-        with torch.inference_mode():
-            tag_logits, category_logits = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
-        return tag_logits.softmax(-1).numpy(), category_logits.softmax(-1).numpy()
-
-    return run
 
 
 def evaluate_dev(
