@@ -21,11 +21,10 @@ from typing import Any
 
 from devtools.bench.backends import BackendThroughput, measure_ort_throughput, measure_triton_throughput
 from devtools.bench.passes import BenchContext, PassResult
-from devtools.bench.traffic import fixture_titles
+from devtools.harness.titles import fixture_titles
 from devtools.paths import FIXTURE_OFFERS, MODELS_DIR, REPO_ROOT, TRITON_CPU_REPO
 
 __all__ = ["BenchOptions", "choose_model", "run_bench"]
-
 
 
 @dataclass(frozen=True)
@@ -194,7 +193,7 @@ def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
     options.out.mkdir(parents=True, exist_ok=True)
     model_dir, reason = choose_model(options)
     print(f"model: {reason}: {model_dir}", flush=True)
-    titles = fixture_titles()
+    titles = fixture_titles(distinct=True)  # the cache-warm pass produces each title once
     seq_len = _typical_seq_len(model_dir, titles, config.batch.max_batch)
     work_dir = Path(tempfile.mkdtemp(prefix="enrich-bench-"))
     try:

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.harness.listings import Record
+from devtools.harness.producer import PacedProducer
 from devtools.reliability.ledger import Ledger, Tally
-from devtools.reliability.traffic import PacedProducer, Record
 from devtools.reliability.worker_process import WorkerProcess
 from devtools.services.kafka import KafkaCluster
 from devtools.services.redis_server import RedisServer
