@@ -8,9 +8,6 @@ while it ran, because on a small machine the worker, Triton, Kafka and the bench
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,9 +19,9 @@ import psutil
 from devtools.harness.listings import expect_output, listing_records
 from devtools.harness.producer import PacedProducer, produce_records
 from devtools.harness.reader import OutputCollector
-from devtools.paths import REPO_ROOT
+from devtools.harness.worker_process import WorkerPool
 
-__all__ = ["BenchContext", "PassResult", "WorkerPool", "percentile", "steady_rate"]
+__all__ = ["BenchContext", "PassResult", "percentile", "steady_rate"]
 
 INPUT_PARTITIONS = 4
 
@@ -62,58 +59,6 @@ class PassResult:
             row["latency_ms"] = {f"p{q}": round(percentile(self.latencies_ms, q / 100), 2)
                                  for q in (50, 95, 99)}  # fmt: skip
         return row
-
-
-def _worker_command(profile_to: Path | None) -> list[str]:
-    if profile_to is None:
-        script = Path(sys.executable).parent / "enrich"
-        if script.is_file():
-            return [str(script), "worker"]
-        return [sys.executable, "-m", "workers.cli", "worker"]
-    if profile_to.suffix == ".pstats":  # cProfile: exact call counts and own time per function
-        return [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "workers.cli", "worker"]
-    return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile_to),
-            "-m", "workers.cli", "worker"]  # fmt: skip
-
-
-class WorkerPool:
-    """`count` worker processes with one environment (one consumer group); stopped with SIGTERM."""
-
-    def __init__(self, count: int, env: Mapping[str, str], log_dir: Path, profile_to: Path | None = None):
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.logs = [log_dir / f"worker-{i}.log" for i in range(count)]
-        self.popens: list[subprocess.Popen[bytes]] = []
-        for i, log_path in enumerate(self.logs):
-            with log_path.open("wb") as log:
-                self.popens.append(subprocess.Popen(
-                    _worker_command(profile_to), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, **env, "ENRICH_WORKER_ID": f"{env['ENRICH_GROUP_ID']}-{i}"},
-                ))  # fmt: skip
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.popens]
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.popens)
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        for popen in self.popens:
-            if popen.poll() is None:
-                popen.send_signal(signal.SIGTERM)
-        for popen in self.popens:
-            try:
-                popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(timeout=10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(
-            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-            for log in self.logs
-        )
 
 
 def _cpu_seconds(pids: list[int]) -> float:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from devtools.harness.listings import Record
 from devtools.harness.producer import PacedProducer
+from devtools.harness.worker_process import WorkerProcess
 from devtools.reliability.ledger import Ledger, Tally
-from devtools.reliability.worker_process import WorkerProcess
 from devtools.services.kafka import KafkaCluster
 from devtools.services.redis_server import RedisServer
 from devtools.services.triton import TritonServer
@@ -160,7 +160,7 @@ class Run:
             details["produce_errors"] = producer.errors[:5]
         return ScenarioResult(
             scenario=self.name, tally=tally, recovery_s=self.recovery_s, deaths=self.deaths,
-            peak_rss_bytes=self.worker.rss.peak_bytes, seconds=time.monotonic() - self.started,
+            peak_rss_bytes=self.worker.peak_rss_bytes, seconds=time.monotonic() - self.started,
             complete=complete,
             details={"final_exit_code": exit_code, **details, "worker_log": str(self.worker.log_path)},
         )  # fmt: skip
