@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from devtools.paths import CACHE_DIR, FIXTURE_OFFERS, MODELS_DIR, TRITON_CPU_REPO
+from devtools.paths import CACHE_DIR, FIXTURE_OFFERS, MODELS_DIR
 from workers.commands import format_event
 
 __all__ = ["DemoOptions", "run_demo"]
@@ -86,7 +86,7 @@ def run_demo(options: DemoOptions) -> int:
     from devtools.harness.listings import invalid_samples, sample_listings
     from devtools.harness.producer import produce_records
     from devtools.harness.reader import read_events
-    from devtools.services.stack import LocalStack
+    from devtools.harness.stack import LocalStack
     from training.build import ensure_model
     from workers.runtime.config import load_config
 
@@ -94,17 +94,10 @@ def run_demo(options: DemoOptions) -> int:
     print(f"[1/5] model: finding or training one ({options.base}) ...", flush=True)
     model_dir = ensure_model(options.model_root, FIXTURE_OFFERS, options.base)
     print(f"      {model_dir}")
-    triton_repo = None
-    if options.backend == "triton":
-        import shutil
-
-        from training.export import fill_triton_repo
-
-        triton_repo = options.base_dir / "triton_repo"
-        shutil.copytree(TRITON_CPU_REPO, triton_repo, dirs_exist_ok=True)
-        fill_triton_repo(model_dir, triton_repo)
-    print("[2/5] services: Kafka (KRaft) + Redis" + (" + Triton" if triton_repo else "") + " ...", flush=True)
-    with LocalStack(options.base_dir / "run", triton_repo=triton_repo) as stack:
+    triton = options.backend == "triton"
+    print("[2/5] services: Kafka (KRaft) + Redis" + (" + Triton" if triton else "") + " ...", flush=True)
+    with LocalStack(options.base_dir / "run", triton_model_dir=model_dir if triton else None) as stack:
+        stack.start()
         run_id = time.strftime("%H%M%S")
         topics = {
             name: f"demo-{run_id}.{name}" for name in ("listings.new", "listings.attributes", "listings.dlq")

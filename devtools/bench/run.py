@@ -122,15 +122,6 @@ def _vocab_size(model_dir: Path) -> int:
     return Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab_size()
 
 
-def _prepare_triton_repo(options: BenchOptions, model_dir: Path, work_dir: Path) -> Path:
-    from training.export import fill_triton_repo
-
-    repo = work_dir / "triton_repo"
-    shutil.copytree(options.triton_repo, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
-    fill_triton_repo(model_dir, repo)
-    return repo
-
-
 def _worker_passes(options: BenchOptions, ctx: BenchContext, titles: list[str],
                    config: Any) -> tuple[dict[str, PassResult], dict[str, Any]]:  # fmt: skip
     """The end-to-end passes; returns them by name plus notes."""
@@ -186,7 +177,7 @@ def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
     `LocalStack`, e.g. the test suite's fixtures); by default a fresh stack is started and stopped.
     """
     from devtools.bench.report import build_results, print_table, write_plots
-    from devtools.services.stack import LocalStack
+    from devtools.harness.stack import LocalStack
     from workers.runtime.config import load_config
 
     config = load_config(None)  # the configured micro-batch and in-flight limit (ENRICH_* or defaults)
@@ -199,11 +190,11 @@ def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
     try:
         with contextlib.ExitStack() as exits:
             if services is None:
-                triton_repo = (None if options.triton_url
-                               else _prepare_triton_repo(options, model_dir, work_dir))  # fmt: skip
-                started = "Kafka + Redis" + (" + Triton (CPU)" if triton_repo else "")
-                print(f"services: {started} ...", flush=True)
-                services = exits.enter_context(LocalStack(work_dir / "services", triton_repo=triton_repo))
+                triton = options.triton_url is None
+                print("services: Kafka + Redis" + (" + Triton (CPU)" if triton else "") + " ...", flush=True)
+                stack = LocalStack(work_dir / "services", options.triton_repo if triton else None,
+                                   triton_model_dir=model_dir if triton else None)  # fmt: skip
+                services = exits.enter_context(stack).start()
             raw, passes, notes = _measure(options, services, model_dir, titles, seq_len, config)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

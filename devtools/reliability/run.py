@@ -14,13 +14,14 @@ from pathlib import Path
 
 from devtools.harness.listings import Record
 from devtools.harness.producer import PacedProducer
+from devtools.harness.stack import LocalStack
 from devtools.harness.worker_process import WorkerProcess
 from devtools.reliability.ledger import Ledger, Tally
 from devtools.services.kafka import KafkaCluster
 from devtools.services.redis_server import RedisServer
 from devtools.services.triton import TritonServer
 
-__all__ = ["MAX_RESTARTS_AFTER_DEATH", "Run", "ScenarioResult", "Services"]
+__all__ = ["MAX_RESTARTS_AFTER_DEATH", "Run", "ScenarioResult", "Services", "services_for"]
 
 MAX_RESTARTS_AFTER_DEATH = 5
 INPUT_PARTITIONS = 3
@@ -35,6 +36,14 @@ class Services:
     model_dir: Path
     run_dir: Path
     triton: TritonServer | None = None
+
+
+def services_for(stack: LocalStack, scenario: str, model_dir: Path) -> Services:
+    """The services of one scenario from the stack shared by a whole `enrich chaos` command: the three-node
+    cluster only for broker-failover, Triton only for triton-outage (each started on first use)."""
+    kafka = stack.kafka_cluster(3 if scenario == "broker-failover" else 1)
+    triton = stack.triton if scenario == "triton-outage" else None
+    return Services(kafka, stack.redis, model_dir, stack.base_dir, triton)
 
 
 @dataclass
