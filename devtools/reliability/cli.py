@@ -65,14 +65,14 @@ def options_for(scenario: str, quick: bool) -> ChaosOptions:
 
 def _chaos(args: argparse.Namespace) -> int:
     from devtools.harness.stack import LocalStack
-    from devtools.paths import CACHE_DIR, REPO_ROOT
+    from devtools.paths import CACHE_DIR
     from devtools.reliability.report import format_details, format_table
     from devtools.reliability.run import services_for
     from devtools.reliability.scenarios import run_scenario
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     names = list(SCENARIO_NAMES) if args.scenario == "all" else [args.scenario]
-    model_dir = args.model_dir or _tiny_model(REPO_ROOT)
+    model_dir = args.model_dir or _tiny_model()
     run_dir = CACHE_DIR / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     results, failed = [], []
     with LocalStack(run_dir, triton_model_dir=model_dir,
@@ -111,8 +111,9 @@ def _kinds(text: str | None) -> tuple[str, ...] | None:
     return kinds
 
 
-def _tiny_model(repo_root: Path) -> Path:
+def _tiny_model() -> Path:
+    from devtools.paths import FIXTURE_OFFERS, MODELS_DIR
     from training.build import ensure_model
 
     print("finding or training the tiny model ...", file=sys.stderr, flush=True)
-    return ensure_model(repo_root / "models", repo_root / "data" / "fixtures" / "offers.jsonl", "tiny")
+    return ensure_model(MODELS_DIR, FIXTURE_OFFERS, "tiny")
