@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _produce_sample(args: argparse.Namespace) -> int:
-    from devtools.demo import invalid_samples, produce_records, sample_listings
+    from devtools.harness.listings import invalid_samples, sample_listings
+    from devtools.harness.producer import produce_records
 
     records: list[tuple[bytes | None, bytes | None]] = list(
         sample_listings(args.count, seed=args.seed, version=args.listing_version)

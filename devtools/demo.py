@@ -1,4 +1,4 @@
-"""`enrich demo` and the tools behind `produce-sample` and `tail`.
+"""`enrich demo` (its listings, producer and reader are the harness kit's, devtools/harness/).
 
 The demo, on a fresh clone: start Kafka + Redis (+ Triton with `--backend triton`), find or train the
 model, create the topics, produce sample listings (a few of them invalid, a few updated), run one worker
@@ -10,118 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
-import random
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from devtools.paths import CACHE_DIR, FIXTURE_OFFERS, MODELS_DIR, TRITON_CPU_REPO
+from devtools.paths import CACHE_DIR, FIXTURE_OFFERS, MODELS_DIR
 from workers.commands import format_event
-from workers.contract.events import utc_now_iso
 
-__all__ = [
-    "DemoOptions",
-    "invalid_samples",
-    "produce_records",
-    "read_events",
-    "run_demo",
-    "sample_listings",
-]
-
-
-
-def sample_listings(
-    count: int, *, seed: int = 7, version: int = 1, id_prefix: str = "L"
-) -> list[tuple[bytes, bytes]]:
-    """`count` valid listing v1 records (key, value) with titles from the fixture offers."""
-    offers = [json.loads(line) for line in FIXTURE_OFFERS.read_text(encoding="utf-8").splitlines() if line]
-    rng = random.Random(seed)
-    records = []
-    for index in range(count):
-        offer = offers[rng.randrange(len(offers))]
-        listing_id = f"{id_prefix}-{index:06d}"
-        event = {
-            "schema_version": 1, "listing_id": listing_id, "listing_version": version,
-            "title": offer["input"], "category_hint": None, "locale": "en_US", "marketplace": "US",
-            "event_time": utc_now_iso(),
-        }  # fmt: skip
-        records.append((listing_id.encode(), orjson.dumps(event)))
-    return records
-
-
-def invalid_samples(id_prefix: str = "BAD") -> list[tuple[bytes | None, bytes | None]]:
-    """One record per common failure: each must reach the dead-letter topic with its reason code."""
-    ok = {
-        "listing_id": f"{id_prefix}-4",
-        "listing_version": 1,
-        "title": "x",
-        "event_time": "2026-01-01T00:00:00Z",
-    }
-    return [
-        (
-            f"{id_prefix}-1".encode(),
-            b'{"listing_id": "' + id_prefix.encode() + b'-1", "title": ',
-        ),  # invalid_json
-        (f"{id_prefix}-2".encode(), b"\xff\xfe not utf-8"),  # invalid_utf8
-        (f"{id_prefix}-3".encode(), orjson.dumps({"listing_id": f"{id_prefix}-3", "title": ""})),  # schema
-        (f"{id_prefix}-4".encode(), orjson.dumps({**ok, "schema_version": 9})),  # unsupported version
-        (None, orjson.dumps(ok)),  # missing_key
-    ]
-
-
-def produce_records(
-    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]], timeout_s: float = 30
-) -> int:
-    """Produce (key, value) pairs with an idempotent producer and wait for every acknowledgement."""
-    from confluent_kafka import KafkaException, Producer
-
-    errors: list[str] = []
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    count = 0
-    for key, value in records:
-        producer.produce(
-            topic, key=key, value=value, on_delivery=lambda err, _: err and errors.append(str(err))
-        )
-        producer.poll(0)
-        count += 1
-    if producer.flush(timeout_s) or errors:
-        raise KafkaException(f"producing to {topic!r} failed: {errors[:3] or 'not acknowledged in time'}")
-    return count
-
-
-def read_events(
-    bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 30.0,
-    from_beginning: bool = True, read_committed: bool = True, raw: bool = False,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """JSON events of `topic` until `expected` were read or `timeout_s` passed (each with `_partition`);
-    with `raw`, `{"key", "value", "_partition"}` dicts of the undecoded bytes."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}", "enable.auto.commit": False,
-        "auto.offset.reset": "earliest" if from_beginning else "latest",
-        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-    })  # fmt: skip
-    consumer.subscribe([topic])
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and (expected is None or len(events) < expected):
-            for msg in consumer.consume(500, 0.2):
-                if msg.error() is not None:
-                    continue
-                record = {"key": msg.key(), "value": msg.value()} if raw else orjson.loads(msg.value())
-                events.append({**record, "_partition": msg.partition()})
-    finally:
-        consumer.close()
-    return events
+__all__ = ["DemoOptions", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -184,7 +83,10 @@ def _run_pass(config: Any, expected: int) -> PassStats:
 
 
 def run_demo(options: DemoOptions) -> int:
-    from devtools.services.stack import LocalStack
+    from devtools.harness.listings import invalid_samples, sample_listings
+    from devtools.harness.producer import produce_records
+    from devtools.harness.reader import read_events
+    from devtools.harness.stack import LocalStack
     from training.build import ensure_model
     from workers.runtime.config import load_config
 
@@ -192,17 +94,10 @@ def run_demo(options: DemoOptions) -> int:
     print(f"[1/5] model: finding or training one ({options.base}) ...", flush=True)
     model_dir = ensure_model(options.model_root, FIXTURE_OFFERS, options.base)
     print(f"      {model_dir}")
-    triton_repo = None
-    if options.backend == "triton":
-        import shutil
-
-        from training.export import fill_triton_repo
-
-        triton_repo = options.base_dir / "triton_repo"
-        shutil.copytree(TRITON_CPU_REPO, triton_repo, dirs_exist_ok=True)
-        fill_triton_repo(model_dir, triton_repo)
-    print("[2/5] services: Kafka (KRaft) + Redis" + (" + Triton" if triton_repo else "") + " ...", flush=True)
-    with LocalStack(options.base_dir / "run", triton_repo=triton_repo) as stack:
+    triton = options.backend == "triton"
+    print("[2/5] services: Kafka (KRaft) + Redis" + (" + Triton" if triton else "") + " ...", flush=True)
+    with LocalStack(options.base_dir / "run", triton_model_dir=model_dir if triton else None) as stack:
+        stack.start()
         run_id = time.strftime("%H%M%S")
         topics = {
             name: f"demo-{run_id}.{name}" for name in ("listings.new", "listings.attributes", "listings.dlq")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from devtools.fixtures import DEFAULT_FIXTURE_PATH
 __all__ = ["FIXTURE_OFFERS", "tiny_model_dir", "tiny_triton_repo"]
 
 FIXTURE_OFFERS = DEFAULT_FIXTURE_PATH
-TRITON_CPU_REPO = Path(__file__).resolve().parent.parent / "triton_repo" / "cpu"
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +25,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_triton_repo(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of triton_repo/cpu with the tiny model's model.onnx, labels.json, model_info.json in place."""
-    from training.export import fill_triton_repo
+    from devtools.harness.stack import prepare_triton_repo
 
-    repo = tmp_path_factory.mktemp("triton-repo") / "cpu"
-    shutil.copytree(TRITON_CPU_REPO, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
-    fill_triton_repo(tiny_model_dir, repo)
-    return repo
+    return prepare_triton_repo(tiny_model_dir, tmp_path_factory.mktemp("triton-repo") / "cpu")

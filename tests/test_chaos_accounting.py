@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
+from devtools.harness.listings import OUTPUT, Expected, valid_listings
 from devtools.reliability.hostile import HOSTILE_KINDS, HUGE_KINDS, hostile_records, mixed
 from devtools.reliability.ledger import count_outcomes
-from devtools.reliability.traffic import OUTPUT, Expected, valid_listings
 from workers.contract.errors import ValidationFailed
 from workers.stages.validate import ListingValidator
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from devtools.demo import invalid_samples, produce_records, read_events, sample_listings
+from devtools.harness.listings import invalid_samples, sample_listings
+from devtools.harness.producer import produce_records
+from devtools.harness.reader import read_events
 from workers.contract.errors import ReasonCode
 from workers.model.decode import ModelLabels
 from workers.runtime.assembly import build_worker

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
-from devtools.demo import produce_records, sample_listings
+from devtools.harness.listings import sample_listings
+from devtools.harness.producer import produce_records
 
 pytestmark = pytest.mark.services
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.demo import produce_records, read_events, sample_listings
+from devtools.harness.listings import sample_listings
+from devtools.harness.producer import produce_records
+from devtools.harness.reader import read_events
 from tests.test_pipeline import counter, finished, make_config
 from workers.runtime.assembly import build_worker, wait_for_backend
 

@@ -8,7 +8,7 @@ import fastjsonschema
 import orjson
 import pytest
 
-from devtools.demo import sample_listings
+from devtools.harness.listings import sample_listings
 from workers.contract.events import Listing, load_schema
 from workers.stages.validate import _is_rfc3339
 from workers.stages.validate_fast import compile_fast_check

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from devtools.demo import produce_records, read_events
+from devtools.harness.producer import produce_records
+from devtools.harness.reader import read_events
 from workers.cli import main
 from workers.contract.events import SCHEMA_DIR
 

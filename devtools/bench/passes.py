@@ -8,9 +8,6 @@ while it ran, because on a small machine the worker, Triton, Kafka and the bench
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,10 +16,12 @@ from typing import Any
 
 import psutil
 
-from devtools.bench.traffic import OutputCollector, PacedProducer, listing_records, produce_backlog
-from devtools.paths import REPO_ROOT
+from devtools.harness.listings import expect_output, listing_records
+from devtools.harness.producer import PacedProducer, produce_records
+from devtools.harness.reader import OutputCollector
+from devtools.harness.worker_process import WorkerPool
 
-__all__ = ["BenchContext", "PassResult", "WorkerPool", "percentile", "steady_rate"]
+__all__ = ["BenchContext", "PassResult", "percentile", "steady_rate"]
 
 INPUT_PARTITIONS = 4
 
@@ -60,58 +59,6 @@ class PassResult:
             row["latency_ms"] = {f"p{q}": round(percentile(self.latencies_ms, q / 100), 2)
                                  for q in (50, 95, 99)}  # fmt: skip
         return row
-
-
-def _worker_command(profile_to: Path | None) -> list[str]:
-    if profile_to is None:
-        script = Path(sys.executable).parent / "enrich"
-        if script.is_file():
-            return [str(script), "worker"]
-        return [sys.executable, "-m", "workers.cli", "worker"]
-    if profile_to.suffix == ".pstats":  # cProfile: exact call counts and own time per function
-        return [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "workers.cli", "worker"]
-    return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile_to),
-            "-m", "workers.cli", "worker"]  # fmt: skip
-
-
-class WorkerPool:
-    """`count` worker processes with one environment (one consumer group); stopped with SIGTERM."""
-
-    def __init__(self, count: int, env: Mapping[str, str], log_dir: Path, profile_to: Path | None = None):
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.logs = [log_dir / f"worker-{i}.log" for i in range(count)]
-        self.popens: list[subprocess.Popen[bytes]] = []
-        for i, log_path in enumerate(self.logs):
-            with log_path.open("wb") as log:
-                self.popens.append(subprocess.Popen(
-                    _worker_command(profile_to), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env={**os.environ, **env, "ENRICH_WORKER_ID": f"{env['ENRICH_GROUP_ID']}-{i}"},
-                ))  # fmt: skip
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.popens]
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.popens)
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        for popen in self.popens:
-            if popen.poll() is None:
-                popen.send_signal(signal.SIGTERM)
-        for popen in self.popens:
-            try:
-                popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(timeout=10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(
-            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-            for log in self.logs
-        )
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -158,6 +105,10 @@ class BenchContext:
         cpu["bench"] = own.user + own.system  # this process only: services and workers are its children
         return cpu
 
+    def _backlog(self, topic: str, prefix: str, titles: list[str], count: int) -> None:
+        records = listing_records(count, titles, prefix=prefix)
+        produce_records(self.kafka.bootstrap_servers, topic, records, timeout_s=60, linger_ms=20)
+
     def _await(self, collector: OutputCollector, pool: WorkerPool, count: int, what: str) -> None:
         if not collector.wait_for(count, self.timeout_s, pool.alive):
             pool.stop(timeout_s=10)
@@ -168,7 +119,7 @@ class BenchContext:
                      workers: int = 1, profile_to: Path | None = None) -> PassResult:  # fmt: skip
         """Produce `count` listings first, then start the workers and time how fast they drain them."""
         topics = self._topics(name)
-        produce_backlog(self.kafka.bootstrap_servers, topics[0], listing_records(name, titles, count))
+        self._backlog(topics[0], name, titles, count)
         collector = OutputCollector(self.kafka.bootstrap_servers, topics[1])
         env = self._env(topics, f"bench-{name}-{self._serial}", overrides)
         pool = WorkerPool(workers, env, self.run_dir / name, profile_to)
@@ -193,18 +144,22 @@ class BenchContext:
                           self.run_dir / name)  # fmt: skip
         try:
             warmup = 200
-            produce_backlog(self.kafka.bootstrap_servers, topics[0], listing_records("warm", titles, warmup))
+            self._backlog(topics[0], "warm", titles, warmup)
             self._await(collector, pool, warmup, name)
-            producer = PacedProducer(self.kafka.bootstrap_servers, topics[0], titles, name)
+            event_ms: dict[bytes, int] = {}  # each listing's event_time, stamped as it is produced
+            live = expect_output(listing_records(None, titles, prefix=name, stamps=event_ms))
+            producer = PacedProducer(self.kafka.bootstrap_servers, topics[0], live, rate,
+                                     duration_s=duration_s, linger_ms=2)  # fmt: skip
             cpu_before, started = self._cpu(pool.pids), time.perf_counter()
-            achieved = producer.run(rate, duration_s)
-            self._await(collector, pool, warmup + len(producer.event_ms), name)
+            if not producer.start().wait(duration_s + 60) or producer.errors:
+                raise RuntimeError(f"{name}: producing failed: {producer.errors[:3] or 'timed out'}")
+            self._await(collector, pool, warmup + len(event_ms), name)
             seconds = time.perf_counter() - started
             cpu = {k: round(v - cpu_before[k], 2) for k, v in self._cpu(pool.pids).items()}
         finally:
             pool.stop()
             collector.close()
-        latencies = [float(t - producer.event_ms[k]) for k, t in zip(collector.keys, collector.times_ms,
-                                                                       strict=True) if k in producer.event_ms]
-        return PassResult(name, len(latencies), 1, achieved, round(seconds, 3), collector.hits, cpu,
-                          dict(overrides), latencies)  # fmt: skip
+        latencies = [float(t - event_ms[k]) for k, t in zip(collector.keys, collector.times_ms, strict=True)
+                     if k in event_ms]
+        return PassResult(name, len(latencies), 1, producer.achieved_rate, round(seconds, 3), collector.hits,
+                          cpu, dict(overrides), latencies)  # fmt: skip

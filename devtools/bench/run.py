@@ -21,11 +21,10 @@ from typing import Any
 
 from devtools.bench.backends import BackendThroughput, measure_ort_throughput, measure_triton_throughput
 from devtools.bench.passes import BenchContext, PassResult
-from devtools.bench.traffic import fixture_titles
+from devtools.harness.titles import fixture_titles
 from devtools.paths import FIXTURE_OFFERS, MODELS_DIR, REPO_ROOT, TRITON_CPU_REPO
 
 __all__ = ["BenchOptions", "choose_model", "run_bench"]
-
 
 
 @dataclass(frozen=True)
@@ -123,15 +122,6 @@ def _vocab_size(model_dir: Path) -> int:
     return Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab_size()
 
 
-def _prepare_triton_repo(options: BenchOptions, model_dir: Path, work_dir: Path) -> Path:
-    from training.export import fill_triton_repo
-
-    repo = work_dir / "triton_repo"
-    shutil.copytree(options.triton_repo, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
-    fill_triton_repo(model_dir, repo)
-    return repo
-
-
 def _worker_passes(options: BenchOptions, ctx: BenchContext, titles: list[str],
                    config: Any) -> tuple[dict[str, PassResult], dict[str, Any]]:  # fmt: skip
     """The end-to-end passes; returns them by name plus notes."""
@@ -187,24 +177,24 @@ def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
     `LocalStack`, e.g. the test suite's fixtures); by default a fresh stack is started and stopped.
     """
     from devtools.bench.report import build_results, print_table, write_plots
-    from devtools.services.stack import LocalStack
+    from devtools.harness.stack import LocalStack
     from workers.runtime.config import load_config
 
     config = load_config(None)  # the configured micro-batch and in-flight limit (ENRICH_* or defaults)
     options.out.mkdir(parents=True, exist_ok=True)
     model_dir, reason = choose_model(options)
     print(f"model: {reason}: {model_dir}", flush=True)
-    titles = fixture_titles()
+    titles = fixture_titles(distinct=True)  # the cache-warm pass produces each title once
     seq_len = _typical_seq_len(model_dir, titles, config.batch.max_batch)
     work_dir = Path(tempfile.mkdtemp(prefix="enrich-bench-"))
     try:
         with contextlib.ExitStack() as exits:
             if services is None:
-                triton_repo = (None if options.triton_url
-                               else _prepare_triton_repo(options, model_dir, work_dir))  # fmt: skip
-                started = "Kafka + Redis" + (" + Triton (CPU)" if triton_repo else "")
-                print(f"services: {started} ...", flush=True)
-                services = exits.enter_context(LocalStack(work_dir / "services", triton_repo=triton_repo))
+                triton = options.triton_url is None
+                print("services: Kafka + Redis" + (" + Triton (CPU)" if triton else "") + " ...", flush=True)
+                stack = LocalStack(work_dir / "services", options.triton_repo if triton else None,
+                                   triton_model_dir=model_dir if triton else None)  # fmt: skip
+                services = exits.enter_context(stack).start()
             raw, passes, notes = _measure(options, services, model_dir, titles, seq_len, config)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -64,17 +64,19 @@ def options_for(scenario: str, quick: bool) -> ChaosOptions:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from devtools.paths import CACHE_DIR, REPO_ROOT
+    from devtools.harness.stack import LocalStack
+    from devtools.paths import CACHE_DIR
     from devtools.reliability.report import format_details, format_table
+    from devtools.reliability.run import services_for
     from devtools.reliability.scenarios import run_scenario
-    from devtools.reliability.stack import ChaosStack
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     names = list(SCENARIO_NAMES) if args.scenario == "all" else [args.scenario]
-    model_dir = args.model_dir or _tiny_model(REPO_ROOT)
+    model_dir = args.model_dir or _tiny_model()
     run_dir = CACHE_DIR / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     results, failed = [], []
-    with ChaosStack(run_dir, model_dir) as stack:
+    with LocalStack(run_dir, triton_model_dir=model_dir,
+                    announce=lambda what: print(f"  starting {what} ...", flush=True)) as stack:  # fmt: skip
         for name in names:
             options = options_for(name, args.quick)
             overrides = {"size": args.size, "rate": args.rate, "kills": args.kills, "outage_s": args.outage,
@@ -83,7 +85,7 @@ def _chaos(args: argparse.Namespace) -> int:
             options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
             print(f"[{name}] {options}", flush=True)
             try:
-                result = run_scenario(name, stack.services_for(name), options)
+                result = run_scenario(name, services_for(stack, name, model_dir), options)
             except Exception:  # one broken scenario must not hide the figures of the others
                 print(f"  {name} FAILED to run:\n{traceback.format_exc()}", flush=True)
                 failed.append(name)
@@ -109,8 +111,9 @@ def _kinds(text: str | None) -> tuple[str, ...] | None:
     return kinds
 
 
-def _tiny_model(repo_root: Path) -> Path:
+def _tiny_model() -> Path:
+    from devtools.paths import FIXTURE_OFFERS, MODELS_DIR
     from training.build import ensure_model
 
     print("finding or training the tiny model ...", file=sys.stderr, flush=True)
-    return ensure_model(repo_root / "models", repo_root / "data" / "fixtures" / "offers.jsonl", "tiny")
+    return ensure_model(MODELS_DIR, FIXTURE_OFFERS, "tiny")

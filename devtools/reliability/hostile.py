@@ -12,17 +12,16 @@ from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 
-from devtools.reliability.traffic import OUTPUT, Expected, Record
+from devtools.harness.listings import FIXED_EVENT_TIME, OUTPUT, Expected, Record
 
 __all__ = ["HOSTILE_KINDS", "HUGE_KINDS", "HUGE_PAYLOAD_BYTES", "hostile_records", "mixed"]
 
 HUGE_PAYLOAD_BYTES = 10 * 1024 * 1024
-_TIME = "2026-11-29T07:00:00Z"
 
 
 def _listing(listing_id: str, **fields: object) -> dict[str, object]:
     return {"schema_version": 1, "listing_id": listing_id, "listing_version": 1, "title": "Acme coffee 500 g",
-            "event_time": _TIME, **fields}  # fmt: skip
+            "event_time": FIXED_EVENT_TIME, **fields}  # fmt: skip
 
 
 def _dumps(listing_id: str, **fields: object) -> bytes:

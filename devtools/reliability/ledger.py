@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from devtools.reliability.traffic import OUTPUT, Expected
+from devtools.harness.listings import OUTPUT, Expected
 
 __all__ = ["Ledger", "Tally", "count_outcomes"]
 

@@ -12,14 +12,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.harness.listings import Record
+from devtools.harness.producer import PacedProducer
+from devtools.harness.stack import LocalStack
+from devtools.harness.worker_process import WorkerProcess
 from devtools.reliability.ledger import Ledger, Tally
-from devtools.reliability.traffic import PacedProducer, Record
-from devtools.reliability.worker_process import WorkerProcess
 from devtools.services.kafka import KafkaCluster
 from devtools.services.redis_server import RedisServer
 from devtools.services.triton import TritonServer
 
-__all__ = ["MAX_RESTARTS_AFTER_DEATH", "Run", "ScenarioResult", "Services"]
+__all__ = ["MAX_RESTARTS_AFTER_DEATH", "Run", "ScenarioResult", "Services", "services_for"]
 
 MAX_RESTARTS_AFTER_DEATH = 5
 INPUT_PARTITIONS = 3
@@ -34,6 +36,14 @@ class Services:
     model_dir: Path
     run_dir: Path
     triton: TritonServer | None = None
+
+
+def services_for(stack: LocalStack, scenario: str, model_dir: Path) -> Services:
+    """The services of one scenario from the stack shared by a whole `enrich chaos` command: the three-node
+    cluster only for broker-failover, Triton only for triton-outage (each started on first use)."""
+    kafka = stack.kafka_cluster(3 if scenario == "broker-failover" else 1)
+    triton = stack.triton if scenario == "triton-outage" else None
+    return Services(kafka, stack.redis, model_dir, stack.base_dir, triton)
 
 
 @dataclass
@@ -159,7 +169,7 @@ class Run:
             details["produce_errors"] = producer.errors[:5]
         return ScenarioResult(
             scenario=self.name, tally=tally, recovery_s=self.recovery_s, deaths=self.deaths,
-            peak_rss_bytes=self.worker.rss.peak_bytes, seconds=time.monotonic() - self.started,
+            peak_rss_bytes=self.worker.peak_rss_bytes, seconds=time.monotonic() - self.started,
             complete=complete,
             details={"final_exit_code": exit_code, **details, "worker_log": str(self.worker.log_path)},
         )  # fmt: skip

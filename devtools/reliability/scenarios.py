@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from devtools.harness.listings import valid_listings
 from devtools.reliability.hostile import hostile_records, mixed
 from devtools.reliability.run import Run, ScenarioResult, Services
-from devtools.reliability.traffic import valid_listings
 
 __all__ = ["SCENARIOS", "ChaosOptions", "run_scenario"]
 

@@ -1,7 +1,8 @@
 """Local services for tests, the demo and benchmarks: Kafka (KRaft), redis-server, tritonserver.
 
 Each is started and stopped by our own code, on free loopback ports, with bounded waits and logs kept in
-its run folder. Names are imported lazily so `enrich --help` stays fast.
+its run folder. Names are imported lazily so `enrich --help` stays fast. The stack of all three is the
+harness kit's (devtools.harness.stack.LocalStack).
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["KafkaCluster", "LocalStack", "RedisServer", "ServiceError", "ServiceStartError", "TritonServer"]
+__all__ = ["KafkaCluster", "RedisServer", "ServiceError", "ServiceStartError", "TritonServer"]
 
 _HOMES = {
     "KafkaCluster": "devtools.services.kafka",
-    "LocalStack": "devtools.services.stack",
     "RedisServer": "devtools.services.redis_server",
     "ServiceError": "devtools.services.process",
     "ServiceStartError": "devtools.services.process",

@@ -59,7 +59,8 @@ def _liveness(state: dict[str, Any]) -> dict[str, bool]:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from devtools.services.stack import LocalStack, stop_from_state
+    from devtools.harness.stack import LocalStack
+    from devtools.services.stack import stack_state, stop_from_state
 
     state_path = _state_path(args)
     if state_path.exists():
@@ -74,7 +75,7 @@ def _up(args: argparse.Namespace) -> int:
     stack = LocalStack(run_dir, triton_repo=triton_repo, kafka_nodes=args.kafka_nodes,
                        triton_models=triton_models, detached=True)
     stack.start()
-    state_path.write_text(json.dumps(stack.state(), indent=2) + "\n")
+    state_path.write_text(json.dumps(stack_state(stack), indent=2) + "\n")
     if triton_repo is None:
         print("tritonserver not started: no exported model in triton_repo/cpu (run `enrich export`) "
               "and no --triton-repo given")

@@ -1,25 +1,21 @@
-"""The whole local stack for the demo, benchmarks and `enrich services`: Kafka + Redis (+ Triton).
-
-    with LocalStack(base_dir, triton_repo=Path("triton_repo/cpu")) as stack:
-        stack.kafka.bootstrap_servers, stack.redis.url, stack.triton.grpc_url, stack.env()
-"""
+"""`enrich services` specifics of the one local stack (devtools.harness.stack.LocalStack): the state file
+that finds a detached stack's processes again, stopping them from it, and which models a repository
+serves."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from devtools.services.kafka import KAFKA_VERSION, KafkaCluster
+from devtools.harness.stack import LocalStack
+from devtools.services.kafka import KAFKA_VERSION
 from devtools.services.process import ManagedProcess
-from devtools.services.redis_server import RedisServer
-from devtools.services.triton import TritonServer, remove_shm_regions
+from devtools.services.triton import remove_shm_regions
 
-__all__ = ["LocalStack", "adopt_processes", "exported_models", "stop_from_state"]
+__all__ = ["adopt_processes", "exported_models", "stack_state", "stop_from_state"]
 
 
 def exported_models(model_repository: Path) -> list[str]:
@@ -28,71 +24,28 @@ def exported_models(model_repository: Path) -> list[str]:
                   if (p.parent.parent / "config.pbtxt").exists())
 
 
-class LocalStack:
-    """Kafka (1 or 3 nodes) and Redis, plus Triton when `triton_repo` is given, each in `base_dir`/<name>."""
-
-    def __init__(self, base_dir: Path, triton_repo: Path | None = None, *, kafka_nodes: int = 1,
-                 triton_models: Sequence[str] | None = None, detached: bool = False) -> None:
-        self.base_dir = Path(base_dir).resolve()
-        self.kafka = KafkaCluster(self.base_dir / "kafka", nodes=kafka_nodes, detached=detached)
-        self.redis = RedisServer(self.base_dir / "redis", detached=detached)
-        self.triton = (TritonServer(self.base_dir / "triton", triton_repo, models=triton_models,
-                                    detached=detached) if triton_repo is not None else None)
-
-    def start(self) -> LocalStack:
-        try:
-            self.kafka.start()
-            self.redis.start()
-            if self.triton is not None:
-                self.triton.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self.triton is not None:
-            self.triton.stop()
-        self.redis.stop()
-        self.kafka.stop()
-
-    def __enter__(self) -> LocalStack:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def env(self) -> dict[str, str]:
-        """The worker's ENRICH_* settings pointing at this stack."""
-        env = {"ENRICH_KAFKA_BOOTSTRAP": self.kafka.bootstrap_servers, "ENRICH_REDIS_URL": self.redis.url}
-        if self.triton is not None:
-            env["ENRICH_TRITON_URL"] = self.triton.grpc_url
-            env["ENRICH_BACKEND"] = "triton"
-        return env
-
-    def state(self) -> dict[str, Any]:
-        """What `enrich services down|status` needs to find the processes again: PIDs, markers, ports."""
-        services: dict[str, dict[str, Any]] = {}
-        for node in self.kafka.nodes.values():
-            services[f"kafka-node-{node.node_id}"] = _process_state(
-                node.process, broker_port=node.broker_port, started_in_s=self.kafka.started_in_s)
-        services["redis"] = _process_state(self.redis.process, port=self.redis.port,
-                                           started_in_s=self.redis.started_in_s)
-        state: dict[str, Any] = {
-            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "base_dir": str(self.base_dir),
-            "kafka_version": KAFKA_VERSION,
-            "services": services,
-            "env": self.env(),
-        }
-        if self.triton is not None:
-            services["tritonserver"] = _process_state(
-                self.triton.process, grpc_port=self.triton.grpc_port, started_in_s=self.triton.started_in_s,
-                http_port=self.triton.http_port, metrics_url=self.triton.metrics_url,
-                models=self.triton.models)
-            state["triton_shm_prefix"] = self.triton.shm_prefix
-        return state
+def stack_state(stack: LocalStack) -> dict[str, Any]:
+    """What `enrich services down|status` needs to find a started stack's processes again: PIDs, markers,
+    ports, and the worker's ENRICH_* settings."""
+    kafka, redis, triton = stack.kafka, stack.redis, stack.triton
+    services: dict[str, dict[str, Any]] = {}
+    for node in kafka.nodes.values():
+        services[f"kafka-node-{node.node_id}"] = _process_state(
+            node.process, broker_port=node.broker_port, started_in_s=kafka.started_in_s)
+    services["redis"] = _process_state(redis.process, port=redis.port, started_in_s=redis.started_in_s)
+    state: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_dir": str(stack.base_dir),
+        "kafka_version": KAFKA_VERSION,
+        "services": services,
+        "env": stack.env(),
+    }
+    if triton is not None:
+        services["tritonserver"] = _process_state(
+            triton.process, grpc_port=triton.grpc_port, started_in_s=triton.started_in_s,
+            http_port=triton.http_port, metrics_url=triton.metrics_url, models=triton.models)
+        state["triton_shm_prefix"] = triton.shm_prefix
+    return state
 
 
 def _process_state(process: ManagedProcess | None, **extra: Any) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""`enrich worker` as a child process: start, SIGKILL, SIGTERM, and its peak RSS sampled by a thread."""
+"""`enrich worker` as child processes: the deployed thing (its own interpreter, GIL and event loop),
+configured only through ENRICH_* variables, as the bench and the reliability suite both need it.
+
+`WorkerProcess` is one worker, restartable (the reliability suite kills and restarts it; every
+incarnation appends to one log), optionally under a profiler (the bench's profiled passes) and with its
+peak RSS sampled by a thread. `WorkerPool` is `count` of them in one consumer group, stopped together.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +21,24 @@ import psutil
 
 from devtools.paths import REPO_ROOT
 
-__all__ = ["RssSampler", "WorkerProcess", "enrich_command"]
-
+__all__ = ["RssSampler", "WorkerPool", "WorkerProcess", "enrich_command", "worker_command"]
 
 
 def enrich_command() -> list[str]:
     """The venv's `enrich` console script next to this interpreter, else `python -m workers.cli`."""
     script = Path(sys.executable).parent / "enrich"
     return [str(script)] if script.is_file() else [sys.executable, "-m", "workers.cli"]
+
+
+def worker_command(profile_to: Path | None = None) -> list[str]:
+    """`enrich worker`, or under cProfile (`*.pstats`: exact call counts and own time per function) or
+    pyinstrument (any other suffix: a text report) writing to `profile_to`."""
+    if profile_to is None:
+        return [*enrich_command(), "worker"]
+    if profile_to.suffix == ".pstats":
+        return [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "workers.cli", "worker"]
+    return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile_to),
+            "-m", "workers.cli", "worker"]  # fmt: skip
 
 
 class RssSampler:
@@ -58,12 +74,17 @@ class RssSampler:
 
 
 class WorkerProcess:
-    """One worker at a time, restartable; every incarnation appends to the same log file."""
+    """One worker at a time, restartable; every incarnation appends to the same log file.
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    `sample_rss=False` spares the sampler thread where nobody reads the peak (the bench, whose own CPU
+    time is one of its figures)."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, profile_to: Path | None = None,
+                 sample_rss: bool = True) -> None:  # fmt: skip
         self.env = dict(env)
         self.log_path = log_path
-        self.rss = RssSampler()
+        self.profile_to = profile_to
+        self.rss = RssSampler() if sample_rss else None
         self.starts: list[float] = []  # wall-clock time of every (re)start
         self.exit_codes: list[int] = []  # of every incarnation that ended, in order
         self._popen: subprocess.Popen[bytes] | None = None
@@ -72,7 +93,11 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._popen.pid if self._popen is not None else None
 
-    def start(self) -> None:
+    @property
+    def peak_rss_bytes(self) -> int:
+        return self.rss.peak_bytes if self.rss is not None else 0
+
+    def start(self) -> WorkerProcess:
         if self.is_running():
             raise RuntimeError("worker already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,11 +105,13 @@ class WorkerProcess:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
             self._popen = subprocess.Popen(
-                [*enrich_command(), "worker"], cwd=REPO_ROOT, env={**os.environ, **self.env},
+                worker_command(self.profile_to), cwd=REPO_ROOT, env={**os.environ, **self.env},
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         self.starts.append(time.time())
-        self.rss.watch(self._popen.pid)
+        if self.rss is not None:
+            self.rss.watch(self._popen.pid)
+        return self
 
     def is_running(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
@@ -92,6 +119,11 @@ class WorkerProcess:
     def died(self) -> bool:
         """True when the current incarnation exited without being asked to."""
         return self._popen is not None and self._popen.poll() is not None
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` without waiting (to stop several workers at once, then `terminate` each)."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(signum)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no drain, no commit."""
@@ -105,8 +137,7 @@ class WorkerProcess:
         popen = self._popen
         if popen is None:
             return 0
-        if popen.poll() is None:
-            popen.send_signal(signum)
+        self.signal(signum)
         try:
             code = popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -114,7 +145,8 @@ class WorkerProcess:
             code = popen.wait(timeout=10)
         self.exit_codes.append(code)
         self._popen = None
-        self.rss.watch(None)
+        if self.rss is not None:
+            self.rss.watch(None)
         return code
 
     def log_tail(self, lines: int = 40) -> str:
@@ -127,4 +159,34 @@ class WorkerProcess:
     def close(self) -> None:
         if self._popen is not None and self._popen.poll() is None:
             self.kill()
-        self.rss.close()
+        if self.rss is not None:
+            self.rss.close()
+
+
+class WorkerPool:
+    """`count` started workers with one environment (one consumer group), `worker-<i>.log` each in
+    `log_dir`, worker ids `<group>-<i>`; stopped together with SIGTERM."""
+
+    def __init__(self, count: int, env: Mapping[str, str], log_dir: Path,
+                 profile_to: Path | None = None) -> None:  # fmt: skip
+        self.workers = [
+            WorkerProcess({**env, "ENRICH_WORKER_ID": f"{env['ENRICH_GROUP_ID']}-{i}"},
+                          log_dir / f"worker-{i}.log", profile_to=profile_to, sample_rss=False).start()
+            for i in range(count)
+        ]  # fmt: skip
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for worker in self.workers if (pid := worker.pid) is not None]
+
+    def alive(self) -> bool:
+        return all(worker.is_running() for worker in self.workers)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        for worker in self.workers:
+            worker.signal(signal.SIGTERM)
+        for worker in self.workers:
+            worker.terminate(timeout_s)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(f"--- {w.log_path.name}\n{w.log_tail(lines)}" for w in self.workers)
