@@ -48,3 +48,12 @@ def test_bench_runs_every_measure_at_a_tiny_size(
     for measure in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)"):
         assert measure in table
     assert "n/a" not in table
+
+
+def test_steady_rate_counts_the_millisecond_outputs_share() -> None:
+    from devtools.bench.passes import steady_rate
+
+    # A cache-hit chunk produced inside one millisecond: at least 99 events in 1 ms, never 0/s.
+    assert steady_rate([5_000] * 100, skip_fraction=0.0) == pytest.approx(99_000)
+    assert steady_rate([0, 1_000], skip_fraction=0.0) == pytest.approx(1 / 1.001)
+    assert steady_rate([7]) == 0.0
