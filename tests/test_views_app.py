@@ -3,6 +3,7 @@ category in the counts table's changelog. The worker runs as a subprocess, as in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,8 +19,13 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import ConfigResource
 
+from devtools.harness.listings import sample_listings
+from devtools.harness.producer import produce_records
 from devtools.services.kafka import KafkaCluster
+from tests.test_pipeline import counter, make_config, run_until
 from views.app import category_counts_changelog
+from workers.runtime.assembly import build_worker
+from workers.runtime.producer import producer_settings
 
 pytestmark = pytest.mark.services
 
@@ -131,3 +137,34 @@ def test_views_keep_latest_per_listing_and_count_categories(
         expected_counts = {"Coffee": 2, "Tea": 3}
         assert _counts(kafka, app_id, expected_counts) == expected_counts, log_path.read_text()[-3000:]
     assert "Error in recovery" not in log_path.read_text()
+
+
+def test_views_read_what_a_real_worker_writes(
+        kafka: KafkaCluster, new_topic: Callable[..., str], tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The used-by path as one flow: listings in, a real worker's attribute events (lz4-compressed, with
+    its headers and keys) out, the recommender views on them. Hand-made uncompressed input hid that the
+    views could not decompress what the worker writes."""
+    topics = (new_topic(partitions=2, prefix="flow-in"), new_topic(partitions=2, prefix="flow-attrs"),
+              new_topic(prefix="flow-dlq"))
+    listings = sample_listings(30, id_prefix="F")
+    produce_records(kafka.bootstrap_servers, topics[0], listings, timeout_s=_WAIT_S)
+    config = make_config(kafka.bootstrap_servers, tiny_model_dir, topics, f"flow-{uuid.uuid4().hex[:8]}")
+    assert producer_settings(config.kafka, "w")["compression.type"] != "none"  # the case that broke
+    worker = build_worker(config)
+    asyncio.run(run_until([worker], lambda: counter(worker, "enrich_events_out") >= len(listings)))
+
+    written = _last_per_key(kafka, topics[1], lambda seen: len(seen) == len(listings))
+    assert len(written) == len(listings)
+    categories: dict[str, int] = {}
+    for value in written.values():
+        label = orjson.loads(value)["category"]["label"]
+        categories[label] = categories.get(label, 0) + 1
+
+    app_id = f"views-{uuid.uuid4().hex[:8]}"
+    log_path = tmp_path / "views.log"
+    with _views_worker(kafka, app_id, topics[1], f"{app_id}-latest", tmp_path, log_path):
+        latest = _last_per_key(kafka, f"{app_id}-latest", lambda seen: seen == written)
+        assert latest == written, log_path.read_text()[-3000:]
+        assert _counts(kafka, app_id, categories) == categories, log_path.read_text()[-3000:]
+    assert "UnsupportedCodecError" not in log_path.read_text()
+
