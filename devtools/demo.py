@@ -64,14 +64,22 @@ def _run_pass(config: Any, expected: int) -> PassStats:
     async def main() -> float:
         stop = asyncio.Event()
         task = asyncio.create_task(run_worker(config, stop, metrics=metrics))
+        # The pass starts somewhere between the last poll that saw no input and the first that did: timing
+        # from the earlier one bounds the duration from above, so a pass shorter than a poll (the warm one
+        # finishes in milliseconds) reads as a lower bound on throughput, never as 0 s (issue 13).
+        last_idle = time.perf_counter()
         started = None
         while not task.done():
+            now = time.perf_counter()
             done = value("enrich_events_out") + value("enrich_dlq") + value("enrich_stale_dropped")
-            if started is None and value("enrich_events_in") > 0:
-                started = time.perf_counter()
+            if started is None:
+                if value("enrich_events_in") > 0:
+                    started = last_idle
+                else:
+                    last_idle = now
             if done >= expected:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - (started or time.perf_counter())
         stop.set()
         await task
@@ -140,11 +148,8 @@ def _print_report(events: list[dict[str, Any]], dead: list[dict[str, Any]], cold
     for code, count in sorted(Counter(e["error"]["code"] for e in dead).items()):
         print(f"dead-lettered: {count} x {code}")
     print()
-    print(
-        f"pass 1 (cold cache): {cold.listings} records in {cold.seconds:.2f} s = {cold.throughput:,.0f}/s, "
-        f"cache hit rate {cold.hit_rate:.0%}"
-    )
-    print(
-        f"pass 2 (warm cache): {warm.listings} records in {warm.seconds:.2f} s = {warm.throughput:,.0f}/s, "
-        f"cache hit rate {warm.hit_rate:.0%}"
-    )
+    for label, stats in (("pass 1 (cold cache)", cold), ("pass 2 (warm cache)", warm)):
+        print(
+            f"{label}: {stats.listings} records in at most {stats.seconds * 1000:,.0f} ms = at least "
+            f"{stats.throughput:,.0f}/s, cache hit rate {stats.hit_rate:.0%}"
+        )
