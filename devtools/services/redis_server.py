@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -32,11 +33,17 @@ def redis_server_version() -> str:
 
 
 class RedisServer:
-    """redis-server with `--save '' --appendonly no` in `run_dir`; ready when it answers PING."""
+    """redis-server with `--save '' --appendonly no` in `run_dir`; ready when it answers PING.
 
-    def __init__(self, run_dir: Path, *, start_timeout_s: float = 30.0, detached: bool = False) -> None:
+    `port` (default: a free one) and `extra_args` (more `--name value` options, e.g. cluster mode) serve
+    `RedisClusterServers`, which starts several.
+    """
+
+    def __init__(self, run_dir: Path, *, start_timeout_s: float = 30.0, detached: bool = False,
+                 port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         self.run_dir = Path(run_dir).resolve()
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
+        self.extra_args = tuple(extra_args)
         self.start_timeout_s = start_timeout_s
         self.detached = detached
         self.process: ManagedProcess | None = None
@@ -62,7 +69,7 @@ class RedisServer:
             "--protected-mode", "yes", "--logfile", "",
             # Keep the original command line (with the run folder in it): `enrich services down` checks it
             # before signalling a PID from the state file.
-            "--set-proc-title", "no",
+            "--set-proc-title", "no", *self.extra_args,
         ]
         self.process = ManagedProcess.spawn("redis-server", argv, log_path=self.run_dir / "redis.log",
                                             marker=str(self.run_dir), detached=self.detached)
