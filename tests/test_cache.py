@@ -17,6 +17,7 @@ from workers.model.decode import Attribute
 from workers.runtime.config import CacheConfig
 from workers.runtime.metrics import WorkerMetrics
 from workers.stages.cache import ResultCache, make_redis_client, make_result_cache, unique_keys
+from workers.stages.guard import StaleUpdateGuard
 
 
 def _counts(metrics: WorkerMetrics) -> tuple[float, float, float]:
@@ -221,7 +222,8 @@ def test_on_a_cluster_one_lookup_reads_every_node_in_bucketed_keys(redis_cluster
     result = ListingResult.from_decoded("Coffee", 0.9, [])
 
     async def scenario() -> list[ListingResult | None]:
-        cache = make_result_cache(CacheConfig(redis_url=redis_cluster.url, redis_cluster=True), "spread", metrics)
+        config = CacheConfig(redis_url=redis_cluster.url, redis_cluster=True)
+        cache = make_result_cache(config, "spread", metrics)
         try:
             await cache.store([(title, result) for title in titles])
             return await cache.lookup([*titles, "never stored"])
@@ -238,3 +240,41 @@ def test_on_a_cluster_one_lookup_reads_every_node_in_bucketed_keys(redis_cluster
         assert all(re.fullmatch(r"enrich:spread:r2:\{\d+\.\d+\}:[0-9a-f]{32}", k) for k in keys), keys[:3]
         per_node.append(len(keys))
     assert sum(per_node) == 300 and min(per_node) > 0, per_node
+
+
+@pytest.mark.services
+def test_a_cluster_node_down_gives_misses_and_local_guarding_then_both_recover(redis_cluster: Any) -> None:
+    metrics = WorkerMetrics()
+    result = ListingResult.from_decoded("Coffee", 0.9, [])
+    titles = [f"outage {i}" for i in range(50)]  # over all three nodes
+
+    async def scenario() -> None:
+        client = make_redis_client(redis_cluster.url, cluster=True)
+        cache = ResultCache(client, "node-down", 120, metrics, retry_after_s=0.0)
+        guard = StaleUpdateGuard(store=client, namespace="test-node-down", metrics=metrics)
+        try:
+            await cache.store([(title, result) for title in titles])
+            assert await guard.admit([("n", 2)]) == [True]
+            redis_cluster.nodes[1].stop()
+            try:
+                assert await cache.lookup(titles) == [None] * 50  # must not raise
+                others = [(f"m{i}", 1) for i in range(30)]  # some of them on the stopped node
+                assert await guard.admit([("n", 1), *others]) == [False] + [True] * 30  # its own memory
+                assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 30
+            finally:
+                redis_cluster.nodes[1].start()
+                redis_cluster.wait_ready()
+            # The client finds the node again by itself (which came back empty: no persistence here), and
+            # the guard goes back to the shared store.
+            await cache.store([(title, result) for title in titles])
+            assert await cache.lookup(titles) == [result] * 50
+            assert await guard.admit([(f"p{i}", 2) for i in range(30)]) == [True] * 30
+            second = StaleUpdateGuard(store=client, namespace="test-node-down", metrics=metrics)
+            assert await second.admit([(f"p{i}", 1) for i in range(30)]) == [False] * 30
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    hits, misses, errors = _counts(metrics)
+    assert (hits, misses) == (50, 0) and errors >= 1
+    assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 30

@@ -11,12 +11,18 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import redis
 
+from devtools.harness.listings import sample_listings
+from devtools.harness.producer import produce_records
+from devtools.harness.reader import read_events
 from tests.service_fixtures import redis_target
+from tests.test_pipeline import counter, finished, make_config, run_until
+from workers.runtime.assembly import build_worker
 from workers.runtime.metrics import WorkerMetrics
 from workers.stages.cache import make_redis_client
 from workers.stages.guard import StaleUpdateGuard
@@ -139,3 +145,33 @@ def test_on_a_cluster_one_call_spreads_over_every_node_in_bucketed_keys(redis_cl
         assert all(re.fullmatch(rf"{namespace}:\{{\d+\.\d+\}}:L-\d{{6}}", k) for k in keys), keys[:3]
         per_node.append(len(keys))
     assert sum(per_node) == 300 and min(per_node) > 0, per_node
+
+
+@pytest.mark.services
+def test_a_worker_on_the_cluster_refuses_versions_another_worker_already_emitted(
+    kafka: Any, redis_cluster: Any, tiny_model_dir: Path, new_topic: Callable[..., str]
+) -> None:
+    """Two worker passes, one group, one cluster: the second worker's memory is empty, so what it refuses
+    it learned from the cluster; what it emits comes from the cluster's result cache."""
+    topics = (new_topic(partitions=3, prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
+    bootstrap = kafka.bootstrap_servers
+    config = make_config(
+        bootstrap, tiny_model_dir, topics, "g-cluster", ENRICH_REDIS_URL=redis_cluster.url,
+        ENRICH_REDIS_CLUSTER="true",
+    )  # fmt: skip
+    produce_records(bootstrap, topics[0], sample_listings(20, id_prefix="C", version=2))
+    first = build_worker(config)
+    asyncio.run(run_until([first], lambda: finished(first) >= 20))
+    assert counter(first, "enrich_events_out") == 20
+
+    produce_records(bootstrap, topics[0], [*sample_listings(20, id_prefix="C", version=1),
+                                           *sample_listings(20, id_prefix="C", version=3)])  # fmt: skip
+    second = build_worker(config)
+    asyncio.run(run_until([second], lambda: finished(second) >= 40))
+    assert counter(second, "enrich_stale_dropped") == 20
+    newest = [e for e in read_events(bootstrap, topics[1], expected=40, timeout_s=15)
+              if e["listing_version"] == 3]  # fmt: skip
+    assert len(newest) == 20 and all(e["cache_hit"] for e in newest)
+    for worker in (first, second):
+        assert counter(worker, "enrich_guard_local_only") == 0
+        assert counter(worker, "enrich_cache_errors") == 0

@@ -80,14 +80,18 @@ class RedisClusterServers:
             for node in self.nodes:
                 node.start()
             self._create()
-            processes = [node.process for node in self.nodes if node.process is not None]
-            wait_until(processes, self._all_agree, what="agreeing on one cluster with every slot served",
-                       timeout_s=self.start_timeout_s, interval_s=0.05)
+            self.wait_ready()
         except BaseException:
             self.stop()
             raise
         self.started_in_s = time.monotonic() - started
         return self
+
+    def wait_ready(self) -> None:
+        """Until every node serves and agrees on every slot (e.g. after `nodes[i].start()` again)."""
+        processes = [node.process for node in self.nodes if node.process is not None]
+        wait_until(processes, self._all_agree, what="agreeing on one cluster with every slot served",
+                   timeout_s=self.start_timeout_s, interval_s=0.05)
 
     def _create(self) -> None:
         addresses = [f"{LOOPBACK}:{node.port}" for node in self.nodes]

@@ -64,6 +64,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
         store=redis,
         namespace=f"enrich:version:{kafka.output_topic}",
         on_store_error=lambda _: metrics.cache_errors.inc(),
+        metrics=metrics,
     )
     emitter = AttributeEmitter(
         topic=kafka.output_topic, model_name=model.name, model_version=model.version,
