@@ -7,33 +7,24 @@ other node known (the gossip that spreads the slot map takes a moment after `cre
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import redis
 from redis.cluster import RedisCluster
 
 from devtools.services.ports import LOOPBACK, free_ports
-from devtools.services.process import ServiceError, ServiceStartError, wait_until
-from devtools.services.redis_server import RedisServer
+from devtools.services.process import ServiceStartError, wait_until
+from devtools.services.redis_server import RedisServer, StartStopContext, find_redis_server
 
-__all__ = ["RedisClusterServers", "find_redis_cli"]
+__all__ = ["RedisClusterServers"]
 
 _SLOTS = 16384
 
 
-def find_redis_cli() -> str:
-    path = shutil.which("redis-cli")
-    if path is None:
-        raise ServiceError("No `redis-cli` found (it creates the cluster). Install the Debian package "
-                           "redis-tools (it comes with redis-server).")
-    return path
-
-
-class RedisClusterServers:
+class RedisClusterServers(StartStopContext):
     """`masters` redis-servers (default 3) forming one cluster; `.url` names one node, clients find the rest.
 
     Each node's cluster bus port is chosen free too (`--cluster-port`), not the default port + 10000,
@@ -60,21 +51,13 @@ class RedisClusterServers:
         self.started_in_s: float | None = None
 
     @property
-    def host(self) -> str:
-        return LOOPBACK
-
-    @property
-    def port(self) -> int:
-        return self.nodes[0].port
-
-    @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        return self.nodes[0].url
 
     def client(self) -> RedisCluster:
-        return RedisCluster(host=LOOPBACK, port=self.port, socket_timeout=5)
+        return RedisCluster(host=LOOPBACK, port=self.nodes[0].port, socket_timeout=5)
 
-    def start(self) -> RedisClusterServers:
+    def start(self) -> Self:
         started = time.monotonic()
         try:
             for node in self.nodes:
@@ -95,7 +78,7 @@ class RedisClusterServers:
 
     def _create(self) -> None:
         addresses = [f"{LOOPBACK}:{node.port}" for node in self.nodes]
-        argv = [find_redis_cli(), "--cluster", "create", *addresses, "--cluster-replicas", "0",
+        argv = [find_redis_server("redis-cli"), "--cluster", "create", *addresses, "--cluster-replicas", "0",
                 "--cluster-yes"]
         log_path = self.run_dir / "cluster-create.log"
         with log_path.open("ab") as log:
@@ -120,10 +103,3 @@ class RedisClusterServers:
     def stop(self, timeout_s: float = 10.0) -> None:
         for node in self.nodes:
             node.stop(timeout_s)
-
-    def __enter__(self) -> RedisClusterServers:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

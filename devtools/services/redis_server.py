@@ -8,20 +8,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
 from devtools.services.ports import LOOPBACK, free_port
 from devtools.services.process import ManagedProcess, ServiceError
 
-__all__ = ["RedisServer", "find_redis_server", "redis_server_version"]
+__all__ = ["RedisServer", "StartStopContext", "find_redis_server", "redis_server_version"]
 
 
-def find_redis_server() -> str:
-    path = shutil.which("redis-server")
+def find_redis_server(program: str = "redis-server") -> str:
+    """The path of `program` (redis-server, or redis-cli which comes with it)."""
+    path = shutil.which(program)
     if path is None:
-        raise ServiceError("No `redis-server` found. Run `make setup` (scripts/bootstrap.sh installs the "
-                           "Debian package redis-server).")
+        raise ServiceError(f"No `{program}` found. Run `make setup` (scripts/bootstrap.sh installs the "
+                           "Debian package redis-server, which brings redis-cli).")
     return path
 
 
@@ -32,7 +34,24 @@ def redis_server_version() -> str:
     return next((word[2:] for word in out.split() if word.startswith("v=")), out.strip())
 
 
-class RedisServer:
+class StartStopContext:
+    """`with service:` starts it and stops it at the end."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class RedisServer(StartStopContext):
     """redis-server with `--save '' --appendonly no` in `run_dir`; ready when it answers PING.
 
     `port` (default: a free one) and `extra_args` (more `--name value` options, e.g. cluster mode) serve
@@ -60,7 +79,7 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
 
-    def start(self) -> RedisServer:
+    def start(self) -> Self:
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -88,10 +107,3 @@ class RedisServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is not None:
             self.process.stop(timeout_s)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
