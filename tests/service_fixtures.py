@@ -14,10 +14,20 @@ from typing import Any
 import pytest
 
 from devtools.services.kafka import KafkaCluster
+from devtools.services.redis_cluster import RedisClusterServers
 from devtools.services.redis_server import RedisServer
 from devtools.services.triton import TritonServer
 
-__all__ = ["kafka", "new_topic", "produce_confirmed", "redis_server", "triton_factory"]
+__all__ = [
+    "any_redis",
+    "kafka",
+    "new_topic",
+    "produce_confirmed",
+    "redis_cluster",
+    "redis_server",
+    "redis_target",
+    "triton_factory",
+]
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +54,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """redis-server for the whole session; `.url`, `.port`, `.client()`."""
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster for the whole session; `.url` (one node), `.nodes`, `.client()`."""
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+def redis_target(request: pytest.FixtureRequest, kind: str) -> tuple[str, bool]:
+    """`(url, cluster)` of the session redis-server (kind "single") or Redis Cluster ("cluster")."""
+    cluster = kind == "cluster"
+    return request.getfixturevalue("redis_cluster" if cluster else "redis_server").url, cluster
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """`(url, cluster)`: a test using it runs on the session redis-server, then on the session cluster."""
+    return redis_target(request, request.param)
 
 
 @pytest.fixture(scope="session")

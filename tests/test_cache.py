@@ -1,4 +1,5 @@
-"""Result cache: key derivation, and MGET / pipelined SET against a real redis-server, outage included."""
+"""Result cache: key derivation, and MGET / pipelined SET against a real redis-server and a real 3-master
+Redis Cluster (keys of one call in many hash slots), outages included; one worker pass on the cluster."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from workers.contract.errors import ConfigError
 from workers.contract.results import ListingResult
 from workers.model.decode import Attribute
 from workers.runtime.config import CacheConfig
 from workers.runtime.metrics import WorkerMetrics
 from workers.stages.cache import ResultCache, make_redis_client, make_result_cache, unique_keys
+from workers.stages.guard import StaleUpdateGuard
 
 
 def _counts(metrics: WorkerMetrics) -> tuple[float, float, float]:
@@ -106,11 +109,11 @@ def test_unreachable_redis_gives_misses_and_counts_errors() -> None:
 
 
 @pytest.mark.services
-def test_round_trip_with_ttl(redis_server: Any) -> None:
+def test_round_trip_with_ttl(any_redis: tuple[str, bool]) -> None:
     metrics = WorkerMetrics()
 
     async def scenario() -> None:
-        client = make_redis_client(redis_server.url)
+        client = make_redis_client(any_redis[0], cluster=any_redis[1])
         cache = ResultCache(client, "roundtrip", 120, metrics)
         keys = [cache.key_for(t) for t in ("red mug", "blue mug", "green mug")]
         try:
@@ -125,12 +128,12 @@ def test_round_trip_with_ttl(redis_server: Any) -> None:
 
 
 @pytest.mark.services
-def test_lookup_finds_results_by_exact_title_one_key_per_distinct_title(redis_server: Any) -> None:
+def test_lookup_finds_results_by_exact_title_one_key_per_distinct_title(any_redis: tuple[str, bool]) -> None:
     metrics = WorkerMetrics()
     result = ListingResult.from_decoded("Coffee", 0.9, [Attribute("Brand", "Lavazza", 0.8, 0, 7)])
 
     async def scenario() -> list[ListingResult | None]:
-        client = make_redis_client(redis_server.url)
+        client = make_redis_client(any_redis[0], cluster=any_redis[1])
         cache = ResultCache(client, "lookup", 120, metrics)
         try:
             await cache.store([("Lavazza Crema", result), ("Lavazza Crema", result)])
@@ -175,10 +178,11 @@ def test_redis_outage_degrades_to_misses_and_recovers(redis_server: Any) -> None
 
 
 @pytest.mark.services
-def test_make_result_cache_follows_the_config(redis_server: Any) -> None:
+def test_make_result_cache_follows_the_config(any_redis: tuple[str, bool]) -> None:
     async def scenario() -> None:
         assert not make_result_cache(CacheConfig(redis_url=""), "v1").enabled
-        cache = make_result_cache(CacheConfig(redis_url=redis_server.url, ttl_s=30), "v1")
+        config = CacheConfig(redis_url=any_redis[0], redis_cluster=any_redis[1], ttl_s=30)
+        cache = make_result_cache(config, "v1")
         assert cache.enabled
         try:
             await cache.put_many([("enrich:v1:factory", b"ok")])
@@ -201,3 +205,76 @@ def test_the_c_packer_writes_the_same_bytes_as_redis_py() -> None:
         ("EVALSHA", "ab", 2, 1.5),
     ):
         assert b"".join(CPackedConnection().pack_command(*args)) == b"".join(Connection().pack_command(*args))
+
+
+@pytest.mark.services
+def test_a_redis_of_the_other_mode_is_refused_at_start(redis_server: Any, redis_cluster: Any) -> None:
+    with pytest.raises(ConfigError, match="ENRICH_REDIS_CLUSTER=true"):
+        make_redis_client(redis_cluster.url)
+    with pytest.raises(ConfigError, match="not in cluster mode"):
+        make_redis_client(redis_server.url, cluster=True)
+
+
+@pytest.mark.services
+def test_on_a_cluster_one_lookup_reads_every_node_in_bucketed_keys(redis_cluster: Any) -> None:
+    metrics = WorkerMetrics()
+    titles = [f"title {i}" for i in range(300)]
+    result = ListingResult.from_decoded("Coffee", 0.9, [])
+
+    async def scenario() -> list[ListingResult | None]:
+        config = CacheConfig(redis_url=redis_cluster.url, redis_cluster=True)
+        cache = make_result_cache(config, "spread", metrics)
+        try:
+            await cache.store([(title, result) for title in titles])
+            return await cache.lookup([*titles, "never stored"])
+        finally:
+            await cache.close()
+
+    assert asyncio.run(scenario()) == [result] * 300 + [None]
+    assert _counts(metrics) == (300, 1, 0)
+    per_node = []
+    for node in redis_cluster.nodes:
+        client = node.client()
+        keys = [k.decode() for k in client.scan_iter(match="enrich:spread:*", count=1000)]
+        client.close()
+        assert all(re.fullmatch(r"enrich:spread:r2:\{\d+\.\d+\}:[0-9a-f]{32}", k) for k in keys), keys[:3]
+        per_node.append(len(keys))
+    assert sum(per_node) == 300 and min(per_node) > 0, per_node
+
+
+@pytest.mark.services
+def test_a_cluster_node_down_gives_misses_and_local_guarding_then_both_recover(redis_cluster: Any) -> None:
+    metrics = WorkerMetrics()
+    result = ListingResult.from_decoded("Coffee", 0.9, [])
+    titles = [f"outage {i}" for i in range(50)]  # over all three nodes
+
+    async def scenario() -> None:
+        client = make_redis_client(redis_cluster.url, cluster=True)
+        cache = ResultCache(client, "node-down", 120, metrics, retry_after_s=0.0)
+        guard = StaleUpdateGuard(store=client, namespace="test-node-down", metrics=metrics)
+        try:
+            await cache.store([(title, result) for title in titles])
+            assert await guard.admit([("n", 2)]) == [True]
+            redis_cluster.nodes[1].stop()
+            try:
+                assert await cache.lookup(titles) == [None] * 50  # must not raise
+                others = [(f"m{i}", 1) for i in range(30)]  # some of them on the stopped node
+                assert await guard.admit([("n", 1), *others]) == [False] + [True] * 30  # its own memory
+                assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 30
+            finally:
+                redis_cluster.nodes[1].start()
+                redis_cluster.wait_ready()
+            # The client finds the node again by itself (which came back empty: no persistence here), and
+            # the guard goes back to the shared store.
+            await cache.store([(title, result) for title in titles])
+            assert await cache.lookup(titles) == [result] * 50
+            assert await guard.admit([(f"p{i}", 2) for i in range(30)]) == [True] * 30
+            second = StaleUpdateGuard(store=client, namespace="test-node-down", metrics=metrics)
+            assert await second.admit([(f"p{i}", 1) for i in range(30)]) == [False] * 30
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    hits, misses, errors = _counts(metrics)
+    assert (hits, misses) == (50, 0) and errors >= 1
+    assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 30

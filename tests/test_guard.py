@@ -1,23 +1,69 @@
-"""Stale-update guard: never an older listing_version after a newer one of the same listing."""
+"""Stale-update guard: never an older listing_version after a newer one of the same listing.
+
+The admit rules are checked on the process-local memory alone and through a shared version store, on one
+redis-server and on a 3-master Redis Cluster (where the keys of one call span many hash slots).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import redis
 
+from devtools.harness.listings import sample_listings
+from devtools.harness.producer import produce_records
+from devtools.harness.reader import read_events
+from tests.service_fixtures import redis_target
+from tests.test_pipeline import counter, finished, make_config, run_until
+from workers.runtime.assembly import build_worker
+from workers.runtime.metrics import WorkerMetrics
+from workers.stages.cache import make_redis_client
 from workers.stages.guard import StaleUpdateGuard
+
+T = TypeVar("T")
 
 
 def admit(guard: StaleUpdateGuard, updates: list[tuple[str, int]]) -> list[bool]:
     return asyncio.run(guard.admit(updates))
 
 
-def test_older_versions_are_refused_equal_ones_admitted() -> None:
-    guard = StaleUpdateGuard()
-    assert admit(guard, [("a", 2), ("b", 1)]) == [True, True]
-    assert admit(guard, [("a", 1), ("a", 2), ("a", 3), ("b", 0)]) == [False, True, True, False]
-    assert admit(guard, [("a", 3), ("a", 2)]) == [True, False]
+def with_store(store: tuple[str, bool] | None, scenario: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `scenario(client)` in one event loop: a client for `store` = (url, cluster), or None."""
+
+    async def run() -> T:
+        if store is None:
+            return await scenario(None)
+        client = make_redis_client(store[0], cluster=store[1], socket_timeout_s=5, connect_timeout_s=5)
+        try:
+            return await scenario(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(
+    params=["memory", *(pytest.param(kind, marks=pytest.mark.services) for kind in ("single", "cluster"))]
+)
+def version_store(request: pytest.FixtureRequest) -> tuple[str, bool] | None:
+    """None (process-local memory only), then (url, cluster) of the session redis-server, and cluster."""
+    return None if request.param == "memory" else redis_target(request, request.param)
+
+
+def test_older_versions_are_refused_equal_ones_admitted(version_store: tuple[str, bool] | None) -> None:
+    async def scenario(client: Any) -> list[list[bool]]:
+        guard = StaleUpdateGuard(store=client, namespace=f"test-rules-{uuid.uuid4().hex[:8]}")
+        calls = [[("a", 2), ("b", 1)], [("a", 1), ("a", 2), ("a", 3), ("b", 0)], [("a", 3), ("a", 2)]]
+        return [await guard.admit(updates) for updates in calls]
+
+    assert with_store(version_store, scenario) == [[True, True], [False, True, True, False], [True, False]]
 
 
 def test_lru_capacity_bounds_memory() -> None:
@@ -27,35 +73,105 @@ def test_lru_capacity_bounds_memory() -> None:
     assert admit(guard, [("c", 1)]) == [False]
 
 
-class BrokenStore:
+class FlakyStore:
+    """A version store that raises ConnectionError while `down`, else admits everything."""
+
+    def __init__(self) -> None:
+        self.down = True
+
     def register_script(self, script: str) -> object:
         async def run(keys: list[str], args: list[object]) -> object:
-            raise ConnectionError("redis down")
+            if self.down:
+                raise ConnectionError("redis down")
+            return [1] * len(keys)
 
         return run
 
 
-def test_store_failure_falls_back_to_local_memory() -> None:
+def test_store_failure_falls_back_to_local_memory_counted_and_logged_once_per_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     errors: list[BaseException] = []
-    guard = StaleUpdateGuard(store=BrokenStore(), on_store_error=errors.append)
-    assert admit(guard, [("a", 2), ("a", 1)]) == [True, False]
-    assert len(errors) == 1
+    metrics = WorkerMetrics()
+    store = FlakyStore()
+    guard = StaleUpdateGuard(store=store, on_store_error=errors.append, metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="workers.stages.guard"):
+        assert admit(guard, [("a", 2), ("a", 1)]) == [True, False]
+        assert admit(guard, [("b", 1), ("c", 1)]) == [True, True]
+        store.down = False
+        assert admit(guard, [("a", 3)]) == [True]
+        assert admit(guard, [("a", 4)]) == [True]
+    assert len(errors) == 2
+    assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 3  # a@2, b, c
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "version store failed",
+        "version store answers again",
+    ]
 
 
 @pytest.mark.services
-def test_versions_are_shared_between_workers_through_redis(redis_server) -> None:
-    from redis.asyncio import Redis
+def test_versions_are_shared_between_workers_through_redis(any_redis: tuple[str, bool]) -> None:
+    async def scenario(client: Any) -> tuple[list[bool], list[bool]]:
+        namespace = f"test-guard-{uuid.uuid4().hex[:8]}"
+        first = StaleUpdateGuard(store=client, namespace=namespace)
+        second = StaleUpdateGuard(store=client, namespace=namespace)  # another worker / a restart
+        await first.admit([("x", 5), ("y", 1)])
+        return await second.admit([("x", 4), ("x", 5), ("y", 2)]), await first.admit([("y", 1)])
 
-    async def scenario() -> tuple[list[bool], list[bool]]:
-        client = Redis.from_url(redis_server.url)
-        try:
-            first = StaleUpdateGuard(store=client, namespace="test-guard")
-            second = StaleUpdateGuard(store=client, namespace="test-guard")  # another worker / a restart
-            await first.admit([("x", 5), ("y", 1)])
-            return await second.admit([("x", 4), ("x", 5), ("y", 2)]), await first.admit([("y", 1)])
-        finally:
-            await client.aclose()
-
-    seen_by_second, seen_by_first = asyncio.run(scenario())
+    seen_by_second, seen_by_first = with_store(any_redis, scenario)
     assert seen_by_second == [False, True, True]
     assert seen_by_first == [False]
+
+
+@pytest.mark.services
+def test_on_a_cluster_one_call_spreads_over_every_node_in_bucketed_keys(redis_cluster: Any) -> None:
+    namespace = f"test-spread-{uuid.uuid4().hex[:8]}"
+    updates = [(f"L-{i:06d}", 7) for i in range(300)]
+    metrics = WorkerMetrics()
+
+    async def scenario(client: Any) -> tuple[list[bool], list[bool]]:
+        first = StaleUpdateGuard(store=client, namespace=namespace, metrics=metrics)
+        second = StaleUpdateGuard(store=client, namespace=namespace, metrics=metrics)
+        return await first.admit(updates), await second.admit([(i, v - 1) for i, v in updates])
+
+    admitted, older = with_store((redis_cluster.url, True), scenario)
+    assert all(admitted) and not any(older), "the second guard's memory is empty: the cluster refused them"
+    assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 0
+    per_node = []
+    for node in redis_cluster.nodes:
+        client = redis.Redis(host=node.host, port=node.port)
+        keys = [k.decode() for k in client.scan_iter(match=f"{namespace}:*", count=1000)]
+        client.close()
+        assert all(re.fullmatch(rf"{namespace}:\{{\d+\.\d+\}}:L-\d{{6}}", k) for k in keys), keys[:3]
+        per_node.append(len(keys))
+    assert sum(per_node) == 300 and min(per_node) > 0, per_node
+
+
+@pytest.mark.services
+def test_a_worker_on_the_cluster_refuses_versions_another_worker_already_emitted(
+    kafka: Any, redis_cluster: Any, tiny_model_dir: Path, new_topic: Callable[..., str]
+) -> None:
+    """Two worker passes, one group, one cluster: the second worker's memory is empty, so what it refuses
+    it learned from the cluster; what it emits comes from the cluster's result cache."""
+    topics = (new_topic(partitions=3, prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
+    bootstrap = kafka.bootstrap_servers
+    config = make_config(
+        bootstrap, tiny_model_dir, topics, "g-cluster", ENRICH_REDIS_URL=redis_cluster.url,
+        ENRICH_REDIS_CLUSTER="true",
+    )  # fmt: skip
+    produce_records(bootstrap, topics[0], sample_listings(20, id_prefix="C", version=2))
+    first = build_worker(config)
+    asyncio.run(run_until([first], lambda: finished(first) >= 20))
+    assert counter(first, "enrich_events_out") == 20
+
+    produce_records(bootstrap, topics[0], [*sample_listings(20, id_prefix="C", version=1),
+                                           *sample_listings(20, id_prefix="C", version=3)])  # fmt: skip
+    second = build_worker(config)
+    asyncio.run(run_until([second], lambda: finished(second) >= 40))
+    assert counter(second, "enrich_stale_dropped") == 20
+    newest = [e for e in read_events(bootstrap, topics[1], expected=40, timeout_s=15)
+              if e["listing_version"] == 3]  # fmt: skip
+    assert len(newest) == 20 and all(e["cache_hit"] for e in newest)
+    for worker in (first, second):
+        assert counter(worker, "enrich_guard_local_only") == 0
+        assert counter(worker, "enrich_cache_errors") == 0

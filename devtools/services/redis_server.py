@@ -5,22 +5,25 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
 from devtools.services.ports import LOOPBACK, free_port
 from devtools.services.process import ManagedProcess, ServiceError
 
-__all__ = ["RedisServer", "find_redis_server", "redis_server_version"]
+__all__ = ["RedisServer", "StartStopContext", "find_redis_server", "redis_server_version"]
 
 
-def find_redis_server() -> str:
-    path = shutil.which("redis-server")
+def find_redis_server(program: str = "redis-server") -> str:
+    """The path of `program` (redis-server, or redis-cli which comes with it)."""
+    path = shutil.which(program)
     if path is None:
-        raise ServiceError("No `redis-server` found. Run `make setup` (scripts/bootstrap.sh installs the "
-                           "Debian package redis-server).")
+        raise ServiceError(f"No `{program}` found. Run `make setup` (scripts/bootstrap.sh installs the "
+                           "Debian package redis-server, which brings redis-cli).")
     return path
 
 
@@ -31,12 +34,35 @@ def redis_server_version() -> str:
     return next((word[2:] for word in out.split() if word.startswith("v=")), out.strip())
 
 
-class RedisServer:
-    """redis-server with `--save '' --appendonly no` in `run_dir`; ready when it answers PING."""
+class StartStopContext:
+    """`with service:` starts it and stops it at the end."""
 
-    def __init__(self, run_dir: Path, *, start_timeout_s: float = 30.0, detached: bool = False) -> None:
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class RedisServer(StartStopContext):
+    """redis-server with `--save '' --appendonly no` in `run_dir`; ready when it answers PING.
+
+    `port` (default: a free one) and `extra_args` (more `--name value` options, e.g. cluster mode) serve
+    `RedisClusterServers`, which starts several.
+    """
+
+    def __init__(self, run_dir: Path, *, start_timeout_s: float = 30.0, detached: bool = False,
+                 port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         self.run_dir = Path(run_dir).resolve()
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
+        self.extra_args = tuple(extra_args)
         self.start_timeout_s = start_timeout_s
         self.detached = detached
         self.process: ManagedProcess | None = None
@@ -53,7 +79,7 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
 
-    def start(self) -> RedisServer:
+    def start(self) -> Self:
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -62,7 +88,7 @@ class RedisServer:
             "--protected-mode", "yes", "--logfile", "",
             # Keep the original command line (with the run folder in it): `enrich services down` checks it
             # before signalling a PID from the state file.
-            "--set-proc-title", "no",
+            "--set-proc-title", "no", *self.extra_args,
         ]
         self.process = ManagedProcess.spawn("redis-server", argv, log_path=self.run_dir / "redis.log",
                                             marker=str(self.run_dir), detached=self.detached)
@@ -81,10 +107,3 @@ class RedisServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is not None:
             self.process.stop(timeout_s)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

@@ -43,7 +43,8 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     model_dir = check_model_dir(config)
     model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
     metrics = metrics if metrics is not None else WorkerMetrics()
-    redis = make_redis_client(config.cache.redis_url) if config.cache.redis_url else None
+    redis_url, redis_cluster = config.cache.redis_url, config.cache.redis_cluster
+    redis = make_redis_client(redis_url, cluster=redis_cluster) if redis_url else None
     kafka, batch = config.kafka, config.batch
     consumer = make_consumer(kafka, config.worker_id)
     producer = make_producer(kafka, config.worker_id)
@@ -63,6 +64,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
         store=redis,
         namespace=f"enrich:version:{kafka.output_topic}",
         on_store_error=lambda _: metrics.cache_errors.inc(),
+        metrics=metrics,
     )
     emitter = AttributeEmitter(
         topic=kafka.output_topic, model_name=model.name, model_version=model.version,

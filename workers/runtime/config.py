@@ -118,6 +118,12 @@ class CacheConfig:
     redis_url: str = setting(
         "", "ENRICH_REDIS_URL", "redis://host:port/db for the result cache; empty: no cache"
     )
+    redis_cluster: bool = setting(
+        False,
+        "ENRICH_REDIS_CLUSTER",
+        "ENRICH_REDIS_URL is one node of a Redis Cluster (db 0; the other nodes are discovered)",
+        _parse_bool,
+    )
     ttl_s: int = setting(7 * 24 * 3600, "ENRICH_CACHE_TTL_S", "cache entry lifetime in seconds", int)
 
 

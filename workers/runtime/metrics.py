@@ -49,6 +49,11 @@ class WorkerMetrics:
         self.cache_errors = Counter(
             "enrich_cache_errors", "Cache operations that failed or were skipped (Redis down)", registry=r
         )
+        self.guard_local_only = Counter(
+            "enrich_guard_local_only",
+            "Updates the stale-update guard admitted on this worker's memory alone (version store failed)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "enrich_batch_size", "Rows per inference batch", buckets=_BATCH_SIZE_BUCKETS, registry=r
         )

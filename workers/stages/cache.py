@@ -7,35 +7,91 @@ The cache is an optimisation only. Any Redis failure turns into cache misses (re
 is counted in ``cache_errors`` and logged, and the batch goes on uncached — the pipeline never sees a Redis
 exception. After a failure Redis is left alone for ``retry_after_s`` so that an outage costs each batch
 nothing instead of a socket timeout; then the next call tries again and the client reconnects by itself.
+
+Redis Cluster (``ENRICH_REDIS_CLUSTER``): an MGET, and a script, may only name keys of one hash slot
+(else CROSSSLOT). Keys therefore carry one of ``CLUSTER_BUCKETS`` hash tags, and each call sends one
+command per bucket present (pipelined, one round trip per node). One tag for everything would put the
+whole load, and every key, on one shard (a slot cannot be split). No tags (every key its own slot) means
+one command per key, and redis-py's cluster pipeline spends ~15 µs of CPU per MGET and ~23 µs per script
+call (3-master local cluster, 500 keys), against ~37 µs for a whole event on the hit path. With 128
+buckets, measured per key for a 2,000-key chunk: lookup ~5.5 µs and guard ~9.7 µs of client CPU more than
+on one redis-server (most of it redis-py packing arguments in Python; the cluster client does not take
+our C packer). The tags are chosen so their slots are evenly spaced over the 16384: every node of an
+evenly sliced cluster holds 128/n of them (±1), and moving one slot moves 1/128 of the keys.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import hiredis
+import redis
 from redis.asyncio import Connection, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import DataError, RedisError
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import DataError, RedisClusterException, RedisError
 from redis.utils import HIREDIS_AVAILABLE
 
+from workers.contract.errors import ConfigError
 from workers.contract.results import ListingResult
 
 if TYPE_CHECKING:
     from workers.runtime.config import CacheConfig
     from workers.runtime.metrics import WorkerMetrics
 
-__all__ = ["CPackedConnection", "ResultCache", "make_redis_client", "make_result_cache", "unique_keys"]
+__all__ = [
+    "CLUSTER_BUCKETS",
+    "CPackedConnection",
+    "RedisClient",
+    "ResultCache",
+    "bucket_tag",
+    "make_redis_client",
+    "make_result_cache",
+    "unique_keys",
+]
 
 log = logging.getLogger(__name__)
 
 # Bumped when the cached value's layout changes, so old entries are never read as new ones.
 _VALUE_FORMAT = "r2"
+
+CLUSTER_BUCKETS = 128  # hash tags on a Redis Cluster: see the module docstring
+
+RedisClient = Redis | RedisCluster
+# What a failed call raises: RedisClusterException (e.g. no node reachable) is not a RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
+
+
+@functools.cache
+def _bucket_tags() -> tuple[str, ...]:
+    """Tag i is the first "{i.j}" whose slot lies in the i-th of CLUSTER_BUCKETS equal slot ranges."""
+    width = REDIS_CLUSTER_HASH_SLOTS // CLUSTER_BUCKETS
+    tags = []
+    for bucket in range(CLUSTER_BUCKETS):
+        j = 0
+        while key_slot(f"{bucket}.{j}".encode()) // width != bucket:
+            j += 1
+        tags.append(f"{{{bucket}.{j}}}")
+    return tuple(tags)
+
+
+def bucket_tag(text: str) -> str:
+    """The hash tag (with its braces) of ``text``'s bucket: the same text always lands in the same slot."""
+    return _bucket_tags()[zlib.crc32(text.encode("utf-8", "surrogatepass")) % CLUSTER_BUCKETS]
+
+
+def check_key_prefix(prefix: str) -> None:
+    """On a cluster the bucket tag must be the key's first "{...}", the one Redis hashes."""
+    if "{" in prefix:
+        raise ConfigError(f"key prefix {prefix!r} holds '{{': it would be hashed instead of the bucket tag")
 
 
 def unique_keys(keys: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -64,25 +120,51 @@ class CPackedConnection(Connection):
 def make_redis_client(
     url: str,
     *,
+    cluster: bool = False,
     socket_timeout_s: float = 0.25,
     connect_timeout_s: float = 0.25,
-) -> Redis:
-    """A client suited to the cache: short timeouts and one immediate retry.
+) -> RedisClient:
+    """A client suited to the cache and the guard: short timeouts and one immediate retry.
 
     The single retry lets a pooled connection that died with a Redis restart be replaced transparently;
-    more retries would only stretch the stall when Redis is really gone.
+    more retries would only stretch the stall when Redis is really gone. ``cluster``: ``url`` names one
+    node of a Redis Cluster and the client finds the others. Refuses (ConfigError) a reachable Redis whose
+    mode is not the configured one; an unreachable one is left to the usual outage handling.
     """
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "retry": Retry(NoBackoff(), 1),
+        "health_check_interval": 10,
+    }
+    check_redis_mode(url, cluster=cluster, timeout_s=connect_timeout_s)
+    if cluster:
+        return RedisCluster.from_url(url, **options)
     if HIREDIS_AVAILABLE and url.startswith("redis://"):
         options["connection_class"] = CPackedConnection
-    return Redis.from_url(
-        url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=connect_timeout_s,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=10,
-        **options,
-    )
+    return Redis.from_url(url, **options)
+
+
+def check_redis_mode(url: str, *, cluster: bool, timeout_s: float) -> None:
+    """ConfigError when the Redis at ``url`` answers and its `cluster_enabled` is not ``cluster``.
+
+    Without this a cluster addressed as one server degrades quietly: every multi-key call fails with
+    CROSSSLOT or MOVED, so the cache never hits and the guard only remembers what this worker saw.
+    """
+    probe = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        enabled = bool(probe.info("cluster").get("cluster_enabled"))
+    except (RedisError, OSError) as exc:
+        log.warning("could not ask the Redis at %s whether it is a cluster (checked at next start): %r",
+                    url, exc)
+        return
+    finally:
+        probe.close()
+    if enabled and not cluster:
+        raise ConfigError(f"the Redis at {url} is a Redis Cluster node: set ENRICH_REDIS_CLUSTER=true "
+                          "(--redis-cluster true)")
+    if cluster and not enabled:
+        raise ConfigError(f"ENRICH_REDIS_CLUSTER is set but the Redis at {url} is not in cluster mode")
 
 
 class ResultCache:
@@ -93,7 +175,7 @@ class ResultCache:
 
     def __init__(
         self,
-        client: Redis | None,
+        client: RedisClient | None,
         model_version: str,
         ttl_s: int,
         metrics: WorkerMetrics | None = None,
@@ -107,6 +189,9 @@ class ResultCache:
             raise ValueError(f"model_version must be a non-empty string without ':', got {model_version!r}")
         self._client = client
         self._prefix = f"enrich:{model_version}:{_VALUE_FORMAT}:"
+        self._cluster = isinstance(client, RedisCluster)
+        if self._cluster:
+            check_key_prefix(self._prefix)
         self._ttl_s = ttl_s
         self._metrics = metrics
         self._retry_after_s = retry_after_s
@@ -118,8 +203,10 @@ class ResultCache:
         return self._client is not None
 
     def key_for(self, text: str) -> str:
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
-        return self._prefix + digest.hexdigest()
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        if self._cluster:
+            return f"{self._prefix}{bucket_tag(digest)}:{digest}"
+        return self._prefix + digest
 
     async def lookup(self, titles: list[str]) -> list[ListingResult | None]:
         """The cached result per title (None: miss), with one MGET for the distinct titles."""
@@ -140,15 +227,19 @@ class ResultCache:
             await self.put_many([(self.key_for(t), r.to_bytes(t)) for t, r in unique.items()])
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        """Values for ``keys`` in order (None = miss) with one MGET; on any Redis failure all None."""
+        """Values for ``keys`` in order (None = miss) with one MGET (cluster: one per hash slot, pipelined);
+        on any Redis failure all None."""
         if not keys or self._client is None:
             return [None] * len(keys)
         if self._in_cooldown():
             self._count_error()
             return [None] * len(keys)
         try:
-            values: list[bytes | None] = await self._client.mget(keys)
-        except (RedisError, OSError) as exc:
+            if isinstance(self._client, RedisCluster):
+                values: list[bytes | None] = await self._client.mget_nonatomic(keys)
+            else:
+                values = await self._client.mget(keys)
+        except REDIS_FAILURES as exc:
             self._failed("MGET", len(keys), exc)
             return [None] * len(keys)
         hits = sum(value is not None for value in values)
@@ -169,7 +260,7 @@ class ResultCache:
                 for key, value in entries:
                     pipe.set(key, value, ex=self._ttl_s)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed("SET pipeline", len(entries), exc)
 
     async def close(self) -> None:
@@ -201,5 +292,5 @@ def make_result_cache(
     config: CacheConfig, model_version: str, metrics: WorkerMetrics | None = None
 ) -> ResultCache:
     """The cache ``config`` describes; an empty ``redis_url`` gives a disabled cache (always misses)."""
-    client = make_redis_client(config.redis_url) if config.redis_url else None
+    client = make_redis_client(config.redis_url, cluster=config.redis_cluster) if config.redis_url else None
     return ResultCache(client, model_version, config.ttl_s, metrics)

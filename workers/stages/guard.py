@@ -7,8 +7,15 @@ at-least-once). Rejected updates are finished without output: a newer version is
 
 Two memories: a bounded in-process map, least recently updated forgotten first (always), and optionally
 Redis, shared by all workers of the group, so a partition that moves to another worker or a restart after
-a crash cannot emit an older version either. Redis failures fall back to the in-process memory (counted
-and logged), like the cache.
+a crash cannot emit an older version either. Redis failures fall back to the in-process memory, like the
+cache: each update so decided is counted (`enrich_guard_local_only_total`), and the switch to local-only
+and back is logged once each way (a Redis outage logs two lines, not one per batch).
+
+The atomic unit is one listing's compare-and-set: one script call checks and stores many keys, but no
+decision depends on another listing's key. On a Redis Cluster, where a script may only name keys of one
+hash slot, keys carry a bucket tag (see `workers.stages.cache`) and each call sends one script per bucket
+present, pipelined (one round trip per node); a listing always falls in the same bucket, and its updates
+keep their order inside it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from itertools import islice
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from redis.asyncio.cluster import RedisCluster
+
+from workers.stages.cache import bucket_tag, check_key_prefix
+
+if TYPE_CHECKING:
+    from workers.runtime.metrics import WorkerMetrics
 
 __all__ = ["StaleUpdateGuard"]
 
@@ -57,19 +71,26 @@ class StaleUpdateGuard:
         self,
         *,
         capacity: int = 200_000,
-        store: VersionStore | None = None,
+        store: VersionStore | RedisCluster | None = None,
         namespace: str = "enrich:version",
         ttl_s: int = 30 * 24 * 3600,
         on_store_error: Callable[[BaseException], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self._latest: dict[str, int] = {}  # insertion order = age: the oldest are forgotten first
         self._capacity = capacity
-        self._script = store.register_script(_ADMIT_SCRIPT) if store is not None else None
+        self._cluster = store if isinstance(store, RedisCluster) else None
+        plain = store is not None and self._cluster is None
+        self._script = store.register_script(_ADMIT_SCRIPT) if plain else None  # type: ignore[union-attr]
+        if self._cluster is not None:
+            check_key_prefix(namespace)
         self._namespace = namespace
         self._ttl_s = ttl_s
         self._on_store_error = on_store_error
+        self._metrics = metrics
+        self._local_only = False  # the last store call failed: logged when it changes
 
     def _admit_locally(self, updates: list[tuple[str, int]]) -> list[bool]:
         latest, admitted = self._latest, []
@@ -93,30 +114,68 @@ class StaleUpdateGuard:
     async def admit(self, updates: list[tuple[str, int]]) -> list[bool]:
         """One flag per update, in order (a later update in the same call sees the earlier ones)."""
         admitted = self._admit_locally(updates)
-        if self._script is None:
+        if self._script is None and self._cluster is None:
             return admitted
         candidates = [i for i, ok in enumerate(admitted) if ok]
         if not candidates:
             return admitted
-        prefix = self._namespace + ":"
-        keys = [prefix + updates[i][0] for i in candidates]
-        versions = [updates[i][1] for i in candidates]
         try:
-            shared = await self._script(keys=keys, args=[self._ttl_s, *versions])
+            if self._cluster is not None:
+                shared = await self._admit_on_cluster(self._cluster, [updates[i] for i in candidates])
+            else:
+                shared = await self._admit_shared([updates[i] for i in candidates])
         except (OSError, ConnectionError, TimeoutError) as exc:
-            self._store_failed(exc)
+            self._store_failed(exc, len(candidates))
             return admitted
-        except Exception as exc:  # redis.exceptions.RedisError without importing redis here
+        except Exception as exc:  # redis.exceptions.RedisError (RedisClusterException is not one)
             if type(exc).__module__.split(".")[0] != "redis":
                 raise
-            self._store_failed(exc)
+            self._store_failed(exc, len(candidates))
             return admitted
+        if self._local_only:
+            self._local_only = False
+            log.warning("version store answers again: guarding through it")
         for i, ok in zip(candidates, shared, strict=True):
             if not ok:
                 admitted[i] = False
         return admitted
 
-    def _store_failed(self, exc: BaseException) -> None:
-        log.warning("version store unavailable, guarding with this worker's memory only: %r", exc)
+    async def _admit_shared(self, updates: list[tuple[str, int]]) -> list[int]:
+        assert self._script is not None
+        keys = [f"{self._namespace}:{listing_id}" for listing_id, _ in updates]
+        return list(await self._script(keys=keys, args=[self._ttl_s, *(v for _, v in updates)]))
+
+    async def _admit_on_cluster(self, cluster: RedisCluster, updates: list[tuple[str, int]]) -> list[int]:
+        """One EVAL per bucket (one hash slot), pipelined; the flags come back in the order of `updates`.
+
+        EVAL, not EVALSHA: a node that never saw the script (new, or promoted after a failover) cannot
+        answer NOSCRIPT to a pipelined call, and the ~0.5 KB of script text per bucket costs less than the
+        client's own per-command work (~23 µs).
+        """
+        buckets: dict[str, list[int]] = {}
+        for position, (listing_id, _) in enumerate(updates):
+            buckets.setdefault(bucket_tag(listing_id), []).append(position)
+        async with cluster.pipeline(transaction=False) as pipe:
+            for tag, positions in buckets.items():
+                keys = [f"{self._namespace}:{tag}:{updates[p][0]}" for p in positions]
+                versions = [updates[p][1] for p in positions]
+                pipe.execute_command("EVAL", _ADMIT_SCRIPT, len(keys), *keys, self._ttl_s, *versions)
+            replies = await pipe.execute()
+        shared = [0] * len(updates)
+        for positions, reply in zip(buckets.values(), replies, strict=True):
+            for position, ok in zip(positions, reply, strict=True):
+                shared[position] = ok
+        return shared
+
+    def _store_failed(self, exc: BaseException, n_updates: int) -> None:
+        if self._metrics is not None:
+            self._metrics.guard_local_only.inc(n_updates)
+        if not self._local_only:
+            self._local_only = True
+            log.warning(
+                "version store failed: guarding with this worker's memory only until it answers again "
+                "(counted in enrich_guard_local_only_total): %r",
+                exc,
+            )
         if self._on_store_error is not None:
             self._on_store_error(exc)
