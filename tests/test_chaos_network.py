@@ -4,13 +4,20 @@ with a slow or silent peer by itself and recovers without a restart. Full size: 
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
 
+from devtools.reliability.network_scenarios import REDIS_LATENCY_S
+from devtools.reliability.proxy import TcpProxy
 from devtools.reliability.run import Services
 from devtools.reliability.scenarios import run_scenario
+from devtools.services.redis_server import RedisServer
 from tests.test_chaos import QUICK, assert_nothing_lost, explain, services  # noqa: F401 (a fixture)
+from workers.stages.cache import make_redis_client
+from workers.stages.guard import StaleUpdateGuard
 
 pytestmark = pytest.mark.services
 
@@ -53,3 +60,35 @@ def test_partition_from_the_broker_loses_nothing_and_the_worker_recovers_without
     assert result.tally.duplicates <= result.in_flight_window, explain(result)
     assert len(result.recovery_s) == 1, explain(result)
 
+
+# ---- what the scenarios found, pinned --------------------------------------------------------------------
+
+
+def test_guard_leaves_a_slow_redis_alone_for_a_while_after_a_timeout(redis_server: RedisServer) -> None:
+    """slow-redis found it: the stale-update guard asked Redis on every emit, under the emit lock, so a
+    Redis slower than the client's timeout cost each emit a timeout in turn (output ~20 listings/s)."""
+    now = [0.0]
+    namespace = f"test-slow-guard-{uuid.uuid4().hex[:8]}"
+    errors: list[BaseException] = []
+
+    async def scenario(proxy: TcpProxy) -> None:
+        client = make_redis_client(f"redis://{proxy.address}/0")  # the worker's client and timeouts
+        guard = StaleUpdateGuard(store=client, namespace=namespace, on_store_error=errors.append,
+                                 retry_after_s=1.0, clock=lambda: now[0])  # fmt: skip
+        try:
+            assert await guard.admit([("a", 1)]) == [True]
+            proxy.add_latency(REDIS_LATENCY_S)
+            assert await guard.admit([("a", 2)]) == [True]  # timed out: this worker's memory decides
+            assert len(errors) == 1
+            assert await guard.admit([("a", 3), ("a", 1)]) == [True, False]  # Redis left alone meanwhile
+            assert len(errors) == 1
+            proxy.pass_through()
+            now[0] += 1.0
+            assert await guard.admit([("b", 7)]) == [True]  # asked again
+        finally:
+            await client.aclose()
+
+    with TcpProxy(redis_server.port) as proxy:
+        asyncio.run(scenario(proxy))
+    assert len(errors) == 1
+    assert redis_server.client().get(f"{namespace}:b") == b"7"
