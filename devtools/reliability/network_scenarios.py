@@ -137,9 +137,11 @@ class MetricsSampler:
         return out
 
 
-def log_summary(log_path: Path, clock: FaultClock) -> dict[str, int]:
-    """How often each of LOG_SIGNS appears in the worker's JSON log, per phase (`paused_during`, ...)."""
+def log_summary(log_path: Path, clock: FaultClock) -> dict[str, float]:
+    """How often each of LOG_SIGNS appears in the worker's JSON log, per phase (`paused_during`, ...);
+    `rejoined_s`: from the end of the fault to the first partition assignment after it (if any)."""
     counts: Counter[str] = Counter()
+    rejoined: list[float] = []
     last_flow = ""
     for line in log_path.read_text(errors="replace").splitlines():
         if not line.startswith("{"):
@@ -152,7 +154,12 @@ def log_summary(log_path: Path, clock: FaultClock) -> dict[str, int]:
                 counts[f"{sign}_{clock.phase(moment)}"] += 1
                 if sign in ("paused", "resumed"):
                     last_flow = sign
-    return {**dict(sorted(counts.items())), "ended_paused": int(last_flow == "paused")}
+                if sign == "assigned" and clock.healed_at is not None and moment >= clock.healed_at:
+                    rejoined.append(round(moment - clock.healed_at, 1))
+    summary: dict[str, float] = {**dict(sorted(counts.items())), "ended_paused": int(last_flow == "paused")}
+    if rejoined:
+        summary["rejoined_s"] = rejoined[0]
+    return summary
 
 
 def _parse_ts(text: str) -> float:
