@@ -78,9 +78,11 @@ class FlakyStore:
 
     def __init__(self) -> None:
         self.down = True
+        self.calls = 0
 
     def register_script(self, script: str) -> object:
         async def run(keys: list[str], args: list[object]) -> object:
+            self.calls += 1
             if self.down:
                 raise ConnectionError("redis down")
             return [1] * len(keys)
@@ -94,14 +96,21 @@ def test_store_failure_falls_back_to_local_memory_counted_and_logged_once_per_ch
     errors: list[BaseException] = []
     metrics = WorkerMetrics()
     store = FlakyStore()
-    guard = StaleUpdateGuard(store=store, on_store_error=errors.append, metrics=metrics)
+    now = [0.0]
+    guard = StaleUpdateGuard(
+        store=store, on_store_error=errors.append, metrics=metrics, retry_after_s=1.0, clock=lambda: now[0]
+    )
     with caplog.at_level(logging.WARNING, logger="workers.stages.guard"):
         assert admit(guard, [("a", 2), ("a", 1)]) == [True, False]
+        now[0] = 0.5  # within retry_after_s of the failure: Redis is left alone, memory decides
         assert admit(guard, [("b", 1), ("c", 1)]) == [True, True]
+        assert store.calls == 1
         store.down = False
+        now[0] = 1.5
         assert admit(guard, [("a", 3)]) == [True]
         assert admit(guard, [("a", 4)]) == [True]
-    assert len(errors) == 2
+    assert store.calls == 3
+    assert len(errors) == 1
     assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 3  # a@2, b, c
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "version store failed",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from devtools.harness.listings import valid_listings
 from devtools.reliability.hostile import hostile_records, mixed
+from devtools.reliability.network_scenarios import partition, slow_redis, slow_triton
 from devtools.reliability.run import Run, ScenarioResult, Services
 
 __all__ = ["SCENARIOS", "ChaosOptions", "run_scenario"]
@@ -180,6 +181,9 @@ SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
     "broker-failover": broker_failover,
     "hostile": hostile,
     "exactly-once": exactly_once,
+    "slow-redis": slow_redis,  # network faults: network_scenarios.py
+    "slow-triton": slow_triton,
+    "partition": partition,
 }
 
 
