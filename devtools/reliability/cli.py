@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 SCENARIO_NAMES = ("kill", "redis-outage", "triton-outage", "broker-restart", "broker-failover", "hostile",
-                  "exactly-once")  # fmt: skip
+                  "exactly-once", "exactly-once-failover", "zombie")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
