@@ -110,3 +110,34 @@ def test_hostile_inputs_are_dead_lettered_with_reasons_and_the_worker_never_dies
     assert result.tally.duplicates == 0, explain(result)
     assert result.tally.dlq_codes.get("payload_too_large", 0) >= QUICK.huge_payloads, explain(result)
     assert 0 < result.peak_rss_bytes < PEAK_RSS_BOUND, explain(result)
+
+
+# Two workers; one SIGSTOPped until the group drops it. Paced to keep flowing through the stop, the
+# takeover and the rejoin (session timeout 3 s, twice, plus the rebalances).
+TAKEOVER = dataclasses.replace(QUICK, size=2000, rate=100, outage_s=8)
+
+
+def assert_takeover(result: ScenarioResult) -> None:
+    assert_nothing_lost(result)
+    details = result.details
+    assert details["dropped"] and details["rejoined"], explain(result)  # the partitions were lost, and back
+    assert (details["other_deaths"], details["other_exit_code"]) == (0, 0), explain(result)
+
+
+def test_exactly_once_shows_each_listing_once_after_partition_loss_and_a_broker_kill(
+    redis_server: RedisServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with own_cluster(tmp_path, nodes=3) as kafka:
+        services = Services(kafka, redis_server, tiny_model_dir, tmp_path)
+        result = run_scenario("exactly-once-failover", services, TAKEOVER)
+    assert_takeover(result)
+    assert result.tally.duplicates == 0, explain(result)
+    assert result.tally.attribute_events == TAKEOVER.size, explain(result)
+
+
+def test_a_zombie_worker_loses_nothing_and_duplicates_stay_within_its_in_flight_window(
+    services: Services,
+) -> None:
+    result = run_scenario("zombie", services, TAKEOVER)
+    assert_takeover(result)
+    assert result.tally.duplicates <= result.in_flight_window, explain(result)

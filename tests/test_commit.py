@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from workers.contract.errors import KafkaOperationFailed
 from workers.stages.commit import (
@@ -13,6 +14,7 @@ from workers.stages.commit import (
     ExactlyOnceCommits,
     OffsetTracker,
     commit_offsets,
+    commit_reporter,
     commit_transaction,
     make_commit_policy,
 )
@@ -211,3 +213,129 @@ def test_exactly_once_aborts_when_closing_failed_or_unfinished() -> None:
             tracker.track(P0, 1)
         asyncio.run(ExactlyOnceCommits(RecordingConsumer(), producer, tracker).close(failed=failed))
         assert producer.calls == ["abort_transaction"]
+
+
+def test_an_asynchronous_commit_counts_only_once_confirmed_and_a_failed_one_is_committed_again() -> None:
+    tracker, consumer = OffsetTracker(), RecordingConsumer()
+    report = commit_reporter(tracker)  # the consumer's on_commit callback
+    tracker.track(P0, 0)
+    tracker.finish(P0, 0)
+    assert commit_offsets(consumer, tracker) == {P0: 1}  # sent; no answer yet
+    assert commit_offsets(consumer, tracker) == {}  # not sent twice while the answer is pending
+    report(KafkaError(KafkaError.REQUEST_TIMED_OUT), [TopicPartition("in", 0, 1)])  # the broker says no
+    assert commit_offsets(consumer, tracker) == {P0: 1}  # so it is committed again
+    report(None, [TopicPartition("in", 0, 1)])
+    assert commit_offsets(consumer, tracker) == {}
+    assert [offsets for offsets, _ in consumer.commits] == [[("in", 0, 1)], [("in", 0, 1)]]
+
+
+def test_a_late_failure_of_an_older_commit_does_not_undo_a_newer_one() -> None:
+    tracker, consumer = OffsetTracker(), RecordingConsumer()
+    report = commit_reporter(tracker)
+    for offset in (0, 1):
+        tracker.track(P0, offset)
+    tracker.finish(P0, 0)
+    commit_offsets(consumer, tracker)  # position 1, sent
+    tracker.finish(P0, 1)
+    commit_offsets(consumer, tracker)  # position 2, sent
+    report(KafkaError(KafkaError.REQUEST_TIMED_OUT), [TopicPartition("in", 0, 1)])  # superseded by 2
+    assert tracker.committable() == {}
+    report(None, [TopicPartition("in", 0, 2)])
+    tracker.track(P1, 0)
+    tracker.finish(P1, 0)
+    # A synchronous commit (revoke, shutdown) re-sends what is sent but unconfirmed, not what is confirmed.
+    commit_offsets(consumer, tracker, asynchronous=False)
+    assert consumer.commits[-1] == ([("in", 1, 1)], False)
+
+
+def test_a_sync_commit_resends_a_position_whose_async_commit_is_unanswered() -> None:
+    tracker, consumer = OffsetTracker(), RecordingConsumer()
+    tracker.track(P0, 4)
+    tracker.finish(P0, 4)
+    commit_offsets(consumer, tracker)
+    assert commit_offsets(consumer, tracker, asynchronous=False) == {P0: 5}
+
+
+def test_reset_drops_every_partition_and_ignores_finishes_of_the_old_epoch() -> None:
+    tracker = OffsetTracker()
+    tracker.track(P0, 3)
+    old = tracker.epoch
+    tracker.reset()
+    assert tracker.epoch != old and tracker.unfinished() == 0 and tracker.committable() == {}
+    tracker.track(P0, 3)  # read again after the rewind
+    tracker.finish(P0, 3, old)  # a late ack of the aborted output
+    assert tracker.unfinished() == 1 and tracker.committable() == {}
+    tracker.finish(P0, 3, tracker.epoch)
+    assert tracker.committable() == {P0: 4}
+
+
+class FailingProducer(RecordingProducer):
+    """Fails `fail_call` once with `error` (a KafkaError code)."""
+
+    def __init__(self, fail_call: str, error: KafkaError) -> None:
+        super().__init__()
+        self.fail_call, self.error = fail_call, error
+
+    def send_offsets_to_transaction(self, positions: list[Any], group_metadata: Any, timeout: float) -> None:
+        super().send_offsets_to_transaction(positions, group_metadata, timeout)
+        if self.fail_call == "send_offsets":
+            self.fail_call = ""
+            raise KafkaException(self.error)
+
+
+def test_exactly_once_lost_partitions_abort_the_transaction_and_drop_all_in_flight_work() -> None:
+    tracker, producer = OffsetTracker(), RecordingProducer()
+    commits = ExactlyOnceCommits(RecordingConsumer(), producer, tracker)
+    epoch = tracker.epoch
+
+    async def scenario() -> None:
+        await commits.begin()
+        for tp in (P0, P1):  # outputs of both partitions are in the open transaction
+            tracker.track(tp, 7)
+            tracker.finish(tp, 7)
+        tracker.track(P1, 8)  # in flight
+        await commits.lost([P0])
+        # P1 is kept, but its output was aborted too: its state is gone, a late ack finishes nothing, and
+        # the loop reads it again from the committed offset (the epoch changed).
+        tracker.finish(P1, 8, epoch)
+        assert tracker.epoch != epoch and tracker.committable() == {} and tracker.unfinished() == 0
+        await commits.tick(RecordingSettle(tracker, []))  # nothing to commit in the new transaction
+
+    asyncio.run(scenario())
+    assert producer.calls == [
+        "init_transactions", "begin_transaction", "abort_transaction", "begin_transaction"
+    ]  # fmt: skip
+
+
+def test_exactly_once_starts_over_when_a_commit_fails_abortably_and_stops_on_any_other_failure() -> None:
+    abortable = KafkaError(KafkaError.UNKNOWN_MEMBER_ID, txn_requires_abort=True)  # zombie: stale generation
+    tracker, producer = OffsetTracker(), FailingProducer("send_offsets", abortable)
+    commits = ExactlyOnceCommits(RecordingConsumer(), producer, tracker)
+    tracker.track(P0, 1)
+    tracker.finish(P0, 1)
+    epoch = tracker.epoch
+    asyncio.run(commits.tick(RecordingSettle(tracker, [])))
+    assert producer.calls == [
+        "flush", "send_offsets [(0, 2)] group-metadata", "abort_transaction", "begin_transaction"
+    ]  # fmt: skip
+    assert tracker.epoch != epoch and tracker.committable() == {}
+
+    fatal = KafkaError(KafkaError._FENCED, fatal=True)
+    tracker, producer = OffsetTracker(), FailingProducer("send_offsets", fatal)
+    tracker.track(P0, 1)
+    tracker.finish(P0, 1)
+    commits = ExactlyOnceCommits(RecordingConsumer(), producer, tracker)
+    with pytest.raises(KafkaOperationFailed):
+        asyncio.run(commits.tick(RecordingSettle(tracker, [])))
+    assert "abort_transaction" not in producer.calls
+
+
+def test_at_least_once_lost_partitions_are_only_forgotten() -> None:
+    tracker, consumer = OffsetTracker(), RecordingConsumer()
+    for tp in (P0, P1):
+        tracker.track(tp, 2)
+        tracker.finish(tp, 2)
+    epoch = tracker.epoch
+    asyncio.run(AtLeastOnceCommits(consumer, tracker).lost([P0]))
+    # The new owner re-processes P0 from its last commit (duplicates, never a loss); P1 is untouched.
+    assert tracker.epoch == epoch and tracker.committable() == {P1: 3} and consumer.commits == []

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 SCENARIO_NAMES = ("kill", "redis-outage", "triton-outage", "broker-restart", "broker-failover", "hostile",
-                  "exactly-once", "slow-redis", "slow-triton", "partition")  # fmt: skip
+                  "exactly-once", "exactly-once-failover", "zombie", "slow-redis",
+                  "slow-triton", "partition")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

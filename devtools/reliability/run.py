@@ -40,9 +40,9 @@ class Services:
 
 def services_for(stack: LocalStack, scenario: str, model_dir: Path) -> Services:
     """The services of one scenario from the stack shared by a whole `enrich chaos` command: the three-node
-    cluster only for broker-failover, Triton only for triton-outage and slow-triton (each started on first
-    use)."""
-    kafka = stack.kafka_cluster(3 if scenario == "broker-failover" else 1)
+    cluster only for broker-failover and exactly-once-failover, Triton only for triton-outage and slow-triton
+    (each started on first use)."""
+    kafka = stack.kafka_cluster(3 if scenario in ("broker-failover", "exactly-once-failover") else 1)
     triton = stack.triton if scenario in ("triton-outage", "slow-triton") else None
     return Services(kafka, stack.redis, model_dir, stack.base_dir, triton)
 

@@ -7,16 +7,22 @@
 - broker-restart:  the (single) broker killed, down for `outage_s`, started again.
 - broker-failover: one of three brokers killed (RF 3, min.insync.replicas 2), back after `outage_s`.
 - hostile:         hostile records mixed into valid traffic.
+- exactly-once-failover: two transactional workers, three brokers: one broker killed and one worker
+                   SIGSTOPped until the group dropped it (its partitions lost), then SIGCONTed.
+- zombie:          two at-least-once workers; one SIGSTOPped until the other took its partitions over.
+- slow-redis, slow-triton, partition: network faults through a TCP proxy (network_scenarios.py).
 """
 
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from devtools.harness.listings import valid_listings
+from devtools.harness.worker_process import WorkerProcess
 from devtools.reliability.hostile import hostile_records, mixed
 from devtools.reliability.network_scenarios import partition, slow_redis, slow_triton
 from devtools.reliability.run import Run, ScenarioResult, Services
@@ -173,6 +179,92 @@ def exactly_once(services: Services, options: ChaosOptions) -> ScenarioResult:
     return kill_worker(services, options, exactly_once=True)
 
 
+def exactly_once_failover(services: Services, options: ChaosOptions) -> ScenarioResult:
+    kafka = services.kafka
+    if len(kafka.nodes) != 3:
+        raise ValueError("exactly-once-failover needs a three-node cluster (RF 3, min.insync.replicas 2)")
+    return _takeover(services, options, "exactly-once-failover", exactly_once=True)
+
+
+def zombie(services: Services, options: ChaosOptions) -> ScenarioResult:
+    return _takeover(services, options, "zombie", exactly_once=False)
+
+
+def _takeover(services: Services, options: ChaosOptions, name: str, *, exactly_once: bool) -> ScenarioResult:
+    """Two workers in one group. Once `fault_after` of the traffic is accounted for, (on a three-node
+    cluster) the leader of the output partition is killed and worker A is SIGSTOPped until the group
+    has dropped it (B owns every partition: A's were revoked without A knowing), then SIGCONTed: A wakes
+    up with an open transaction (or unfinished, uncommitted work) of partitions it no longer owns, and
+    learns only from its client that they were lost. The broker comes back after `outage_s`."""
+    env = _env(options, ENRICH_EXACTLY_ONCE=str(exactly_once).lower())
+    run = Run(services, name, worker_env=env, read_committed=exactly_once)
+    other = WorkerProcess({**run.worker.env, "ENRICH_WORKER_ID": f"{run.worker.env['ENRICH_WORKER_ID']}-b"},
+                          run.worker.log_path.with_name(f"{run.worker.log_path.stem}-b.log"))  # fmt: skip
+    group = run.worker.env["ENRICH_GROUP_ID"]
+    details: dict[str, object] = {}
+    try:
+        run.produce(valid_listings(options.size, prefix=name[:1].upper(), seed=options.seed), options.rate)
+        run.worker.start()
+        other.start()
+        _wait_for_members(run, other, group, 2, options.recovery_timeout_s)
+        run.wait_for_accounted(int(options.size * options.fault_after), options.timeout_s)
+        fault_start = time.monotonic()
+        victim = None
+        if len(services.kafka.nodes) == 3:
+            topic = run.output_topic
+            victim = services.kafka.admin().list_topics(topic, timeout=10).topics[topic].partitions[0].leader
+            services.kafka.kill_node(victim)
+            details["killed_node"] = victim
+        run.worker.signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        dropped = _wait_for_members(run, other, group, 1, options.recovery_timeout_s)
+        details["stopped_s"] = round(time.monotonic() - stopped, 1)
+        run.worker.signal(signal.SIGCONT)
+        details["dropped"] = dropped
+        details["rejoined"] = _wait_for_members(run, other, group, 2, options.recovery_timeout_s)
+        run.wait_for_output_after(time.time(), options.recovery_timeout_s)
+        if victim is not None:
+            while time.monotonic() < fault_start + options.outage_s:
+                _step(run, other, 0.5)
+            services.kafka.start_node(victim)
+        deadline = time.monotonic() + options.timeout_s
+        while time.monotonic() < deadline and not run.all_accounted() and not run.gave_up:
+            _step(run, other, 0.5)
+        details["other_exit_code"] = other.terminate()  # its last commit counts: stopped before the tally
+        details["other_deaths"] = len(other.exit_codes) - 1
+        return run.finish(options.timeout_s, **details, **_window(options))
+    finally:
+        other.close()
+        run.close()
+
+
+def _step(run: Run, other: WorkerProcess, seconds: float) -> None:
+    """`Run.step`, and the second worker restarted too if it died on its own."""
+    run.step(seconds)
+    if other.died():
+        print(f"  [{run.name}] second worker died (exit {other.terminate()}); restarting", flush=True)
+        other.start()
+
+
+def _wait_for_members(run: Run, other: WorkerProcess, group: str, count: int, timeout_s: float) -> bool:
+    """Wait until the group is stable with `count` members, each with partitions assigned."""
+    from confluent_kafka import ConsumerGroupState
+
+    admin = run.services.kafka.admin()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            description = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+        except Exception:  # coordinator moving (a broker was killed): ask again
+            description = None
+        if (description is not None and description.state == ConsumerGroupState.STABLE
+                and len(description.members) == count
+                and all(m.assignment.topic_partitions for m in description.members)):  # fmt: skip
+            return True
+        _step(run, other, 0.25)
+    return False
+
+
 SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
     "kill": kill_worker,
     "redis-outage": redis_outage,
@@ -181,6 +273,8 @@ SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
     "broker-failover": broker_failover,
     "hostile": hostile,
     "exactly-once": exactly_once,
+    "exactly-once-failover": exactly_once_failover,
+    "zombie": zombie,
     "slow-redis": slow_redis,  # network faults: network_scenarios.py
     "slow-triton": slow_triton,
     "partition": partition,

@@ -24,7 +24,7 @@ from workers.runtime.producer import AsyncProducer, make_producer
 from workers.runtime.worker import StreamWorker
 from workers.stages.batch import MicroBatcher
 from workers.stages.cache import ResultCache, make_redis_client
-from workers.stages.commit import OffsetTracker, make_commit_policy
+from workers.stages.commit import OffsetTracker, commit_reporter, make_commit_policy
 from workers.stages.consume import KafkaSource, make_consumer
 from workers.stages.dead_letter import DeadLetterWriter
 from workers.stages.emit import AttributeEmitter
@@ -46,10 +46,10 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     redis_url, redis_cluster = config.cache.redis_url, config.cache.redis_cluster
     redis = make_redis_client(redis_url, cluster=redis_cluster) if redis_url else None
     kafka, batch = config.kafka, config.batch
-    consumer = make_consumer(kafka, config.worker_id)
+    tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
+    consumer = make_consumer(kafka, config.worker_id, on_commit=commit_reporter(tracker))
     producer = make_producer(kafka, config.worker_id)
     delivery = AsyncProducer(producer)
-    tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
 
     source = KafkaSource(consumer, kafka.input_topic)
     validator = ListingValidator()
@@ -70,8 +70,8 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
         topic=kafka.output_topic, model_name=model.name, model_version=model.version,
         worker_id=config.worker_id, guard=guard, producer=delivery, tracker=tracker, metrics=metrics,
     )  # fmt: skip
-    commits = make_commit_policy(
-        exactly_once=kafka.exactly_once, consumer=consumer, producer=producer, tracker=tracker
+    commits = make_commit_policy(  # its consumer calls go through the source (see KafkaSource)
+        exactly_once=kafka.exactly_once, consumer=source, producer=producer, tracker=tracker
     )
     return StreamWorker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,

@@ -27,6 +27,10 @@ __all__ = ["AsyncProducer", "make_producer", "producer_settings"]
 
 log = logging.getLogger(__name__)
 
+# Delivery errors of records purged by abort_transaction (exactly-once, on lost partitions or at a failed
+# shutdown): not failures; the policy reset the offset tracker first, so their offsets never finish.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
 
 def producer_settings(config: KafkaConfig, worker_id: str) -> dict[str, Any]:
     settings: dict[str, Any] = {
@@ -80,9 +84,10 @@ class AsyncProducer:
         value: bytes,
         on_delivered: Callable[[], None],
         headers: list[tuple[str, bytes]] | None = None,
+        current: Callable[[], bool] | None = None,
     ) -> None:
         """Queue one record; `on_delivered()` runs on the loop once it is acknowledged."""
-        await self.produce_batch(topic, [(key, value)], on_delivered, headers)
+        await self.produce_batch(topic, [(key, value)], on_delivered, headers, current)
 
     async def produce_batch(
         self,
@@ -90,8 +95,12 @@ class AsyncProducer:
         records: list[tuple[bytes | None, bytes]],
         on_delivered: Callable[[], None],
         headers: list[tuple[str, bytes]] | None = None,
+        current: Callable[[], bool] | None = None,
     ) -> None:
-        """Queue `(key, value)` records; `on_delivered()` runs on the loop once all are acknowledged."""
+        """Queue `(key, value)` records; `on_delivered()` runs on the loop once all are acknowledged.
+
+        `current()` is asked again after every wait for queue space (the only moments other code runs):
+        once false (the records' transaction was aborted meanwhile), the rest is not produced."""
         self.raise_if_failed()
         if not records:
             on_delivered()
@@ -104,6 +113,8 @@ class AsyncProducer:
 
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
+                if err.code() in _PURGED:
+                    return  # discarded with its aborted transaction: the offset never finishes
                 loop.call_soon_threadsafe(self._fail, err, topic, msg.key())
             elif next(acknowledged) == total:
                 loop.call_soon_threadsafe(on_delivered)
@@ -117,6 +128,8 @@ class AsyncProducer:
                 index += 1
             except BufferError:
                 await asyncio.sleep(0.005)  # local queue full: the poller drains it
+                if current is not None and not current():
+                    return
             except KafkaException as exc:
                 raise KafkaOperationFailed("produce", f"topic {topic!r}: {exc}") from exc
 

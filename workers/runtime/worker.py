@@ -90,6 +90,7 @@ class StreamWorker:
         self._closing = False
         self._heartbeat = 0.0
         self._last_consume = 0.0
+        self._read_epoch = 0  # the tracker epoch the consumer's positions belong to (see _intake_once)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -159,16 +160,24 @@ class StreamWorker:
                 return
             max_messages = 1  # keep serving rebalance callbacks and group membership
         self._last_consume = time.monotonic()
+        epoch = self._tracker.epoch
+        if epoch != self._read_epoch:
+            # The commit policy dropped all in-flight work (exactly-once: the transaction was aborted):
+            # read every partition still owned again from its committed offset, before consuming more.
+            await self._source.rewind()
+            self._read_epoch = epoch
         messages = await self._source.consume(max_messages, timeout)
+        if self._tracker.epoch != epoch:
+            messages = []  # read before the rewind (the reset came from a callback inside consume())
         if messages:
-            await self._accept(messages)
+            await self._accept(messages, epoch)
         self._launch_due()
 
     def _launch_due(self) -> None:
         for batch in self._batcher.due():
             self._launch(batch)
 
-    async def _accept(self, messages: list[Message]) -> None:
+    async def _accept(self, messages: list[Message], epoch: int) -> None:
         valid: list[WorkItem] = []
         consumed = 0
         now = time.monotonic()
@@ -189,9 +198,9 @@ class StreamWorker:
             source = SourceRecord(topic, partition, offset, msg.key(), ts if ts_type else None)
             value = msg.value()
             try:
-                valid.append(WorkItem(source, validate(value, source.key), now))
+                valid.append(WorkItem(source, validate(value, source.key), now, epoch=epoch))
             except ValidationFailed as exc:
-                await self._dead_letters.write(source, value, exc)
+                await self._dead_letters.write(source, value, exc, epoch)
         self.metrics.events_in.inc(consumed)
         if valid:
             await self._lookup_slots.acquire()
@@ -280,11 +289,15 @@ class StreamWorker:
         if self._closing or self._loop is None:
             return
         drain = self._commits.drain(partitions, self._finish_in_flight)
-        asyncio.run_coroutine_threadsafe(drain, self._loop).result()
+        self._source.wait_in_callback(asyncio.run_coroutine_threadsafe(drain, self._loop))
 
     def _on_lost(self, partitions: list[TopicPartitionKey]) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._commits.lost, partitions)
+        """Consume thread: lost without a chance to commit; the policy decides before consume() goes on
+        (exactly-once aborts the open transaction, see `ExactlyOnceCommits`)."""
+        if self._closing or self._loop is None:
+            return
+        lost = self._commits.lost(partitions)
+        self._source.wait_in_callback(asyncio.run_coroutine_threadsafe(lost, self._loop))
 
     async def _shutdown(self, *, failed: bool) -> None:
         self._running = False

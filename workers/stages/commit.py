@@ -26,6 +26,7 @@ __all__ = [
     "OffsetTracker",
     "TopicPartitionKey",
     "commit_offsets",
+    "commit_reporter",
     "commit_transaction",
     "make_commit_policy",
 ]
@@ -39,27 +40,32 @@ class OffsetTracker:
     """Per-partition bookkeeping of consumed (`track`) and finished (`finish`) offsets.
 
     Offsets of one partition must be tracked in increasing order (as the consumer returns them); they
-    need not be contiguous (compaction, transaction markers).
+    need not be contiguous (compaction, transaction markers). `reset` drops everything and starts a new
+    `epoch`: work consumed before it may no longer produce or finish anything (exactly-once, after the
+    open transaction was aborted).
     """
 
     def __init__(self) -> None:
         self._pending: dict[TopicPartitionKey, deque[int]] = {}
         self._finished: dict[TopicPartitionKey, set[int]] = {}
         self._position: dict[TopicPartitionKey, int] = {}
-        self._committed: dict[TopicPartitionKey, int] = {}
+        self._committed: dict[TopicPartitionKey, int] = {}  # confirmed by the broker
+        self._sent: dict[TopicPartitionKey, int] = {}  # committed asynchronously, answer not heard yet
+        self._reports: deque[tuple[dict[TopicPartitionKey, int], bool]] = deque()  # from any thread
+        self.epoch = 0
 
     def track(self, tp: TopicPartitionKey, offset: int) -> None:
         self._pending.setdefault(tp, deque()).append(offset)
 
-    def finish(self, tp: TopicPartitionKey, offset: int) -> None:
+    def finish(self, tp: TopicPartitionKey, offset: int, epoch: int | None = None) -> None:
         """Mark `offset` finished; advances the partition's position over every contiguous finished one."""
-        self.finish_many(tp, (offset,))
+        self.finish_many(tp, (offset,), epoch)
 
-    def finish_many(self, tp: TopicPartitionKey, offsets: Iterable[int]) -> None:
-        """`finish` for several offsets of one partition."""
+    def finish_many(self, tp: TopicPartitionKey, offsets: Iterable[int], epoch: int | None = None) -> None:
+        """`finish` for several offsets of one partition; ignored when consumed in an earlier `epoch`."""
         pending = self._pending.get(tp)
-        if pending is None:
-            return  # partition revoked meanwhile: its offsets are someone else's now
+        if pending is None or (epoch is not None and epoch != self.epoch):
+            return  # partition revoked meanwhile (its offsets are someone else's now), or reset
         finished = self._finished.setdefault(tp, set())
         finished.update(offsets)
         while pending and pending[0] in finished:
@@ -73,24 +79,78 @@ class OffsetTracker:
         return sum(len(self._pending.get(tp, ())) - len(self._finished.get(tp, ())) for tp in keys)
 
     def committable(
-        self, partitions: Iterable[TopicPartitionKey] | None = None
+        self, partitions: Iterable[TopicPartitionKey] | None = None, *, resend: bool = False
     ) -> dict[TopicPartitionKey, int]:
-        """Positions (last contiguous finished offset + 1) that moved since they were last committed."""
+        """Positions (last contiguous finished offset + 1) that moved since they were last committed.
+
+        A position committed asynchronously counts as committed until the broker's answer says otherwise
+        (then it is committable again); `resend` (a synchronous commit) includes it anyway."""
+        self._apply_reports()
         keys = self._position.keys() if partitions is None else partitions
+        committed, sent, position = self._committed, self._sent, self._position
         return {
-            tp: self._position[tp]
+            tp: position[tp]
             for tp in keys
-            if tp in self._position and self._position[tp] != self._committed.get(tp)
+            if tp in position
+            and position[tp] != committed.get(tp)
+            and (resend or position[tp] != sent.get(tp))
         }
 
     def mark_committed(self, positions: dict[TopicPartitionKey, int]) -> None:
         self._committed.update(positions)
 
+    def mark_sent(self, positions: dict[TopicPartitionKey, int]) -> None:
+        """Positions committed asynchronously: not committable again unless `report_commit` says failed."""
+        self._sent.update(positions)
+
+    def report_commit(self, positions: dict[TopicPartitionKey, int], *, ok: bool) -> None:
+        """The broker's answer to a commit (any thread: the consumer's `on_commit`); applied on the
+        owner's thread at the next `committable`."""
+        self._reports.append((positions, ok))
+
+    def _apply_reports(self) -> None:
+        reports, committed, sent = self._reports, self._committed, self._sent
+        while reports:
+            positions, ok = reports.popleft()
+            for tp, offset in positions.items():
+                if tp not in self._position:
+                    continue  # forgotten meanwhile
+                if ok and offset > committed.get(tp, -1):
+                    committed[tp] = offset
+                if sent.get(tp) == offset:
+                    del sent[tp]  # answered: confirmed, or committable again at the next commit
+
     def forget(self, partitions: Iterable[TopicPartitionKey]) -> None:
         """Drop all state of revoked or lost partitions; late `finish` calls for them are ignored."""
         for tp in partitions:
-            for table in (self._pending, self._finished, self._position, self._committed):
+            for table in (self._pending, self._finished, self._position, self._committed, self._sent):
                 table.pop(tp, None)
+
+    def reset(self) -> None:
+        """Drop the state of every partition and start a new epoch (late finishes of the old one ignored)."""
+        for table in (self._pending, self._finished, self._position, self._committed, self._sent):
+            table.clear()
+        self._reports.clear()
+        self.epoch += 1
+
+
+def commit_reporter(tracker: OffsetTracker) -> Callable[[Any, list[Any]], None]:
+    """The consumer's `on_commit` callback: librdkafka serves it in `consume()` (the consume thread) with
+    the answer to every commit; it reaches `tracker` as `report_commit`."""
+
+    def on_commit(error: Any, partitions: list[Any]) -> None:
+        ok: dict[TopicPartitionKey, int] = {}
+        failed: dict[TopicPartitionKey, int] = {}
+        for tp in partitions:
+            bad = error is not None or tp.error is not None
+            (failed if bad else ok)[(tp.topic, tp.partition)] = tp.offset
+        if failed:
+            log.warning("offset commit failed (committed again at the next commit): %s %s", error, failed)
+            tracker.report_commit(failed, ok=False)
+        if ok:
+            tracker.report_commit(ok, ok=True)
+
+    return on_commit
 
 
 class CommittingConsumer(Protocol):
@@ -134,17 +194,19 @@ def commit_offsets(
        acknowledged its output, and a failed delivery stops the worker before anything past it finishes.
     2. Positions: per partition, the highest contiguous finished offset + 1 (`tracker.committable`).
     3. Commit those positions (synchronously on revoke/shutdown, asynchronously otherwise), then
-       remember them so an unchanged partition is not committed again.
-    Returns what was committed.
+       remember them so an unchanged partition is not committed again: a synchronous commit as
+       committed, an asynchronous one as sent until the broker's answer (`commit_reporter`) confirms it
+       or makes it committable again.
+    Returns what was committed (or sent).
     """
-    positions = tracker.committable(partitions)
+    positions = tracker.committable(partitions, resend=not asynchronous)
     if not positions:
         return {}
     try:
         consumer.commit(offsets=_topic_partitions(positions), asynchronous=asynchronous)
     except KafkaException as exc:
         raise KafkaOperationFailed("commit", f"{exc} (positions {positions})", retriable=True) from exc
-    tracker.mark_committed(positions)
+    (tracker.mark_sent if asynchronous else tracker.mark_committed)(positions)
     log.debug("committed %s", positions)
     return positions
 
@@ -164,8 +226,8 @@ def commit_transaction(
     1. Flush the producer (all outputs of the transaction acknowledged).
     2. `send_offsets_to_transaction` with the consumer's group metadata (fences zombie instances).
     3. `commit_transaction`; then begin the next one unless shutting down.
-    An error here is fatal for the process: the transaction is aborted by the broker or fenced, and a
-    restarted worker resumes from the last committed transaction.
+    An error is `retriable` when the transaction only needs aborting (`ExactlyOnceCommits` then starts
+    over); any other is fatal for the process: a restarted worker resumes from the last committed one.
     """
     if tracker.unfinished():
         raise KafkaOperationFailed("commit_transaction", "called with unfinished offsets; quiesce first")
@@ -182,7 +244,10 @@ def commit_transaction(
         if begin_next:
             producer.begin_transaction()
     except KafkaException as exc:
-        raise KafkaOperationFailed("commit_transaction", str(exc)) from exc
+        # Abortable (e.g. the group rebalanced: the offsets' generation is stale) → `retriable`: the
+        # caller may abort and start over; anything else (fenced, fatal) stops the worker.
+        abortable = bool(exc.args) and bool(getattr(exc.args[0], "txn_requires_abort", bool)())
+        raise KafkaOperationFailed("commit_transaction", str(exc), retriable=abortable) from exc
     tracker.mark_committed(positions)
     return positions
 
@@ -197,7 +262,10 @@ class CommitPolicy(Protocol):
 
     The stream loop calls `begin` once before it subscribes, `tick` every commit interval, `drain` when
     partitions are revoked (from the consume thread, through the event loop), `lost` when they were lost
-    without a chance to commit, and `close` once at shutdown (`failed` after an error)."""
+    without a chance to commit (the consume thread waits for it too), and `close` once at shutdown
+    (`failed` after an error). A policy that drops in-flight work calls `tracker.reset()`: the stream loop
+    then drops what consume() returned meanwhile and reads every partition it still owns again from its
+    committed offset."""
 
     tracker: OffsetTracker
 
@@ -207,7 +275,7 @@ class CommitPolicy(Protocol):
 
     async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None: ...
 
-    def lost(self, partitions: list[TopicPartitionKey]) -> None: ...
+    async def lost(self, partitions: list[TopicPartitionKey]) -> None: ...
 
     async def close(self, *, failed: bool) -> None: ...
 
@@ -241,7 +309,8 @@ class AtLeastOnceCommits:
             log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
         self.tracker.forget(partitions)
 
-    def lost(self, partitions: list[TopicPartitionKey]) -> None:
+    async def lost(self, partitions: list[TopicPartitionKey]) -> None:
+        # Their new owner re-processes from the last commit (duplicates, never a loss); late acks ignored.
         self.tracker.forget(partitions)
 
     async def close(self, *, failed: bool) -> None:
@@ -253,6 +322,14 @@ class ExactlyOnceCommits:
 
     A transaction may only hold finished offsets, so every commit first settles all in-flight work
     (intake waits meanwhile); a failed or unfinished worker aborts at shutdown instead of committing.
+
+    Lost partitions: the open transaction holds outputs of theirs, which their new owner produces again
+    from the last committed offset; committing it (with the remaining partitions' offsets, or none) would
+    show those twice to read_committed readers. So the policy starts over: `reset` the tracker first
+    (batches in flight can no longer produce into the next transaction nor finish offsets), abort the
+    transaction (it also held outputs of the partitions kept: those are read again from their committed
+    offsets) and begin the next. A transaction commit that fails abortably (e.g. a zombie woken after its
+    session expired commits with a stale generation) starts over the same way.
     """
 
     def __init__(
@@ -279,16 +356,14 @@ class ExactlyOnceCommits:
         await self._commit()
         self.tracker.forget(partitions)
 
-    def lost(self, partitions: list[TopicPartitionKey]) -> None:
-        self.tracker.forget(partitions)
+    async def lost(self, partitions: list[TopicPartitionKey]) -> None:
+        log.warning("partitions %s lost: aborting the open transaction, reading the rest again", partitions)
+        await self._start_over()
 
     async def close(self, *, failed: bool) -> None:
         try:
             if failed or self.tracker.unfinished():
-                try:
-                    await asyncio.to_thread(self._producer.abort_transaction, 30)
-                except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
-                    log.warning("abort_transaction failed: %s", exc)
+                await self._abort()
             else:
                 await self._commit(begin_next=False)
         finally:
@@ -296,9 +371,28 @@ class ExactlyOnceCommits:
             del self._producer
 
     async def _commit(self, *, begin_next: bool = True) -> None:
-        await asyncio.to_thread(
-            partial(commit_transaction, self._producer, self._consumer, self.tracker, begin_next=begin_next)
-        )
+        commit = partial(commit_transaction, self._producer, self._consumer, self.tracker)
+        try:
+            await asyncio.to_thread(commit, begin_next=begin_next)
+        except KafkaOperationFailed as exc:
+            if not exc.retriable or not begin_next:
+                raise
+            log.warning("%s; aborting it and reading the uncommitted input again", exc)
+            await self._start_over()
+
+    async def _start_over(self) -> None:
+        self.tracker.reset()  # first, on the loop: nothing consumed before may produce or finish from here
+        await self._abort()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:  # fatal (fenced): a restarted worker resumes from the last commit
+            raise KafkaOperationFailed("begin_transaction", str(exc)) from exc
+
+    async def _abort(self) -> None:
+        try:
+            await asyncio.to_thread(self._producer.abort_transaction, 30)
+        except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
+            log.warning("abort_transaction failed: %s", exc)
 
 
 def make_commit_policy(

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from workers.contract.errors import KafkaOperationFailed
 
@@ -25,10 +28,14 @@ __all__ = ["KafkaSource", "consumer_settings", "make_consumer"]
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[tuple[str, int]]], None]
+T = TypeVar("T")
 
 
-def consumer_settings(config: KafkaConfig, client_id: str) -> dict[str, Any]:
-    return {
+def consumer_settings(
+    config: KafkaConfig, client_id: str, on_commit: Callable[[Any, list[Any]], None] | None = None
+) -> dict[str, Any]:
+    """`on_commit` hears the broker's answer to every offset commit (served in `consume()`)."""
+    settings: dict[str, Any] = {
         "bootstrap.servers": config.bootstrap_servers,
         "group.id": config.group_id,
         "client.id": client_id,
@@ -42,16 +49,29 @@ def consumer_settings(config: KafkaConfig, client_id: str) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "enable.partition.eof": False,
     }
+    if on_commit is not None:
+        settings["on_commit"] = on_commit
+    return settings
 
 
-def make_consumer(config: KafkaConfig, client_id: str) -> Consumer:
+def make_consumer(
+    config: KafkaConfig, client_id: str, on_commit: Callable[[Any, list[Any]], None] | None = None
+) -> Consumer:
     from confluent_kafka import Consumer
 
-    return Consumer(consumer_settings(config, client_id))
+    return Consumer(consumer_settings(config, client_id, on_commit))
 
 
 class KafkaSource:
-    """The input side of one worker: subscribe, batch-consume in a thread, pause/resume, lag."""
+    """The input side of one worker: subscribe, batch-consume in a thread, pause/resume, lag; and the
+    consumer calls of the commit policy (`commit`, `consumer_group_metadata`), from any thread.
+
+    confluent-kafka lets one thread into a consumer at a time (a re-entrant call from a callback's own
+    thread passes). A rebalance callback runs inside consume() and waits for the event loop, so a policy
+    call from another thread then waited forever (seen: a revoke's transaction commit hung in
+    consumer_group_metadata()). While a callback waits (`wait_in_callback`), such calls are handed to the
+    consume thread, which runs them.
+    """
 
     def __init__(self, consumer: Consumer, topic: str) -> None:
         self.consumer = consumer
@@ -59,6 +79,42 @@ class KafkaSource:
         self.assigned: set[tuple[str, int]] = set()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consume")
         self._paused = False
+        self._handover: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] | None = None
+        self._handover_lock = threading.Lock()
+        self._consume_thread: int | None = None
+
+    # ---- consumer calls from any thread ------------------------------------------------------------
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any:
+        return self._call(partial(self.consumer.commit, offsets=offsets, asynchronous=asynchronous))
+
+    def consumer_group_metadata(self) -> Any:
+        return self._call(self.consumer.consumer_group_metadata)
+
+    def _call(self, call: Callable[[], T]) -> T:
+        with self._handover_lock:
+            handover = None if threading.get_ident() == self._consume_thread else self._handover
+            if handover is not None:
+                result: Future[T] = Future()
+                handover.put((call, result))
+        return call() if handover is None else result.result()
+
+    def wait_in_callback(self, done: Future[T]) -> T:
+        """Consume thread, in a rebalance callback: wait for `done`, running the handed-over calls."""
+        handover: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
+        self._consume_thread = threading.get_ident()
+        with self._handover_lock:
+            self._handover = handover
+        done.add_done_callback(lambda _: handover.put(None))
+        while (job := handover.get()) is not None:
+            _run(*job)
+        with self._handover_lock:
+            self._handover = None
+        while not handover.empty():  # handed over just before the callback ended
+            job = handover.get()
+            if job is not None:
+                _run(*job)
+        return done.result()
 
     def subscribe(
         self, *, on_assign: PartitionsCallback, on_revoke: PartitionsCallback, on_lost: PartitionsCallback
@@ -104,6 +160,29 @@ class KafkaSource:
         except KafkaException as exc:
             raise KafkaOperationFailed("consume", str(exc)) from exc
 
+    async def rewind(self) -> dict[tuple[str, int], int]:
+        """Seek every assigned partition back to its committed offset (never committed: the beginning);
+        on the consume thread, between two `consume` calls. Returns the offsets sought to."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._rewind)
+
+    def _rewind(self) -> dict[tuple[str, int], int]:
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+        partitions = self._assignment()
+        if not partitions:
+            return {}
+        offsets: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self.consumer.committed(partitions, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                offsets[(tp.topic, tp.partition)] = offset
+        except KafkaException as exc:
+            raise KafkaOperationFailed("rewind", str(exc)) from exc
+        log.warning("partitions rewound to their committed offsets: %s", offsets)
+        return offsets
+
     def set_paused(self, paused: bool) -> None:
         """Pause (or resume) every assigned partition; partitions assigned while paused start paused."""
         if paused == self._paused:
@@ -144,3 +223,10 @@ class KafkaSource:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self.consumer.close)
         self._thread.shutdown(wait=True)
+
+
+def _run(call: Callable[[], T], result: Future[T]) -> None:
+    try:
+        result.set_result(call())
+    except BaseException as exc:  # handed back to the caller's thread
+        result.set_exception(exc)

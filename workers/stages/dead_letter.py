@@ -27,7 +27,14 @@ class DeadLetterWriter:
         self._topic, self._worker_id = topic, worker_id
         self._producer, self._tracker, self._metrics = producer, tracker, metrics
 
-    async def write(self, source: SourceRecord, value: bytes | None, exc: ValidationFailed) -> None:
+    async def write(
+        self, source: SourceRecord, value: bytes | None, exc: ValidationFailed, epoch: int
+    ) -> None:
+        """`epoch`: the offset tracker's when `source` was consumed; a record of an older one is read
+        again from its committed offset, so it is not written (nor its offset finished)."""
+        tracker = self._tracker
+        if epoch != tracker.epoch:
+            return
         log.warning(
             "dead-lettering %s[%d]@%d: %s",
             source.topic,
@@ -42,6 +49,7 @@ class DeadLetterWriter:
             self._topic,
             dead_letter_key(source.key),
             record,
-            on_delivered=partial(self._tracker.finish, (source.topic, source.partition), source.offset),
+            on_delivered=partial(tracker.finish, (source.topic, source.partition), source.offset, epoch),
             headers=[("error_code", exc.code.encode())],
+            current=lambda: tracker.epoch == epoch,
         )

@@ -57,14 +57,19 @@ class AttributeEmitter:
             )
             now, processed_at = time.monotonic(), utc_now_iso()
             model, worker_id, tracker = self._model, self._worker_id, self._tracker
+            # Checked here, after the guard's round trip: items consumed before the tracker was reset
+            # (exactly-once: partitions lost, transaction aborted) must not reach the next transaction.
+            epoch = tracker.epoch
             records: list[tuple[bytes, bytes]] = []
             finished: dict[TopicPartitionKey, list[int]] = {}
             latency_ms: dict[float, float] = {}  # items consumed together share it
             for item, result, ok in zip(items, results, admitted, strict=True):
+                if item.epoch != epoch:
+                    continue  # read again from the committed offset
                 source = item.source
                 if not ok:
                     self._stale.inc()
-                    tracker.finish((source.topic, source.partition), source.offset)
+                    tracker.finish((source.topic, source.partition), source.offset, epoch)
                     continue
                 latency = latency_ms.get(item.consumed_at)
                 if latency is None:
@@ -82,9 +87,14 @@ class AttributeEmitter:
                 if offsets is None:
                     offsets = finished[(source.topic, source.partition)] = []
                 offsets.append(source.offset)
-            await self._producer.produce_batch(self._topic, records, partial(self._delivered, finished))
+            await self._producer.produce_batch(
+                self._topic, records, partial(self._delivered, finished, epoch),
+                current=lambda: tracker.epoch == epoch,
+            )  # fmt: skip
 
-    def _delivered(self, finished: dict[TopicPartitionKey, list[int]]) -> None:
+    def _delivered(self, finished: dict[TopicPartitionKey, list[int]], epoch: int) -> None:
+        if epoch != self._tracker.epoch:
+            return  # acknowledged into a transaction aborted since: not an output
         for tp, offsets in finished.items():
-            self._tracker.finish_many(tp, offsets)
+            self._tracker.finish_many(tp, offsets, epoch)
         self._metrics.events_out.inc(sum(len(offsets) for offsets in finished.values()))

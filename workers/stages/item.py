@@ -12,9 +12,11 @@ __all__ = ["WorkItem"]
 
 @dataclass(slots=True)
 class WorkItem:
-    """One valid listing on its way through the pipeline; `encoded` is set only for cache misses."""
+    """One valid listing on its way through the pipeline; `encoded` is set only for cache misses.
+    `epoch`: the offset tracker's when consumed; an item of an older one is dropped (see `OffsetTracker`)."""
 
     source: SourceRecord
     listing: Listing
     consumed_at: float
     encoded: EncodedText | None = None
+    epoch: int = 0
