@@ -9,15 +9,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from workers.contract.errors import KafkaOperationFailed
-from workers.stages.commit import (
-    AtLeastOnceCommits,
-    ExactlyOnceCommits,
-    OffsetTracker,
-    commit_offsets,
-    commit_reporter,
-    commit_transaction,
-    make_commit_policy,
-)
+from workers.stages.commit import OffsetTracker, commit_offsets, commit_reporter, commit_transaction
+from workers.stages.commit_policy import AtLeastOnceCommits, ExactlyOnceCommits, make_commit_policy
 
 P0, P1 = ("in", 0), ("in", 1)
 

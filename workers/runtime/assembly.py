@@ -24,7 +24,8 @@ from workers.runtime.producer import AsyncProducer, make_producer
 from workers.runtime.worker import StreamWorker
 from workers.stages.batch import MicroBatcher
 from workers.stages.cache import ResultCache, make_redis_client
-from workers.stages.commit import OffsetTracker, commit_reporter, make_commit_policy
+from workers.stages.commit import OffsetTracker, commit_reporter
+from workers.stages.commit_policy import make_commit_policy
 from workers.stages.consume import KafkaSource, make_consumer
 from workers.stages.dead_letter import DeadLetterWriter
 from workers.stages.emit import AttributeEmitter

@@ -29,7 +29,8 @@ from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.producer import AsyncProducer
 from workers.stages.batch import Batch, MicroBatcher
 from workers.stages.cache import ResultCache
-from workers.stages.commit import CommitPolicy, OffsetTracker, TopicPartitionKey
+from workers.stages.commit import OffsetTracker, TopicPartitionKey
+from workers.stages.commit_policy import CommitPolicy
 from workers.stages.consume import KafkaSource
 from workers.stages.dead_letter import DeadLetterWriter
 from workers.stages.emit import AttributeEmitter

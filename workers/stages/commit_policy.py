@@ -1,0 +1,185 @@
+"""Commit policies: every commit and transaction decision of one worker, at-least-once or exactly-once.
+
+The mechanics (which offsets are finished, the commit calls themselves) are `workers.stages.commit`'s;
+a policy decides when they run and what a rebalance or a lost partition means for in-flight work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Protocol
+
+from confluent_kafka import KafkaException
+
+from workers.contract.errors import KafkaOperationFailed
+from workers.stages.commit import (
+    CommittingConsumer,
+    OffsetTracker,
+    TopicPartitionKey,
+    TransactionalProducer,
+    commit_offsets,
+    commit_transaction,
+)
+
+__all__ = ["AtLeastOnceCommits", "CommitPolicy", "ExactlyOnceCommits", "Settle", "make_commit_policy"]
+
+log = logging.getLogger(__name__)
+
+
+# A callable that releases every open batch and waits (bounded) until the tracked offsets of
+# `partitions` (all when None) are finished: the stream loop's, handed to the policy per call.
+Settle = Callable[[list[TopicPartitionKey] | None], Awaitable[None]]
+
+
+class CommitPolicy(Protocol):
+    """Every commit and transaction decision of one worker, in the spirit of Quix Streams' `Checkpoint`.
+
+    The stream loop calls `begin` once before it subscribes, `tick` every commit interval, `drain` when
+    partitions are revoked (from the consume thread, through the event loop), `lost` when they were lost
+    without a chance to commit (the consume thread waits for it too), and `close` once at shutdown
+    (`failed` after an error). A policy that drops in-flight work calls `tracker.reset()`: the stream loop
+    then drops what consume() returned meanwhile and reads every partition it still owns again from its
+    committed offset."""
+
+    tracker: OffsetTracker
+
+    async def begin(self) -> None: ...
+
+    async def tick(self, settle: Settle) -> None: ...
+
+    async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None: ...
+
+    async def lost(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    async def close(self, *, failed: bool) -> None: ...
+
+
+class AtLeastOnceCommits:
+    """Commit finished offsets: asynchronously on the timer, synchronously on revoke and at shutdown.
+
+    Safe even after a failure: only acknowledged, contiguous offsets are ever committable, so a crash
+    between output and commit re-processes (duplicates), never skips.
+    """
+
+    def __init__(self, consumer: CommittingConsumer, tracker: OffsetTracker) -> None:
+        self._consumer, self.tracker = consumer, tracker
+
+    async def begin(self) -> None:
+        return None
+
+    async def tick(self, settle: Settle) -> None:
+        try:
+            commit_offsets(self._consumer, self.tracker, asynchronous=True)
+        except KafkaOperationFailed as exc:
+            log.warning("%s; retried at the next commit", exc)
+
+    async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None:
+        await settle(partitions)
+        try:
+            # In a thread: the revoke callback holds the consume thread, the event loop must keep turning.
+            commit = partial(commit_offsets, self._consumer, self.tracker, partitions=partitions)
+            await asyncio.to_thread(commit, asynchronous=False)
+        except KafkaOperationFailed as exc:
+            log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
+        self.tracker.forget(partitions)
+
+    async def lost(self, partitions: list[TopicPartitionKey]) -> None:
+        # Their new owner re-processes from the last commit (duplicates, never a loss); late acks ignored.
+        self.tracker.forget(partitions)
+
+    async def close(self, *, failed: bool) -> None:
+        commit_offsets(self._consumer, self.tracker, asynchronous=False)
+
+
+class ExactlyOnceCommits:
+    """Kafka transactions: outputs and input positions commit atomically (`commit_transaction`).
+
+    A transaction may only hold finished offsets, so every commit first settles all in-flight work
+    (intake waits meanwhile); a failed or unfinished worker aborts at shutdown instead of committing.
+
+    Lost partitions: the open transaction holds outputs of theirs, which their new owner produces again
+    from the last committed offset; committing it (with the remaining partitions' offsets, or none) would
+    show those twice to read_committed readers. So the policy starts over: `reset` the tracker first
+    (batches in flight can no longer produce into the next transaction nor finish offsets), abort the
+    transaction (it also held outputs of the partitions kept: those are read again from their committed
+    offsets) and begin the next. A transaction commit that fails abortably (e.g. a zombie woken after its
+    session expired commits with a stale generation) starts over the same way.
+    """
+
+    def __init__(
+        self, consumer: CommittingConsumer, producer: TransactionalProducer, tracker: OffsetTracker
+    ) -> None:
+        self._consumer, self._producer, self.tracker = consumer, producer, tracker
+
+    async def begin(self) -> None:
+        await asyncio.to_thread(self._producer.init_transactions, 60)
+        self._producer.begin_transaction()
+
+    async def tick(self, settle: Settle) -> None:
+        if not self.tracker.committable() and not self.tracker.unfinished():
+            return
+        await settle(None)
+        if self.tracker.unfinished():
+            log.warning("in-flight batches did not finish in time; transaction commit postponed")
+            return
+        await self._commit()
+
+    async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None:
+        # The open transaction spans every partition: it can only commit once all work is finished.
+        await settle(None)
+        await self._commit()
+        self.tracker.forget(partitions)
+
+    async def lost(self, partitions: list[TopicPartitionKey]) -> None:
+        log.warning("partitions %s lost: aborting the open transaction, reading the rest again", partitions)
+        await self._start_over()
+
+    async def close(self, *, failed: bool) -> None:
+        try:
+            if failed or self.tracker.unfinished():
+                await self._abort()
+            else:
+                await self._commit(begin_next=False)
+        finally:
+            # The worker destroys the librdkafka producer at shutdown by dropping its last reference.
+            del self._producer
+
+    async def _commit(self, *, begin_next: bool = True) -> None:
+        commit = partial(commit_transaction, self._producer, self._consumer, self.tracker)
+        try:
+            await asyncio.to_thread(commit, begin_next=begin_next)
+        except KafkaOperationFailed as exc:
+            if not exc.retriable or not begin_next:
+                raise
+            log.warning("%s; aborting it and reading the uncommitted input again", exc)
+            await self._start_over()
+
+    async def _start_over(self) -> None:
+        self.tracker.reset()  # first, on the loop: nothing consumed before may produce or finish from here
+        await self._abort()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:  # fatal (fenced): a restarted worker resumes from the last commit
+            raise KafkaOperationFailed("begin_transaction", str(exc)) from exc
+
+    async def _abort(self) -> None:
+        try:
+            await asyncio.to_thread(self._producer.abort_transaction, 30)
+        except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
+            log.warning("abort_transaction failed: %s", exc)
+
+
+def make_commit_policy(
+    *,
+    exactly_once: bool,
+    consumer: CommittingConsumer,
+    producer: TransactionalProducer,
+    tracker: OffsetTracker,
+) -> CommitPolicy:
+    """The policy the configuration asks for (`ENRICH_EXACTLY_ONCE`)."""
+    if exactly_once:
+        return ExactlyOnceCommits(consumer, producer, tracker)
+    return AtLeastOnceCommits(consumer, tracker)
