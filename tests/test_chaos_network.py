@@ -61,7 +61,7 @@ def test_partition_from_the_broker_loses_nothing_and_the_worker_recovers_without
     # The fault outlasted the session timeout: the assignment was lost, and given back after it healed.
     assert details.get("lost_during", 0) + details.get("revoked_during", 0) >= 1, explain(result)
     assert "rejoined_s" in details, explain(result)
-    assert result.tally.duplicates <= result.in_flight_window, explain(result)
+    assert result.tally.duplicates <= result.duplicate_bound, explain(result)
     assert len(result.recovery_s) == 1, explain(result)
 
 

@@ -218,14 +218,18 @@ def test_worker_serves_metrics_liveness_and_readiness(
     def dlq_total() -> float:
         return metrics.registry.get_sample_value("enrich_dlq_total", {"code": "invalid_json"}) or 0.0
 
+    def lag_reported() -> bool:  # the commit tick sets the lag gauges once partitions are assigned
+        return any(s.name == "enrich_consumer_lag" for m in metrics.registry.collect() for s in m.samples)
+
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(run_worker(config, stop, metrics=metrics))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while value("enrich_events_out_total") + dlq_total() < 13 and loop.time() < deadline:
+        while loop.time() < deadline and not (
+            value("enrich_events_out_total") + dlq_total() >= 13 and lag_reported()
+        ):
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)  # one more commit tick: lag gauges
         for path in ("/metrics", "/healthz", "/readyz"):
             pages[path] = await asyncio.to_thread(get, path)
         stop.set()

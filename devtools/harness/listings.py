@@ -111,10 +111,11 @@ def sample_listings(count: int, *, seed: int = 7, version: int = 1, id_prefix: s
                                 version=version, seed=seed, fields={"category_hint": None}))  # fmt: skip
 
 
-def valid_listings(count: int, *, prefix: str = "L", seed: int = 0, unique_titles: bool = False
+def valid_listings(count: int | None, *, prefix: str = "L", seed: int = 0, unique_titles: bool = False
                    ) -> Iterator[Record]:  # fmt: skip
     """The reliability suite's listings: fixture titles drawn at random (repeating, so the result cache
-    hits) or each made unique (every one inferred), at a fixed event_time; each must yield output."""
+    hits) or each made unique (every one inferred), at a fixed event_time; each must yield output.
+    Endless when `count` is None."""
     titles = fixture_titles(distinct=False)
     return expect_output(listing_records(count, titles, prefix=prefix, seed=seed, unique_titles=unique_titles,
                                          event_time=FIXED_EVENT_TIME))  # fmt: skip

@@ -59,8 +59,10 @@ def produce_records(bootstrap: str, topic: str, records: Iterable[tuple[bytes | 
 class PacedProducer:
     """Produces `records` at `rate` per second (0: as fast as possible) from a thread, until they run out
     or, with `duration_s`, until the next record would be due after it; `placed` maps (partition, offset)
-    of every acknowledged record to its expectation. Each record is taken from `records` only when due,
-    so a lazily built one is stamped at the moment it is produced."""
+    of every acknowledged record to its expectation, `failed` holds the expectation of every record that
+    was refused or never acknowledged (its reason in `errors`), so once done `produced` (every record
+    taken) = len(placed) + len(failed): no record drops out of the count. Each record is taken from
+    `records` only when due, so a lazily built one is stamped at the moment it is produced."""
 
     def __init__(self, bootstrap: str, topic: str, records: Iterable[Record], rate: float, *,
                  duration_s: float | None = None, linger_ms: int = 5) -> None:  # fmt: skip
@@ -68,6 +70,7 @@ class PacedProducer:
         self.rate = rate
         self.duration_s = duration_s
         self.placed: dict[tuple[int, int], Expected] = {}
+        self.failed: list[Expected] = []
         self.errors: list[str] = []
         self.produced = 0
         self.seconds = 0.0  # from the first record until the last was acknowledged
@@ -96,23 +99,35 @@ class PacedProducer:
                 record = next(records, None)
                 if record is None:
                     break
-                self._produce(record)
                 self.produced += 1
+                self._produce(record)
             while self._producer.flush(1.0):
                 pass
+        except Exception as exc:  # the records not yet taken were never input; say why they stopped
+            with self._lock:
+                self.errors.append(f"producer stopped after {self.produced} records: {exc!r}")
+            raise
         finally:
             self.seconds = time.monotonic() - started
             self._done.set()
 
     def _produce(self, record: Record) -> None:
         def delivered(err: KafkaError | None, msg: Message, expected: Expected = record.expected) -> None:
+            if err is not None:
+                self._fail(expected, err)
+                return
             with self._lock:
-                if err is not None:
-                    self.errors.append(f"{expected.label}: {err}")
-                else:
-                    self.placed[(msg.partition(), msg.offset())] = expected
+                self.placed[(msg.partition(), msg.offset())] = expected
 
-        _produce(self._producer, self.topic, record.key, record.value, delivered)
+        try:
+            _produce(self._producer, self.topic, record.key, record.value, delivered)
+        except KafkaException as exc:  # refused before it was queued (e.g. over message.max.bytes)
+            self._fail(record.expected, exc)
+
+    def _fail(self, expected: Expected, error: object) -> None:
+        with self._lock:
+            self.failed.append(expected)
+            self.errors.append(f"{expected.label}: {error}")
 
     def snapshot(self) -> dict[tuple[int, int], Expected]:
         """A copy of `placed`, safe while delivery reports keep arriving on the producer thread."""
@@ -126,7 +141,7 @@ class PacedProducer:
     @property
     def achieved_rate(self) -> float:
         """Records per second actually produced and acknowledged (once done)."""
-        return self.produced / self.seconds if self.seconds > 0 else 0.0
+        return len(self.placed) / self.seconds if self.seconds > 0 else 0.0
 
     def wait(self, timeout_s: float) -> bool:
         """Wait until every record is produced and acknowledged (or failed)."""

@@ -12,27 +12,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from devtools.reliability.run import ScenarioResult
     from devtools.reliability.scenarios import ChaosOptions
 
-__all__ = ["register"]
+__all__ = ["EXIT_CODES", "exit_code", "options_for", "register"]
 
-SCENARIO_NAMES = ("kill", "redis-outage", "triton-outage", "broker-restart", "broker-failover", "hostile",
-                  "exactly-once", "exactly-once-failover", "zombie", "slow-redis",
-                  "slow-triton", "partition")  # fmt: skip
+SCENARIO_NAMES = ("kill", "kill-unique", "redis-outage", "triton-outage", "broker-restart", "broker-failover",
+                  "hostile", "exactly-once", "exactly-once-failover", "zombie", "slow-redis", "slow-triton",
+                  "partition")  # fmt: skip
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_SCENARIO_BROKE = 0, 1, 3  # 2: argparse's usage error
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  every scenario ran and passed its checks
+  {EXIT_CHECK_FAILED}  a scenario failed a check: a listing lost; duplicates beyond the bound (the sum of the
+     in-flight windows of its faults, 0 for exactly-once and for outages that must not re-deliver);
+     unknown records (attribute events or DLQ records for no produced input); a wrong outcome; a record
+     the harness failed to produce; or not every record accounted for in time (INCOMPLETE)
+  2  usage error
+  {EXIT_SCENARIO_BROKE}  a scenario could not run (its traceback is printed) and none failed a check"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "chaos", help="fault scenarios (kill -9, outages, failover, hostile input): prove nothing is lost",
         description="Runs a worker subprocess against real Kafka/Redis/Triton, injects faults and accounts "
-                    "for every produced listing. Exit code 1 if anything was lost or a valid listing "
-                    "went to the wrong place.",
+                    "for every produced listing.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("scenario", choices=(*SCENARIO_NAMES, "all"))
     parser.add_argument("--quick", action="store_true", help="the small CI-sized version")
     parser.add_argument("--size", type=int, default=None, help="valid listings to produce")
     parser.add_argument("--rate", type=float, default=None, help="listings/s produced (0: all at once)")
     parser.add_argument("--kills", type=int, default=None, help="kill -9 count (kill, exactly-once)")
+    parser.add_argument("--unique-titles", action="store_true", default=None,
+                        help="every title unique (no cache hit: kills land on inference in flight)")
     parser.add_argument("--outage", type=float, default=None, help="outage seconds")
     parser.add_argument("--hostile", type=int, default=None, help="hostile records (hostile)")
     parser.add_argument("--huge", type=int, default=None, help="of the hostile records, how many are 10 MB")
@@ -46,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def options_for(scenario: str, quick: bool) -> ChaosOptions:
     """Defaults per scenario: the full figures of issue 5, or the quick (CI-sized) version."""
-    from devtools.reliability.scenarios import ChaosOptions
+    from devtools.reliability.scenarios import SMALL_WINDOW, ChaosOptions
 
     if quick:
         base = ChaosOptions(size=3000, rate=150, kills=3, kill_delay_s=(0.5, 2.0), outage_s=8, hostile=1000,
@@ -55,8 +69,11 @@ def options_for(scenario: str, quick: bool) -> ChaosOptions:
         base = ChaosOptions()
     # Full: traffic paced so that it still flows during the last of the 10 kills (a kill costs the session
     # timeout plus a start, ~8 s, and a random 1-8 s pause); outages mid-stream in 20k-listing streams.
+    # Quick kills: a small in-flight window, so a worker that stopped committing fails the duplicate bound.
+    kills = {"worker_env": SMALL_WINDOW} if quick else {"size": 100_000, "rate": 700}
     per_scenario = {
-        "kill": {} if quick else {"size": 100_000, "rate": 700},
+        "kill": kills,
+        "kill-unique": {**kills, "unique_titles": True},
         "exactly-once": {} if quick else {"size": 20_000, "rate": 150},
         "hostile": {"size": 3000} if quick else {"size": 20_000, "rate": 0},
     }
@@ -82,7 +99,8 @@ def _chaos(args: argparse.Namespace) -> int:
             options = options_for(name, args.quick)
             overrides = {"size": args.size, "rate": args.rate, "kills": args.kills, "outage_s": args.outage,
                          "hostile": args.hostile, "huge_payloads": args.huge,
-                         "huge_kinds": _kinds(args.huge_kinds)}  # fmt: skip
+                         "huge_kinds": _kinds(args.huge_kinds),
+                         "unique_titles": args.unique_titles}  # fmt: skip
             options = dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
             print(f"[{name}] {options}", flush=True)
             try:
@@ -96,8 +114,17 @@ def _chaos(args: argparse.Namespace) -> int:
     print()
     print(format_table(results, markdown=args.markdown))
     print(f"\nworker logs and service logs: {run_dir}")
-    bad = [r for r in results if r.tally.lost or r.tally.wrong_outcome or not r.complete]
-    return 1 if bad or failed else 0
+    return exit_code(results, broke=failed)
+
+
+def exit_code(results: Sequence[ScenarioResult], *, broke: Sequence[str] = ()) -> int:
+    """EXIT_CODES: a failed check outranks a scenario that could not run (both are printed)."""
+    failed = [f"{r.scenario}: {', '.join(r.problems())}" for r in results if r.problems()]
+    for line in failed:
+        print(f"FAILED {line}", flush=True)
+    if failed:
+        return EXIT_CHECK_FAILED
+    return EXIT_SCENARIO_BROKE if broke else EXIT_OK
 
 
 def _kinds(text: str | None) -> tuple[str, ...] | None:

@@ -2,14 +2,18 @@
 
 Every produced input record is identified by its (partition, offset). An attribute event names its
 listing_id (unique per produced listing); a dead-letter record names its source partition and offset.
-Lost = produced records with neither; duplicates = records beyond the first for the same input.
+Lost = produced records with neither; duplicates = records beyond the first for the same input, bounded
+by `InFlightWindow` per fault that may re-deliver (0 where the ledger reads read_committed); a record the
+harness failed to produce is counted as such (`produce_failed`), never left out of the input count.
 """
 
 from __future__ import annotations
 
+import bisect
+import os
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -17,12 +21,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from devtools.harness.listings import OUTPUT, Expected
 
-__all__ = ["Ledger", "Tally", "count_outcomes"]
+__all__ = ["Fault", "InFlightWindow", "Ledger", "Tally", "count_outcomes"]
 
 
 @dataclass
 class Tally:
-    """The figures of one scenario's outcome."""
+    """The figures of one scenario's outcome. `events_in` counts every record the harness tried to produce;
+    `produce_failed` of them were never acknowledged by the broker (no position, so no outcome to expect):
+    they make the scenario fail rather than silently shrink the input."""
 
     events_in: int
     attribute_events: int
@@ -34,6 +40,7 @@ class Tally:
     dlq_codes: dict[str, int] = field(default_factory=dict)
     lost_examples: list[str] = field(default_factory=list)
     wrong_examples: list[str] = field(default_factory=list)
+    produce_failed: int = 0
 
 
 class Ledger:
@@ -46,6 +53,7 @@ class Ledger:
         self.dead: Counter[tuple[int, int]] = Counter()  # input (partition, offset) -> DLQ records
         self.dead_codes: dict[tuple[int, int], list[str]] = {}
         self.output_times: list[float] = []  # broker append time (s) of every attribute event
+        self.cache_hits = 0  # attribute events served from the result cache (the rest were inferred)
         self.foreign_dlq = 0  # DLQ records naming another topic (none expected)
         self._output_topic, self._dlq_topic = output_topic, dlq_topic
         self._consumer = Consumer({
@@ -79,6 +87,7 @@ class Ledger:
         if topic == self._output_topic:
             self.outputs[event["listing_id"]] += 1
             self.output_times.append(timestamp_ms / 1000)
+            self.cache_hits += event.get("cache_hit") is True
             return
         source = event["source"]
         if source["topic"] != self.input_topic:
@@ -114,17 +123,20 @@ class Ledger:
         later = [t for t in self.output_times if t >= moment]
         return min(later) if later else None
 
-    def tally(self, placed: Mapping[tuple[int, int], Expected]) -> Tally:
-        return count_outcomes(placed, self.outputs, self.dead_codes, foreign_dlq=self.foreign_dlq)
+    def tally(self, placed: Mapping[tuple[int, int], Expected], *, produce_failed: int = 0) -> Tally:
+        return count_outcomes(placed, self.outputs, self.dead_codes, foreign_dlq=self.foreign_dlq,
+                              produce_failed=produce_failed)  # fmt: skip
 
     def close(self) -> None:
         self._consumer.close()
 
 
 def count_outcomes(placed: Mapping[tuple[int, int], Expected], outputs: Mapping[str, int],
-                   dead_codes: Mapping[tuple[int, int], list[str]], *, foreign_dlq: int = 0) -> Tally:
+                   dead_codes: Mapping[tuple[int, int], list[str]], *, foreign_dlq: int = 0,
+                   produce_failed: int = 0) -> Tally:  # fmt: skip
     """Match outcomes to inputs. `placed`: input (partition, offset) -> expectation; `outputs`: attribute
-    events per listing_id; `dead_codes`: the DLQ reason codes recorded per input position."""
+    events per listing_id; `dead_codes`: the DLQ reason codes recorded per input position;
+    `produce_failed`: records the harness tried to produce that the broker never acknowledged."""
     labels = {expected.label for expected in placed.values() if OUTPUT in expected.outcomes}
     lost, duplicates, wrong = [], 0, []
     for position, expected in placed.items():
@@ -140,9 +152,62 @@ def count_outcomes(placed: Mapping[tuple[int, int], Expected], outputs: Mapping[
     unknown = sum(n for label, n in outputs.items() if label not in labels)
     unknown += sum(len(codes) for position, codes in dead_codes.items() if position not in placed)
     return Tally(
-        events_in=len(placed), attribute_events=sum(outputs.values()),
+        events_in=len(placed) + produce_failed, attribute_events=sum(outputs.values()),
         dlq=sum(len(codes) for codes in dead_codes.values()) + foreign_dlq, lost=len(lost),
         duplicates=duplicates, wrong_outcome=len(wrong), unknown=unknown + foreign_dlq,
         dlq_codes=dict(Counter(code for codes in dead_codes.values() for code in codes)),
-        lost_examples=lost[:10], wrong_examples=wrong[:10],
+        lost_examples=lost[:10], wrong_examples=wrong[:10], produce_failed=produce_failed,
     )  # fmt: skip
+
+
+Fault = tuple[float, float]  # (start, end), wall clock in s; a kill -9 starts and ends at once
+
+
+@dataclass(frozen=True)
+class InFlightWindow:
+    """What one fault (a kill -9, a broker lost) may re-deliver at most under the worker's settings,
+    at-least-once: offsets past the last commit that already had their output.
+
+    Each such record either finished after the last commit before the fault (its attribute event was
+    appended within `since_commit_s` before the fault starts, or during the fault, while commits fail or
+    the partitions are about to be lost), or was still unfinished when the partitions went: at most
+    `max_pending`, plus one consume() of up to `consume_max_messages` that may overshoot it, plus the
+    single-record consumes that keep the group alive while the window is full (`SLOP`). The finished part
+    is the worker's throughput, which no setting bounds, so it is read off the broker's append times.
+    A worker that never commits re-delivers everything it did before each fault, far beyond this.
+    """
+
+    max_pending: int
+    consume_max_messages: int
+    commit_interval_ms: int
+
+    # After the interval: one intake turn (a consume() waits at most 0.1 s) before the commit tick, the
+    # asynchronous commit's round trip, and a batch holding back the committable position meanwhile.
+    COMMIT_SLACK_S = 0.5
+    SLOP = 10
+
+    @classmethod
+    def of_worker(cls, env: Mapping[str, str]) -> InFlightWindow:
+        """The window of a worker started with `env` over this process's environment (as WorkerProcess)."""
+        from workers.runtime.config import load_config
+
+        config = load_config(None, env={**os.environ, **env})
+        kafka = config.kafka
+        return cls(config.batch.max_pending, kafka.consume_max_messages, kafka.commit_interval_ms)
+
+    @property
+    def since_commit_s(self) -> float:
+        return self.commit_interval_ms / 1000 + self.COMMIT_SLACK_S
+
+    def at(self, fault: Fault, output_times: Sequence[float]) -> int:
+        """The most one fault may re-deliver; `output_times`: broker append times (s), sorted."""
+        start, end = fault
+        finished = bisect.bisect_right(output_times, end) - bisect.bisect_left(
+            output_times, start - self.since_commit_s
+        )
+        return self.max_pending + self.consume_max_messages + self.SLOP + finished
+
+    def per_fault(self, faults: Sequence[Fault], output_times: Sequence[float]) -> list[int]:
+        """The window of each fault; a run with these faults may show their sum of duplicates."""
+        ordered = sorted(output_times)
+        return [self.at(fault, ordered) for fault in faults]

@@ -169,10 +169,11 @@ def _parse_ts(text: str) -> float:
 
 
 def _proxied_outage(services: Services, options: ChaosOptions, name: str, proxy: TcpProxy,
-                    worker_env: dict[str, str], fault: Callable[[], None]) -> ScenarioResult:  # fmt: skip
+                    worker_env: dict[str, str], fault: Callable[[], None], *,
+                    redelivers: bool = False) -> ScenarioResult:  # fmt: skip
     """The outage scenario with `fault` on the proxy, healed by pass-through; the worker's metrics and
-    log read into the result's details."""
-    from devtools.reliability.scenarios import _outage, _window
+    log read into the result's details. `redelivers`: see `_outage` (the fault may cost the assignment)."""
+    from devtools.reliability.scenarios import _outage
 
     clock = FaultClock()
     metrics_port = free_port()
@@ -181,10 +182,10 @@ def _proxied_outage(services: Services, options: ChaosOptions, name: str, proxy:
            "ENRICH_LOG_LEVEL": "INFO", **worker_env}  # fmt: skip
     start_fault, end_fault = clock.wrap(fault, proxy.pass_through)
     try:
-        result = _outage(services, options, name, worker_env=env, stop=start_fault, start=end_fault)
+        result = _outage(services, options, name, worker_env=env, stop=start_fault, start=end_fault,
+                         redelivers=redelivers)
     finally:
         sampler.close()
-    result.details.update(_window(options))  # the bound on what a lost assignment may re-deliver
     result.details.update(sampler.summary(clock))
     result.details.update(log_summary(Path(str(result.details["worker_log"])), clock))
     result.details["proxy"] = dataclasses.asdict(proxy.stats)
@@ -243,4 +244,4 @@ def partition(services: Services, options: ChaosOptions) -> ScenarioResult:
     with proxied_kafka(services.run_dir) as (kafka, proxy):
         own = dataclasses.replace(services, kafka=kafka)
         env = {"ENRICH_KAFKA_BOOTSTRAP": proxy.address}
-        return _proxied_outage(own, options, "partition", proxy, env, proxy.black_hole)
+        return _proxied_outage(own, options, "partition", proxy, env, proxy.black_hole, redelivers=True)

@@ -1,4 +1,5 @@
-"""The scenario table: scenario, events in, attribute events, DLQ, lost, duplicates, recovery, peak RSS."""
+"""The scenario table: scenario, events in, attribute events, DLQ, lost, duplicates (and the bound they must
+stay within), recovery, peak RSS; a scenario that failed a check is marked FAILED, its details say why."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ from devtools.reliability.run import ScenarioResult
 
 __all__ = ["format_details", "format_table"]
 
-_COLUMNS = ("scenario", "events in", "attribute events", "DLQ", "lost", "duplicates", "recovery s",
-            "peak RSS MiB", "worker deaths")  # fmt: skip
+_COLUMNS = ("scenario", "events in", "attribute events", "DLQ", "lost", "duplicates", "duplicate bound",
+            "recovery s", "peak RSS MiB", "worker deaths")  # fmt: skip
 
 
 def _row(result: ScenarioResult) -> list[str]:
-    tally = result.tally
-    recovery = result.max_recovery_s
+    tally, recovery = result.tally, result.max_recovery_s
     return [
-        result.scenario + ("" if result.complete else " (INCOMPLETE)"),
-        f"{tally.events_in:,}", f"{tally.attribute_events:,}", f"{tally.dlq:,}", f"{tally.lost:,}",
-        f"{tally.duplicates:,}", "-" if recovery is None else f"{recovery:.1f}",
-        f"{result.peak_rss_bytes / 2**20:,.0f}", str(result.deaths),
+        result.scenario + (" (FAILED)" if result.problems() else ""),
+        *(f"{n:,}" for n in (tally.events_in, tally.attribute_events, tally.dlq, tally.lost, tally.duplicates,
+                              result.duplicate_bound)),
+        "-" if recovery is None else f"{recovery:.1f}", f"{result.peak_rss_bytes / 2**20:,.0f}",
+        str(result.deaths),
     ]  # fmt: skip
 
 
@@ -40,6 +41,13 @@ def format_details(result: ScenarioResult) -> str:
     """What lies behind one row: every recovery, wrong outcomes, DLQ codes, the scenario's own figures."""
     tally = result.tally
     parts = [f"{result.scenario}: {result.seconds:.0f} s"]
+    problems = result.problems()
+    if problems:
+        parts.append("FAILED: " + ", ".join(problems))
+    if result.faults:
+        parts.append(f"in-flight windows {result.in_flight_windows} ({result.window})")
+    if result.produce_errors:
+        parts.append(f"PRODUCE ERRORS e.g. {result.produce_errors[:5]}")
     if result.recovery_s:
         parts.append("recoveries " + ", ".join(f"{s:.1f}" for s in result.recovery_s) + " s")
     parts += [f"{key}={value}" for key, value in result.details.items()]

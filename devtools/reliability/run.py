@@ -1,7 +1,9 @@
 """One scenario run: its topics, the producer of its traffic, the worker under test and the ledger.
 
 A worker that exits without being told to is counted as a death and restarted (as a supervisor would),
-so a crash loop shows up in the figures instead of hanging the run.
+so a crash loop shows up in the figures instead of hanging the run. A scenario records every fault that
+may re-deliver (`Run.fault` ... `Run.fault_over`, `Run.crash_worker`); each allows one in-flight window of
+duplicates (`InFlightWindow`), none at all where the ledger reads read_committed (exactly-once).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from devtools.harness.listings import Record
 from devtools.harness.producer import PacedProducer
 from devtools.harness.stack import LocalStack
 from devtools.harness.worker_process import WorkerProcess
-from devtools.reliability.ledger import Ledger, Tally
+from devtools.reliability.ledger import Fault, InFlightWindow, Ledger, Tally
 from devtools.services.kafka import KafkaCluster
 from devtools.services.redis_server import RedisServer
 from devtools.services.triton import TritonServer
@@ -57,15 +59,37 @@ class ScenarioResult:
     seconds: float
     complete: bool
     details: dict[str, object] = field(default_factory=dict)
+    produce_errors: list[str] = field(default_factory=list)
+    # What bounds the duplicates: the worker's window (None: read_committed, exactly-once, so none may
+    # show), the spans of faults that may re-deliver, the broker's append time of every attribute event.
+    window: InFlightWindow | None = None
+    faults: list[Fault] = field(default_factory=list)
+    output_times: list[float] = field(default_factory=list, repr=False)
 
     @property
-    def in_flight_window(self) -> int:
-        """What one crash may re-deliver at most: unfinished work (max_pending, plus one consume() that
-        may overshoot it) and what finished since the last commit (the commit interval's throughput)."""
-        rate = self.tally.events_in / self.seconds if self.seconds > 0 else 0.0
-        details = self.details
-        pending = int(str(details.get("max_pending", 0))) + int(str(details.get("consume_max_messages", 0)))
-        return pending + int(rate * int(str(details.get("commit_interval_ms", 0))) / 1000) + 1
+    def in_flight_windows(self) -> list[int]:
+        """What each fault may re-deliver at most."""
+        return [] if self.window is None else self.window.per_fault(self.faults, self.output_times)
+
+    @property
+    def duplicate_bound(self) -> int:
+        return sum(self.in_flight_windows)
+
+    def problems(self) -> list[str]:
+        """What makes this run a failure (empty: it passed): anything lost, duplicates beyond the bound,
+        outputs or DLQ records for no produced input, wrong outcomes, failed produces, not complete."""
+        tally, bound, errors = self.tally, self.duplicate_bound, self.produce_errors
+        checks = {
+            f"{tally.lost} lost": tally.lost > 0,
+            f"{tally.duplicates} duplicates > bound {bound}": tally.duplicates > bound,
+            f"{tally.unknown} unknown records": tally.unknown > 0,
+            f"{tally.wrong_outcome} wrong outcomes": tally.wrong_outcome > 0,
+            f"{tally.produce_failed} failed produces, {len(errors)} producer errors": bool(
+                tally.produce_failed or errors
+            ),
+            "incomplete": not self.complete,
+        }  # fmt: skip
+        return [problem for problem, failed in checks.items() if failed]
 
     @property
     def max_recovery_s(self) -> float | None:
@@ -99,6 +123,10 @@ class Run:
             **worker_env,
         }  # fmt: skip
         self.worker = WorkerProcess(env, services.run_dir / f"worker-{name}-{suffix}.log")
+        self.window = InFlightWindow.of_worker(env)
+        self.read_committed = read_committed
+        self.faults: list[Fault] = []  # wall-clock spans of faults that may re-deliver
+        self._fault_start: float | None = None
         self.producer: PacedProducer | None = None
         self.deaths = 0
         self.recovery_s: list[float] = []
@@ -109,6 +137,27 @@ class Run:
     def produce(self, records: Iterable[Record], rate: float) -> PacedProducer:
         self.producer = PacedProducer(self.services.kafka.bootstrap_servers, self.input_topic, records, rate)
         return self.producer.start()
+
+    def fault(self) -> float:
+        """Record, just before injecting it, the start of a fault that may re-deliver (it allows one
+        in-flight window); `fault_over` (or the end of the run) ends it. Returns the moment (wall clock)."""
+        self.fault_over()
+        self._fault_start = time.time()
+        return self._fault_start
+
+    def fault_over(self) -> None:
+        """The fault is over: from now on the worker can commit what it finishes again."""
+        if self._fault_start is not None:
+            self.faults.append((self._fault_start, time.time()))
+            self._fault_start = None
+
+    def crash_worker(self) -> None:
+        """kill -9 (no drain, no commit: a fault over at once) and start a new worker, as a supervisor
+        would."""
+        self.fault()
+        self.worker.kill()
+        self.fault_over()
+        self.worker.start()
 
     def step(self, seconds: float) -> None:
         """Read the topics for `seconds`, restarting the worker if it died on its own."""
@@ -163,16 +212,18 @@ class Run:
         while time.monotonic() < deadline and not self.all_accounted() and not self.gave_up:
             self.step(0.5)
         complete = self.all_accounted()
+        self.fault_over()
         exit_code = self.worker.terminate()
         self.ledger.read_to_end()
-        tally = self.ledger.tally(producer.snapshot())
-        if producer.errors:
-            details["produce_errors"] = producer.errors[:5]
+        tally = self.ledger.tally(producer.snapshot(), produce_failed=len(producer.failed))
         return ScenarioResult(
             scenario=self.name, tally=tally, recovery_s=self.recovery_s, deaths=self.deaths,
             peak_rss_bytes=self.worker.peak_rss_bytes, seconds=time.monotonic() - self.started,
             complete=complete,
-            details={"final_exit_code": exit_code, **details, "worker_log": str(self.worker.log_path)},
+            details={"final_exit_code": exit_code, **details, "cache_hits": self.ledger.cache_hits,
+                     "worker_log": str(self.worker.log_path)},
+            produce_errors=list(producer.errors), window=None if self.read_committed else self.window,
+            faults=list(self.faults), output_times=list(self.ledger.output_times),
         )  # fmt: skip
 
     def close(self) -> None:
