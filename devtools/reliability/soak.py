@@ -18,6 +18,7 @@ spread over it; the worker's RSS, open fds and lag must stay flat and nothing ma
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -109,7 +110,8 @@ class _Watch:
                 event.drained = calm_from(self.sampler.samples, event.back, self.near_zero, self.hold_s)
 
     def drained(self) -> bool:
-        return all(event.drained is not None for event in self.events)
+        """Every injected event's lag is near 0 again (one not injected never will be)."""
+        return all(event.drained is not None for event in self.events if event.end is not None)
 
     def inject(self, kind: str, services: Services, outage_s: float) -> None:
         event = SoakEvent(kind, time.time())
@@ -206,6 +208,7 @@ def judge(result: ScenarioResult, samples: list[Sample], events: list[SoakEvent]
     details["near_zero_lag"] = round(near_zero)
     details["events"] = [
         f"{e.kind}@{e.start - t0:.0f}s back {_since(e.back, e.end)} drained {_since(e.drained, e.end)}"
+        + (f" settled {_since(_settled(samples, e, hold_s=settle_s), e.end)}" if e.kind != "start" else "")
         for e in events
     ]  # fmt: skip
     for e in events:
@@ -235,6 +238,15 @@ def judge(result: ScenarioResult, samples: list[Sample], events: list[SoakEvent]
     if lags is not None:
         details["lag_q2_q4"] = lags
         checks[f"steady lag {lags[1]:,.0f} in the last quarter (> {near_zero:,.0f})"] = lags[1] > near_zero
+
+
+def _settled(samples: list[Sample], event: SoakEvent, *, hold_s: float) -> float | None:
+    """A figure, not a check: when the lag was back to twice its median of the 30 s before the event
+    (the near-0 bound allows a full in-flight window, which a worker at 70 % seldom holds)."""
+    before = [s.lag for s in samples if event.start - 30 <= s.at < event.start and s.lag is not None]
+    if not before or event.back is None:
+        return None
+    return calm_from(samples, event.back, max(NEAR_ZERO_FLOOR, 2 * statistics.median(before)), hold_s)
 
 
 def _since(moment: float | None, start: float | None) -> str:
