@@ -21,7 +21,7 @@ import psutil
 
 from devtools.paths import REPO_ROOT
 
-__all__ = ["RssSampler", "WorkerPool", "WorkerProcess", "enrich_command", "worker_command"]
+__all__ = ["RssSampler", "WorkerPool", "WorkerProcess", "enrich_command", "process_usage", "worker_command"]
 
 
 def enrich_command() -> list[str]:
@@ -39,6 +39,16 @@ def worker_command(profile_to: Path | None = None) -> list[str]:
         return [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "workers.cli", "worker"]
     return [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile_to),
             "-m", "workers.cli", "worker"]  # fmt: skip
+
+
+def process_usage(pid: int) -> tuple[int, int] | None:
+    """(resident bytes, open file descriptors) of `pid` and its children; None once it is gone."""
+    try:
+        process = psutil.Process(pid)
+        tree = [process, *process.children(recursive=True)]
+        return sum(p.memory_info().rss for p in tree), sum(p.num_fds() for p in tree)
+    except psutil.Error:
+        return None
 
 
 class RssSampler:
@@ -60,13 +70,9 @@ class RssSampler:
             pid = self._pid
             if pid is None:
                 continue
-            try:
-                process = psutil.Process(pid)
-                rss = process.memory_info().rss
-                rss += sum(child.memory_info().rss for child in process.children(recursive=True))
-            except psutil.Error:
-                continue
-            self.peak_bytes = max(self.peak_bytes, rss)
+            usage = process_usage(pid)
+            if usage is not None:
+                self.peak_bytes = max(self.peak_bytes, usage[0])
 
     def close(self) -> None:
         self._stop.set()

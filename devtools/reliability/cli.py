@@ -21,7 +21,7 @@ __all__ = ["EXIT_CODES", "exit_code", "options_for", "register"]
 
 SCENARIO_NAMES = ("kill", "kill-unique", "redis-outage", "triton-outage", "broker-restart", "broker-failover",
                   "hostile", "exactly-once", "exactly-once-failover", "zombie", "slow-redis", "slow-triton",
-                  "partition")  # fmt: skip
+                  "partition", "soak")  # fmt: skip
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_SCENARIO_BROKE = 0, 1, 3  # 2: argparse's usage error
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  every scenario ran and passed its checks
@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--unique-titles", action="store_true", default=None,
                         help="every title unique (no cache hit: kills land on inference in flight)")
     parser.add_argument("--outage", type=float, default=None, help="outage seconds")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of paced traffic (soak)")
     parser.add_argument("--hostile", type=int, default=None, help="hostile records (hostile)")
     parser.add_argument("--huge", type=int, default=None, help="of the hostile records, how many are 10 MB")
     parser.add_argument("--huge-kinds", default=None,
@@ -76,6 +77,11 @@ def options_for(scenario: str, quick: bool) -> ChaosOptions:
         "kill-unique": {**kills, "unique_titles": True},
         "exactly-once": {} if quick else {"size": 20_000, "rate": 150},
         "hostile": {"size": 3000} if quick else {"size": 20_000, "rate": 0},
+        # Soak: `size` is the capacity pass's backlog (a few seconds of work). Quick: 30 s, as a kill costs
+        # ~8 s of downtime that takes ~2.3x as long again to work off at 30 % headroom: in 20 s no quarter
+        # of the run would be left fault-free to judge growth by.
+        "soak": {"size": 10_000, "duration_s": 30, "kills": 1, "outage_s": 2, "unique_titles": True} if quick
+        else {"size": 50_000, "duration_s": 1800, "kills": 3, "outage_s": 30, "unique_titles": True},
     }
     outage = {"size": 3000, "rate": 150} if quick else {"size": 20_000, "rate": 250}
     return dataclasses.replace(base, **per_scenario.get(scenario, outage))
@@ -98,6 +104,7 @@ def _chaos(args: argparse.Namespace) -> int:
         for name in names:
             options = options_for(name, args.quick)
             overrides = {"size": args.size, "rate": args.rate, "kills": args.kills, "outage_s": args.outage,
+                         "duration_s": args.duration,
                          "hostile": args.hostile, "huge_payloads": args.huge,
                          "huge_kinds": _kinds(args.huge_kinds),
                          "unique_titles": args.unique_titles}  # fmt: skip

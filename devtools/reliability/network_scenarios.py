@@ -83,10 +83,12 @@ class FaultClock:
 
 
 class MetricsSampler:
-    """Scrapes the worker's /metrics every `interval_s` (a thread); keeps (wall time, values) samples."""
+    """Scrapes the worker's /metrics every `interval_s` (a thread); keeps (wall time, values) samples of
+    the series named `names` (a labelled one under its full name, `name{label="..."}`)."""
 
-    def __init__(self, port: int, interval_s: float = 0.5) -> None:
+    def __init__(self, port: int, interval_s: float = 0.5, names: tuple[str, ...] = METRICS) -> None:
         self.url = f"http://{LOOPBACK}:{port}/metrics"
+        self.names = names
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = Event()
         self._thread = Thread(target=self._run, args=(interval_s,), name="metrics-sampler", daemon=True)
@@ -102,7 +104,7 @@ class MetricsSampler:
             values = {}
             for line in text.splitlines():
                 name, _, value = line.rpartition(" ")
-                if name in METRICS:
+                if name.partition("{")[0] in self.names:
                     values[name] = float(value)
             self.samples.append((time.time(), values))
 

@@ -65,6 +65,7 @@ class ScenarioResult:
     window: InFlightWindow | None = None
     faults: list[Fault] = field(default_factory=list)
     output_times: list[float] = field(default_factory=list, repr=False)
+    checks: dict[str, bool] = field(default_factory=dict)  # a scenario's own: problem -> whether it failed
 
     @property
     def in_flight_windows(self) -> list[int]:
@@ -77,7 +78,8 @@ class ScenarioResult:
 
     def problems(self) -> list[str]:
         """What makes this run a failure (empty: it passed): anything lost, duplicates beyond the bound,
-        outputs or DLQ records for no produced input, wrong outcomes, failed produces, not complete."""
+        outputs or DLQ records for no produced input, wrong outcomes, failed produces, not complete, and
+        any failed check of the scenario's own (`checks`)."""
         tally, bound, errors = self.tally, self.duplicate_bound, self.produce_errors
         checks = {
             f"{tally.lost} lost": tally.lost > 0,
@@ -88,6 +90,7 @@ class ScenarioResult:
                 tally.produce_failed or errors
             ),
             "incomplete": not self.complete,
+            **self.checks,
         }  # fmt: skip
         return [problem for problem, failed in checks.items() if failed]
 

@@ -12,6 +12,7 @@
                    SIGSTOPped until the group dropped it (its partitions lost), then SIGCONTed.
 - zombie:          two at-least-once workers; one SIGSTOPped until the other took its partitions over.
 - slow-redis, slow-triton, partition: network faults through a TCP proxy (network_scenarios.py).
+- soak:            `duration_s` at 70 % of the measured capacity, a few faults; RSS, fds, lag flat (soak.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from devtools.harness.worker_process import WorkerProcess
 from devtools.reliability.hostile import hostile_records, mixed
 from devtools.reliability.network_scenarios import partition, slow_redis, slow_triton
 from devtools.reliability.run import Run, ScenarioResult, Services
+from devtools.reliability.soak import soak
 
 __all__ = ["SCENARIOS", "SMALL_WINDOW", "ChaosOptions", "run_scenario"]
 
@@ -59,6 +61,8 @@ class ChaosOptions:
     seed: int = 5
     unique_titles: bool = False  # every listing inferred (no cache hit), so kills land on batches in flight
     worker_env: dict[str, str] = field(default_factory=dict)  # extra ENRICH_* settings of the worker
+    duration_s: float = 1800.0  # soak: seconds of paced traffic
+    capacity_share: float = 0.7  # soak: the traffic's rate, as a share of the measured capacity
 
     @property
     def recovery_timeout_s(self) -> float:
@@ -314,6 +318,7 @@ SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
     "slow-redis": slow_redis,  # network faults: network_scenarios.py
     "slow-triton": slow_triton,
     "partition": partition,
+    "soak": soak,  # soak.py
 }
 
 
