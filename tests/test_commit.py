@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from workers.contract.errors import KafkaOperationFailed
+from workers.contract.errors import DeliveryFailed, KafkaOperationFailed
 from workers.stages.commit import OffsetTracker, commit_offsets, commit_reporter, commit_transaction
 from workers.stages.commit_policy import AtLeastOnceCommits, ExactlyOnceCommits, make_commit_policy
 
@@ -104,7 +104,10 @@ def test_transactional_commit_steps_in_order() -> None:
     tracker.finish(P1, 3)
     assert commit_transaction(producer, RecordingConsumer(), tracker) == {P1: 4}
     assert producer.calls == [
-        "flush", "send_offsets [(1, 4)] group-metadata", "commit_transaction", "begin_transaction"
+        "flush",
+        "send_offsets [(1, 4)] group-metadata",
+        "commit_transaction",
+        "begin_transaction",
     ]
 
 
@@ -332,3 +335,71 @@ def test_at_least_once_lost_partitions_are_only_forgotten() -> None:
     asyncio.run(AtLeastOnceCommits(consumer, tracker).lost([P0]))
     # The new owner re-processes P0 from its last commit (duplicates, never a loss); P1 is untouched.
     assert tracker.epoch == epoch and tracker.committable() == {P1: 3} and consumer.commits == []
+
+
+class BrokenProducer(RecordingProducer):
+    """librdkafka's fatal state: once `error` happened, every transactional call fails with it."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__()
+        self.error = error
+
+    def send_offsets_to_transaction(self, positions: list[Any], group_metadata: Any, timeout: float) -> None:
+        super().send_offsets_to_transaction(positions, group_metadata, timeout)
+        raise KafkaException(self.error)
+
+    def abort_transaction(self, timeout: float) -> None:
+        super().abort_transaction(timeout)
+        raise KafkaException(self.error)
+
+    def begin_transaction(self) -> None:
+        if "abort_transaction" in self.calls:
+            super().begin_transaction()
+            raise KafkaException(self.error)
+
+
+def _one_finished_offset() -> OffsetTracker:
+    tracker = OffsetTracker()
+    tracker.track(P0, 1)
+    tracker.finish(P0, 1)
+    return tracker
+
+
+def test_exactly_once_replaces_a_producer_left_fatal_by_a_broker_failover() -> None:
+    # Seen in the exactly-once-failover scenario: after the output partition's leader moved, the woken
+    # worker's producer failed fatally with OUT_OF_ORDER_SEQUENCE_NUMBER; the worker used to exit.
+    fatal = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, fatal=True)
+    tracker, broken, fresh = _one_finished_offset(), BrokenProducer(fatal), RecordingProducer()
+    commits = ExactlyOnceCommits(RecordingConsumer(), broken, tracker, renew=lambda: fresh)
+    epoch = tracker.epoch
+    asyncio.run(commits.tick(RecordingSettle(tracker, [])))
+    assert broken.calls[-2:] == ["abort_transaction", "begin_transaction"]
+    assert fresh.calls == ["init_transactions", "begin_transaction"]
+    # Nothing of the aborted transaction finishes or commits; its input is read again.
+    assert tracker.epoch != epoch and tracker.committable() == {} and tracker.unfinished() == 0
+
+
+def test_exactly_once_recovers_from_a_failed_delivery_by_aborting_and_reading_again() -> None:
+    tracker, producer = _one_finished_offset(), RecordingProducer()
+    commits = ExactlyOnceCommits(RecordingConsumer(), producer, tracker, renew=lambda: RecordingProducer())
+    failure = DeliveryFailed("out", b"k", "Local: Message timed out")
+    assert asyncio.run(commits.recover(failure)) is True
+    assert producer.calls == ["abort_transaction", "begin_transaction"] and tracker.committable() == {}
+
+
+def test_a_fenced_producer_or_too_many_recoveries_stop_the_worker() -> None:
+    fenced = DeliveryFailed("out", b"k", "fenced", fatal=True, fenced=True)
+    commits = ExactlyOnceCommits(RecordingConsumer(), RecordingProducer(), OffsetTracker())
+    assert asyncio.run(commits.recover(fenced)) is False  # another instance owns the transactional id
+
+    # A fatal state found on the probe that turns out fenced is not renewed either.
+    tracker, broken = _one_finished_offset(), BrokenProducer(KafkaError(KafkaError._FENCED, fatal=True))
+    commits = ExactlyOnceCommits(RecordingConsumer(), broken, tracker, renew=lambda: RecordingProducer())
+    with pytest.raises(KafkaOperationFailed) as raised:
+        asyncio.run(commits.recover(DeliveryFailed("out", None, "fatal", fatal=True)))
+    assert raised.value.fenced
+
+    commits = ExactlyOnceCommits(RecordingConsumer(), RecordingProducer(), OffsetTracker())
+    timed_out = DeliveryFailed("out", None, "Local: Message timed out")
+    assert [asyncio.run(commits.recover(timed_out)) for _ in range(4)] == [True, True, True, False]
+    assert asyncio.run(AtLeastOnceCommits(RecordingConsumer(), OffsetTracker()).recover(timed_out)) is False

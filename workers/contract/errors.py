@@ -58,7 +58,9 @@ class ValidationFailed(EnrichError):
 class DeliveryFailed(EnrichError):
     """The broker did not acknowledge a produced record; offsets must not be committed past it."""
 
-    def __init__(self, topic: str, key: bytes | None, reason: str) -> None:
+    def __init__(
+        self, topic: str, key: bytes | None, reason: str, *, fatal: bool = False, fenced: bool = False
+    ) -> None:
         key_text = key.decode("utf-8", "replace") if key is not None else None
         super().__init__(
             f"delivery to topic {topic!r} (key {key_text!r}) failed: {reason}. Nothing past the source "
@@ -67,15 +69,25 @@ class DeliveryFailed(EnrichError):
         self.topic = topic
         self.key = key
         self.reason = reason
+        self.fatal, self.fenced = fatal, fenced  # librdkafka's: the producer is unusable / was fenced
 
 
 class KafkaOperationFailed(EnrichError):
     """A Kafka client call failed (consume, commit, transaction); wraps the library error with context."""
 
-    def __init__(self, operation: str, detail: str, *, retriable: bool = False) -> None:
+    def __init__(
+        self,
+        operation: str,
+        detail: str,
+        *,
+        retriable: bool = False,
+        fatal: bool = False,
+        fenced: bool = False,
+    ) -> None:
         super().__init__(f"kafka {operation} failed: {detail}")
         self.operation = operation
         self.retriable = retriable
+        self.fatal, self.fenced = fatal, fenced  # librdkafka's: the producer is unusable / was fenced
 
 
 class ConfigError(EnrichError):

@@ -15,6 +15,8 @@ import signal
 import time
 from pathlib import Path
 
+from confluent_kafka import Producer
+
 from workers.backends import make_backend
 from workers.contract.errors import BackendUnavailable, ConfigError
 from workers.model.served import ServedModel
@@ -71,9 +73,16 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
         topic=kafka.output_topic, model_name=model.name, model_version=model.version,
         worker_id=config.worker_id, guard=guard, producer=delivery, tracker=tracker, metrics=metrics,
     )  # fmt: skip
+
+    def renew_producer() -> Producer:  # exactly-once, after a fatal producer error (see the policy)
+        fresh = make_producer(kafka, config.worker_id)
+        delivery.replace(fresh)
+        return fresh
+
     commits = make_commit_policy(  # its consumer calls go through the source (see KafkaSource)
-        exactly_once=kafka.exactly_once, consumer=source, producer=producer, tracker=tracker
-    )
+        exactly_once=kafka.exactly_once, consumer=source, producer=producer, tracker=tracker,
+        renew=renew_producer,
+    )  # fmt: skip
     return StreamWorker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,
         dead_letters=dead_letters, cache=cache, batcher=batcher, enricher=enricher, emitter=emitter,

@@ -57,6 +57,7 @@ class AsyncProducer:
 
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
+        self._generation = 0  # bumped by `replace`: reports of a replaced producer are ignored
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: DeliveryFailed | None = None
         self._stop = threading.Event()
@@ -109,12 +110,12 @@ class AsyncProducer:
         # next() on itertools.count is atomic under the GIL: reports may be served by the poller and by
         # flush() in another thread at once.
         acknowledged = itertools.count(1)
-        loop = self.loop
+        loop, generation = self.loop, self._generation
 
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                if err.code() in _PURGED:
-                    return  # discarded with its aborted transaction: the offset never finishes
+                if err.code() in _PURGED or generation != self._generation:
+                    return  # discarded with its aborted transaction (or producer): the offset never finishes
                 loop.call_soon_threadsafe(self._fail, err, topic, msg.key())
             elif next(acknowledged) == total:
                 loop.call_soon_threadsafe(on_delivered)
@@ -135,12 +136,29 @@ class AsyncProducer:
 
     def _fail(self, err: KafkaError, topic: str, key: bytes | None) -> None:
         if self._failure is None:
-            self._failure = DeliveryFailed(topic, key, str(err))
+            self._failure = DeliveryFailed(topic, key, str(err), fatal=err.fatal())
             log.error("%s", self._failure)
+
+    @property
+    def failure(self) -> DeliveryFailed | None:
+        """The first failed delivery since the start (or `clear_failure`)."""
+        return self._failure
 
     def raise_if_failed(self) -> None:
         if self._failure is not None:
             raise self._failure
+
+    def clear_failure(self) -> None:
+        """The commit policy recovered from it (exactly-once: the transaction holding it was aborted)."""
+        self._failure = None
+
+    def replace(self, producer: Producer) -> None:
+        """Serve `producer` from now on (exactly-once, after a fatal error); the old one is dropped and its
+        outstanding reports ignored: its transaction is aborted by the new one's `init_transactions`."""
+        self._generation += 1
+        old, self.producer = self.producer, producer
+        self._failure = None
+        old.purge(in_queue=True, in_flight=True, blocking=False)
 
     async def flush(self, timeout_s: float) -> int:
         """Wait for outstanding deliveries; returns how many are still not acknowledged."""

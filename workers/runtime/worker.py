@@ -128,7 +128,7 @@ class StreamWorker:
             self._running = True
             while not stop.is_set():
                 self._heartbeat = time.monotonic()
-                self._raise_if_failed()
+                await self._recover_or_raise()
                 await self._intake_once()
                 if loop.time() >= next_commit:
                     await self._commit_tick()
@@ -137,10 +137,16 @@ class StreamWorker:
         finally:
             await self._shutdown(failed=failed)
 
-    def _raise_if_failed(self) -> None:
-        if self._fatal is not None:
-            raise self._fatal
-        self._producer.raise_if_failed()
+    async def _recover_or_raise(self) -> None:
+        """A failed batch or delivery stops the worker, unless the commit policy recovers from it
+        (exactly-once: abort the transaction, read its input again)."""
+        failure = self._fatal or self._producer.failure
+        if failure is None:
+            return
+        if not await self._commits.recover(failure):
+            raise failure
+        self._fatal = None
+        self._producer.clear_failure()
 
     # ---- intake: consume, validate, tokenize, batch ------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from workers.contract.errors import KafkaOperationFailed
 
@@ -26,6 +26,7 @@ __all__ = [
     "commit_offsets",
     "commit_reporter",
     "commit_transaction",
+    "failure_kind",
 ]
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,26 @@ def commit_transaction(
     except KafkaException as exc:
         # Abortable (e.g. the group rebalanced: the offsets' generation is stale) → `retriable`: the
         # caller may abort and start over; anything else (fenced, fatal) stops the worker.
-        abortable = bool(exc.args) and bool(getattr(exc.args[0], "txn_requires_abort", bool)())
-        raise KafkaOperationFailed("commit_transaction", str(exc), retriable=abortable) from exc
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        abortable = error is not None and error.txn_requires_abort()
+        fatal, fenced = failure_kind(error)
+        raise KafkaOperationFailed(
+            "commit_transaction", str(exc), retriable=abortable, fatal=fatal, fenced=fenced
+        ) from exc
     tracker.mark_committed(positions)
     return positions
+
+
+_FENCED_CODES = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+     KafkaError.TRANSACTION_COORDINATOR_FENCED}
+)  # fmt: skip
+
+
+def failure_kind(error: KafkaError | None) -> tuple[bool, bool]:
+    """(fatal, fenced) of a librdkafka error: a fatal producer must be replaced; a fenced one must stop,
+    another instance with its transactional id took over."""
+    if error is None:
+        return False, False
+    fenced = error.code() in _FENCED_CODES
+    return error.fatal() or fenced, fenced

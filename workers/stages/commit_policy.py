@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol
 
 from confluent_kafka import KafkaException
 
-from workers.contract.errors import KafkaOperationFailed
+from workers.contract.errors import DeliveryFailed, KafkaOperationFailed
 from workers.stages.commit import (
     CommittingConsumer,
     OffsetTracker,
@@ -22,11 +23,15 @@ from workers.stages.commit import (
     TransactionalProducer,
     commit_offsets,
     commit_transaction,
+    failure_kind,
 )
 
 __all__ = ["AtLeastOnceCommits", "CommitPolicy", "ExactlyOnceCommits", "Settle", "make_commit_policy"]
 
 log = logging.getLogger(__name__)
+
+_MAX_RECOVERIES = 3
+_RECOVERY_WINDOW_S = 60.0
 
 
 # A callable that releases every open batch and waits (bounded) until the tracked offsets of
@@ -39,7 +44,8 @@ class CommitPolicy(Protocol):
 
     The stream loop calls `begin` once before it subscribes, `tick` every commit interval, `drain` when
     partitions are revoked (from the consume thread, through the event loop), `lost` when they were lost
-    without a chance to commit (the consume thread waits for it too), and `close` once at shutdown
+    without a chance to commit (the consume thread waits for it too), `recover` when a produce or commit
+    failed (true: the policy dealt with it and the worker goes on), and `close` once at shutdown
     (`failed` after an error). A policy that drops in-flight work calls `tracker.reset()`: the stream loop
     then drops what consume() returned meanwhile and reads every partition it still owns again from its
     committed offset."""
@@ -53,6 +59,8 @@ class CommitPolicy(Protocol):
     async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None: ...
 
     async def lost(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    async def recover(self, failure: BaseException) -> bool: ...
 
     async def close(self, *, failed: bool) -> None: ...
 
@@ -90,6 +98,11 @@ class AtLeastOnceCommits:
         # Their new owner re-processes from the last commit (duplicates, never a loss); late acks ignored.
         self.tracker.forget(partitions)
 
+    async def recover(self, failure: BaseException) -> bool:
+        # Records after an unacknowledged one may have been written: only a restart, re-reading from the
+        # last commit, keeps the order and loses nothing.
+        return False
+
     async def close(self, *, failed: bool) -> None:
         commit_offsets(self._consumer, self.tracker, asynchronous=False)
 
@@ -107,12 +120,27 @@ class ExactlyOnceCommits:
     transaction (it also held outputs of the partitions kept: those are read again from their committed
     offsets) and begin the next. A transaction commit that fails abortably (e.g. a zombie woken after its
     session expired commits with a stale generation) starts over the same way.
+
+    A failed delivery or a *fatal* producer error starts over too: nothing of the open transaction was
+    committed, so it is aborted and its input read again. A fatal error (seen after a broker failover:
+    `OUT_OF_ORDER_SEQUENCE_NUMBER`) leaves the librdkafka producer unusable, so `renew` builds a new one
+    with the same transactional id; its `init_transactions` aborts the old transaction at the coordinator.
+    Fenced (another instance took over the transactional id) is never recovered from: this one is the
+    zombie. More than `_MAX_RECOVERIES` within `_RECOVERY_WINDOW_S` stops the worker too (a restart then
+    resumes from the last commit) rather than loop.
     """
 
     def __init__(
-        self, consumer: CommittingConsumer, producer: TransactionalProducer, tracker: OffsetTracker
+        self,
+        consumer: CommittingConsumer,
+        producer: TransactionalProducer,
+        tracker: OffsetTracker,
+        *,
+        renew: Callable[[], TransactionalProducer] | None = None,
     ) -> None:
         self._consumer, self._producer, self.tracker = consumer, producer, tracker
+        self._renew = renew
+        self._recoveries: list[float] = []
 
     async def begin(self) -> None:
         await asyncio.to_thread(self._producer.init_transactions, 60)
@@ -137,6 +165,34 @@ class ExactlyOnceCommits:
         log.warning("partitions %s lost: aborting the open transaction, reading the rest again", partitions)
         await self._start_over()
 
+    async def recover(self, failure: BaseException) -> bool:
+        if not isinstance(failure, DeliveryFailed | KafkaOperationFailed) or failure.fenced:
+            return False
+        now = time.monotonic()
+        self._recoveries = [t for t in self._recoveries if now - t < _RECOVERY_WINDOW_S] + [now]
+        if len(self._recoveries) > _MAX_RECOVERIES:
+            return False
+        log.warning("%s; aborting the open transaction and reading its input again", failure)
+        self.tracker.reset()
+        await self._abort()
+        try:
+            # Also the probe: a producer in a fatal state says here which error made it so (a delivery
+            # report only says it failed).
+            self._producer.begin_transaction()
+            return True
+        except KafkaException as exc:
+            fatal, fenced = failure_kind(exc.args[0] if exc.args else None)
+            if fenced or not fatal or self._renew is None:
+                raise KafkaOperationFailed("begin_transaction", str(exc), fatal=fatal, fenced=fenced) from exc
+        self._producer = self._renew()
+        try:
+            await asyncio.to_thread(self._producer.init_transactions, 60)
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise KafkaOperationFailed("init_transactions", str(exc)) from exc
+        log.warning("replaced the producer after its fatal error; transactions resumed")
+        return True
+
     async def close(self, *, failed: bool) -> None:
         try:
             if failed or self.tracker.unfinished():
@@ -152,10 +208,13 @@ class ExactlyOnceCommits:
         try:
             await asyncio.to_thread(commit, begin_next=begin_next)
         except KafkaOperationFailed as exc:
-            if not exc.retriable or not begin_next:
+            if not begin_next:
                 raise
-            log.warning("%s; aborting it and reading the uncommitted input again", exc)
-            await self._start_over()
+            if exc.retriable:
+                log.warning("%s; aborting it and reading the uncommitted input again", exc)
+                await self._start_over()
+            elif not await self.recover(exc):
+                raise
 
     async def _start_over(self) -> None:
         self.tracker.reset()  # first, on the loop: nothing consumed before may produce or finish from here
@@ -178,8 +237,9 @@ def make_commit_policy(
     consumer: CommittingConsumer,
     producer: TransactionalProducer,
     tracker: OffsetTracker,
+    renew: Callable[[], TransactionalProducer] | None = None,
 ) -> CommitPolicy:
     """The policy the configuration asks for (`ENRICH_EXACTLY_ONCE`)."""
     if exactly_once:
-        return ExactlyOnceCommits(consumer, producer, tracker)
+        return ExactlyOnceCommits(consumer, producer, tracker, renew=renew)
     return AtLeastOnceCommits(consumer, tracker)
