@@ -45,21 +45,25 @@ def format_peers(results: dict[str, Any]) -> str:
         f"max_batch {s['max_batch']}, max_wait {s['max_wait_ms']} ms, {s['max_in_flight']} in flight; "
         f"model: {results['model']['chosen']}.",
         "",
-        "| contestant | batching | events/s | p50 / p99 ms | ours/peer events/s | ours/peer p50 | output |",
-        "|---|---|---|---|---|---|---|",
+        "| contestant | batching | events/s | its CPU s | p50 / p99 ms | ours/peer events/s (> 1: ours "
+        "faster) | ours/peer p50 (< 1: ours quicker) | output |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["contestants"].items():
         lat = row["latency"]
         ratio = row.get("ours_over_peer", {})
         lines.append(
-            f"| {name} | {row['batching']} | {row['events_per_s']:,.0f} | {lat['p50_ms']:.0f} / "
+            f"| {name} | {row['batching']} | {row['events_per_s']:,.0f} | {row['cpu_s']:.2f} "
+            f"| {lat['p50_ms']:.0f} / "
             f"{lat['p99_ms']:.0f} | {_x(ratio.get('events_per_s'))} | {_x(ratio.get('p50'))} "
             f"| {_checks(row)} |"
         )
     for name, why in results["skipped"].items():
-        lines.append(f"| {name} | skipped: {why} | | | | | |")
+        lines.append(f"| {name} | skipped: {why} | | | | | | |")
     latency_rate = next(iter(results["contestants"].values()))["latency"]["offered_per_s"]
-    lines += ["", f"Latency: event_time → the output's broker append time at {latency_rate:,.0f} listings/s "
+    lines += ["", f"CPU s: the contestant's process tree while it enriched the {s['events']} listings "
+              "(Triton, Kafka and the bench not counted). "
+              f"Latency: event_time → the output's broker append time at {latency_rate:,.0f} listings/s "
               "offered to each (half the slowest one's throughput). Only ratios mean anything on a shared "
               f"{results['machine']['cores']}-core machine."]  # fmt: skip
     return "\n".join(lines)
