@@ -50,8 +50,8 @@ def test_peer_emits_every_listing_once_with_our_values(peers_run: PeersRun, peer
 
 def test_compare_outputs_names_a_listing_whose_values_differ() -> None:
     def event(value: str, confidence: float) -> dict[str, Any]:
-        return {"category": {"label": "Shoes", "confidence": 0.9},
-                "attributes": [{"name": "brand", "value": value, "start": 0, "end": 4, "confidence": confidence}]}
+        brand = {"name": "brand", "value": value, "start": 0, "end": 4, "confidence": confidence}
+        return {"category": {"label": "Shoes", "confidence": 0.9}, "attributes": [brand]}
 
     ours = {"a": event("Nike", 0.5), "b": event("Nike", 0.5), "c": event("Nike", 0.5)}
     theirs = {"a": event("Nike", 0.5002), "b": event("Puma", 0.5)}  # "c" lost: not a mismatch
