@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from devtools.reliability.ledger import Tally
 from devtools.reliability.run import ScenarioResult, Services
 from devtools.reliability.scenarios import run_scenario
 from devtools.reliability.soak import FD_SLACK, RSS_JUDGED_FROM_S, judge
-from devtools.reliability.soak_series import Sample, SoakEvent
+from devtools.reliability.soak_series import CpuSplit, Sample, SoakEvent, cpu_by_quarter
 from tests.test_chaos import QUICK, assert_nothing_lost, explain, services  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.services
@@ -72,3 +74,16 @@ def test_the_soak_checks_fail_growing_rss_fds_and_lag() -> None:
     assert [p.split(" by")[0] for p in _judged(0, 0.2, 100)] == ["open fds grew"]  # +24 in 120 s
     assert _judged(0, 0, 900) == ["steady lag 900 in the last quarter (> 500)"]
     assert _judged(0.3, 0, 100, seconds=60) == []  # too short to judge RSS (warm-up): reported only
+
+
+def test_the_cpu_split_names_what_each_process_used_between_samples() -> None:
+    split = CpuSplit(lambda: {"self": os.getpid(), "gone": None})
+    assert "self" not in split.sample()  # the first call only sets the baseline
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # busy: this process uses one core meanwhile
+        pass
+    cores = split.sample()
+    assert 0.2 < cores["self"] <= 1.2 and "gone" not in cores
+    assert cores["machine"] >= cores["self"] - 0.05 and cores["other"] >= 0
+    quarters = cpu_by_quarter([Sample(at, 1, 1, 0, {"self": at}) for at in (0.5, 1.5, 2.5, 3.5)], 0, 4)
+    assert [q["self"] for q in quarters] == [0.5, 1.5, 2.5, 3.5]

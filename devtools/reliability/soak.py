@@ -18,6 +18,7 @@ spread over it; the worker's RSS, open fds and lag must stay flat and nothing ma
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +28,17 @@ from typing import TYPE_CHECKING
 from devtools.harness.listings import valid_listings
 from devtools.reliability.network_scenarios import MetricsSampler
 from devtools.reliability.run import INPUT_PARTITIONS, Run, ScenarioResult, Services
-from devtools.reliability.soak_series import Sample, SoakEvent, UsageSampler, calm_from, growth, plot, steady
+from devtools.reliability.soak_series import (
+    CpuSplit,
+    Sample,
+    SoakEvent,
+    UsageSampler,
+    calm_from,
+    cpu_by_quarter,
+    growth,
+    plot,
+    steady,
+)
 from devtools.services.ports import LOOPBACK, free_port
 
 if TYPE_CHECKING:  # scenarios.py registers this scenario: it imports this module
@@ -137,8 +148,9 @@ def soak(services: Services, options: ChaosOptions) -> ScenarioResult:
     window = run.window
     since_commit = rate * (window.commit_interval_ms / 1000 + NEAR_ZERO_S)
     near_zero = window.max_pending + max(NEAR_ZERO_FLOOR, since_commit)
+    cpu = CpuSplit(lambda: _pids(run, services), alone=frozenset({"harness"}))
     sampler = UsageSampler(run.worker, services.kafka.bootstrap_servers, run.worker.env["ENRICH_GROUP_ID"],
-                           run.input_topic, INPUT_PARTITIONS, interval_s)  # fmt: skip
+                           run.input_topic, INPUT_PARTITIONS, interval_s, cpu)  # fmt: skip
     gauge = MetricsSampler(port, interval_s, names=("enrich_consumer_lag",))
     watch = _Watch(run, sampler, near_zero, hold_s=max(NEAR_ZERO_HOLD_S, 2 * interval_s))
     try:
@@ -163,6 +175,7 @@ def soak(services: Services, options: ChaosOptions) -> ScenarioResult:
         "events": [asdict(e) for e in watch.events],
     }))  # fmt: skip
     produced = [t for t in result.output_times if t0 <= t <= t_end]
+    result.details["cpu_cores_q1_to_q4"] = cpu_by_quarter(sampler.samples, t0, t_end)
     result.details.update({
         "capacity_per_s": round(capacity), "capacity_backlog": options.size,
         "titles": "unique" if options.unique_titles else "repeating", "rate_per_s": round(rate),
@@ -171,6 +184,15 @@ def soak(services: Services, options: ChaosOptions) -> ScenarioResult:
         "series": str(series),
     })  # fmt: skip
     return result
+
+
+def _pids(run: Run, services: Services) -> dict[str, int | None]:
+    redis = services.redis.process
+    pids: dict[str, int | None] = {"worker": run.worker.pid, "harness": os.getpid(),
+                                   "redis": redis.pid if redis is not None else None}  # fmt: skip
+    for node_id, node in services.kafka.nodes.items():
+        pids[f"kafka-{node_id}"] = node.process.pid if node.process is not None else None
+    return pids
 
 
 def _traffic(watch: _Watch, services: Services, options: ChaosOptions, rate: float

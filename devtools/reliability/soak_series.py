@@ -4,8 +4,10 @@
 descriptors (psutil, whichever incarnation runs now) and the group's committed lag read from the broker
 (high watermark minus committed offset, summed over the input partitions; it counts what is consumed but
 not yet committed too, and goes on counting while the worker is down, where the worker's own
-`enrich_consumer_lag` gauge is silent). `SoakEvent` is the worker's start or one fault, with the moments
-the soak loop saw it end, the output come back and the lag come back to near 0.
+`enrich_consumer_lag` gauge is silent) and, with `CpuSplit`, the CPU each process used since the last
+sample (worker, the harness itself, redis-server, Kafka, everything else on the machine): on 2 shared
+cores, a worker that falls behind may only be starved. `SoakEvent` is the worker's start or one fault,
+with the moments the soak loop saw it end, the output come back and the lag come back to near 0.
 
 Flat: the samples outside every event's window, in order, cut into quarters; the median of the last
 quarter against the median of the second (the first holds the warm-up of the allocator and of the
@@ -18,14 +20,25 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from devtools.harness.worker_process import WorkerProcess, process_usage
 
-__all__ = ["Sample", "SoakEvent", "UsageSampler", "calm_from", "growth", "plot", "steady"]
+__all__ = [
+    "CpuSplit",
+    "Sample",
+    "SoakEvent",
+    "UsageSampler",
+    "calm_from",
+    "cpu_by_quarter",
+    "growth",
+    "plot",
+    "steady",
+]
 
 MIN_PER_QUARTER = 3  # fewer samples than this in a quarter: the growth is not judged (and the run fails)
 
@@ -36,6 +49,50 @@ class Sample:
     rss_bytes: int | None  # None: no worker running at that moment (between a kill and the restart)
     fds: int | None
     lag: int | None  # committed lag over every input partition; None: the broker did not answer
+    cpu: dict[str, float] = field(default_factory=dict)  # cores used since the last sample, per process
+
+
+class CpuSplit:
+    """Cores each named process (with its children) used between two calls, and the rest of the machine.
+
+    `pids()` names the processes now; a restarted worker has a new pid, so its first interval is skipped.
+    The names in `alone` are counted without their children (the harness started the others)."""
+
+    def __init__(self, pids: Callable[[], dict[str, int | None]], alone: frozenset[str] = frozenset()
+                 ) -> None:  # fmt: skip
+        self._pids, self._alone = pids, alone
+        self._last: dict[str, tuple[int, float, float]] = {}  # name -> (pid, at, cpu seconds)
+        self._last_machine: tuple[float, float] | None = None  # (busy cpu seconds, at)
+
+    def sample(self) -> dict[str, float]:
+        now = time.monotonic()
+        cores: dict[str, float] = {}
+        for name, pid in self._pids().items():
+            used = _cpu_s(pid, children=name not in self._alone) if pid is not None else None
+            if pid is None or used is None:
+                self._last.pop(name, None)
+                continue
+            last = self._last.get(name)
+            if last is not None and last[0] == pid and now > last[1]:
+                cores[name] = round((used - last[2]) / (now - last[1]), 3)
+            self._last[name] = (pid, now, used)
+        times = psutil.cpu_times()
+        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        if self._last_machine is not None and now > self._last_machine[1]:
+            total = (busy - self._last_machine[0]) / (now - self._last_machine[1])
+            cores["machine"] = round(total, 3)
+            cores["other"] = round(max(0.0, total - sum(v for k, v in cores.items() if k != "machine")), 3)
+        self._last_machine = (busy, now)
+        return cores
+
+
+def _cpu_s(pid: int, *, children: bool) -> float | None:
+    try:
+        process = psutil.Process(pid)
+        tree = [process, *(process.children(recursive=True) if children else ())]
+        return sum(t.user + t.system for t in (p.cpu_times() for p in tree))
+    except psutil.Error:
+        return None
 
 
 @dataclass
@@ -61,8 +118,9 @@ class UsageSampler:
     """Samples the worker's RSS and fds and the group's committed lag every `interval_s` (a thread)."""
 
     def __init__(self, worker: WorkerProcess, bootstrap: str, group: str, topic: str, partitions: int,
-                 interval_s: float) -> None:  # fmt: skip
+                 interval_s: float, cpu: CpuSplit | None = None) -> None:  # fmt: skip
         self.worker = worker
+        self._cpu = cpu
         self.samples: list[Sample] = []
         self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
         # The worker's group id, to read its commits; never subscribes, so never a member of the group.
@@ -78,7 +136,8 @@ class UsageSampler:
             pid = self.worker.pid
             usage = process_usage(pid) if pid is not None else None
             rss, fds = usage if usage is not None else (None, None)
-            self.samples.append(Sample(time.time(), rss, fds, self.committed_lag()))
+            cpu = self._cpu.sample() if self._cpu is not None else {}
+            self.samples.append(Sample(time.time(), rss, fds, self.committed_lag(), cpu))
 
     def committed_lag(self) -> int | None:
         """High watermark minus the group's committed offset, summed (nothing committed: the whole log)."""
@@ -187,3 +246,14 @@ def plot(path: Path, samples: Sequence[Sample], worker_lag: Sequence[tuple[float
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def cpu_by_quarter(samples: Sequence[Sample], start: float, end: float) -> list[dict[str, float]]:
+    """Mean cores per process in each quarter of [start, end] (every sample, faults included)."""
+    quarters: list[dict[str, float]] = []
+    span = (end - start) / 4
+    for q in range(4):
+        inside = [s.cpu for s in samples if start + q * span <= s.at < start + (q + 1) * span and s.cpu]
+        names = sorted({name for cpu in inside for name in cpu})
+        quarters.append({n: round(statistics.fmean(c[n] for c in inside if n in c), 2) for n in names})
+    return quarters
