@@ -92,9 +92,9 @@ def attribute_event(
     worker_id: str,
     processed_at: str | None = None,
 ) -> bytes:
-    """A listing-attributes v1 event; `model`: {"name", "version"}; the category object and the attribute
-    list come already serialised (`workers.contract.results.ListingResult`) and are embedded as they are;
-    `latency_ms` is written as given (callers round it)."""
+    """A listing-attributes v1 event; `model`: {"name", "version", "digest"}; the category object and the
+    attribute list come already serialised (`workers.contract.results.ListingResult`) and are embedded as
+    they are; `latency_ms` is written as given (callers round it)."""
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,

@@ -300,6 +300,13 @@ class StreamWorker:
         lost = self._commits.lost(partitions)
         self._source.wait_in_callback(asyncio.run_coroutine_threadsafe(lost, self._loop))
 
+    async def abandon(self) -> None:
+        """Close the clients of a worker that never ran (its start-up check refused the model)."""
+        await self._source.close()
+        self._producer.close()
+        await self.enricher.close()
+        await self.cache.close()
+
     async def _shutdown(self, *, failed: bool) -> None:
         self._running = False
         self._stopped = True
