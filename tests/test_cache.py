@@ -245,9 +245,11 @@ def test_on_a_cluster_one_lookup_reads_every_node_in_bucketed_keys(redis_cluster
     per_node = []
     for node in redis_cluster.nodes:
         client = node.client()
-        keys = [k.decode() for k in client.scan_iter(match="enrich:spread:*", count=1000)]
+        model_part = digest("spread")[7:39]
+        keys = [k.decode() for k in client.scan_iter(match=f"enrich:{model_part}:*", count=1000)]
         client.close()
-        assert all(re.fullmatch(r"enrich:spread:r2:\{\d+\.\d+\}:[0-9a-f]{32}", k) for k in keys), keys[:3]
+        pattern = rf"enrich:{model_part}:r2:\{{\d+\.\d+\}}:[0-9a-f]{{32}}"
+        assert all(re.fullmatch(pattern, k) for k in keys), keys[:3]
         per_node.append(len(keys))
     assert sum(per_node) == 300 and min(per_node) > 0, per_node
 

@@ -278,12 +278,9 @@ def check_triton_model_config(config: dict[str, Any], *, batch_size: int, max_se
 
 
 def check_triton_digest(config: dict[str, Any], version: str, expected: str, url: str) -> None:
-    """ModelMismatch unless the served model's `config.pbtxt` records ``expected`` for ``version``.
-
-    `enrich export` writes `model_digest_v<N>` for every version directory and `model_digest` for the
-    newest, the one Triton's default version policy serves (``version`` ""). A repository filled before
-    digests has neither: that is logged and accepted, so old deployments keep running.
-    """
+    """ModelMismatch unless the served `config.pbtxt` records ``expected`` for ``version`` ("" = the newest,
+    `model_digest`; N: `model_digest_v<N>`, see docs/lifecycle.md). None recorded (a repository from
+    before digests): logged and accepted, so old deployments keep running."""
     parameters = config.get("parameters", {})
     key = f"model_digest_v{version}" if version else "model_digest"
     served = parameters.get(key, {}).get("string_value")
