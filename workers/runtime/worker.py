@@ -201,7 +201,7 @@ class StreamWorker:
             try:
                 valid.append(WorkItem(source, validate(value, source.key), now, epoch=epoch))
             except ValidationFailed as exc:
-                await self._dead_letters.write(source, value, exc, epoch)
+                await self._dead_letters.write(source, value, exc, epoch, msg.headers())
         self.metrics.events_in.inc(consumed)
         if valid:
             await self._lookup_slots.acquire()
