@@ -8,7 +8,7 @@ import pytest
 
 from devtools.fixtures import DEFAULT_FIXTURE_PATH
 
-__all__ = ["FIXTURE_OFFERS", "tiny_model_dir", "tiny_triton_repo"]
+__all__ = ["FIXTURE_OFFERS", "other_tiny_model_dir", "tiny_model_dir", "tiny_triton_repo"]
 
 FIXTURE_OFFERS = DEFAULT_FIXTURE_PATH
 
@@ -20,6 +20,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.build import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), FIXTURE_OFFERS)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny model (another seed) with the same name and version as `tiny_model_dir` ("tiny", "v1"):
+    only the digest tells the two apart."""
+    from training.build import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("other-tiny-model"), FIXTURE_OFFERS, seed=29)
 
 
 @pytest.fixture(scope="session")

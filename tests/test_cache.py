@@ -4,6 +4,7 @@ Redis Cluster (keys of one call in many hash slots), outages included; one worke
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import socket
 from typing import Any
@@ -27,6 +28,11 @@ def _counts(metrics: WorkerMetrics) -> tuple[float, float, float]:
     )
 
 
+def digest(name: str) -> str:
+    """A model digest for a test model called `name`."""
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -34,16 +40,20 @@ def _free_port() -> int:
 
 
 def test_the_key_is_the_exact_title() -> None:
-    cache = ResultCache(None, "v1", ttl_s=60)
+    cache = ResultCache(None, digest("v1"), ttl_s=60)
     # Offsets are cached with the result, so any difference in the characters is another key.
     assert cache.key_for("Lavazza Dark Roast") == cache.key_for("Lavazza Dark Roast")
     assert cache.key_for("Lavazza Dark Roast") != cache.key_for("LAVAZZA DARK ROAST")
     assert cache.key_for("a b") != cache.key_for("a  b")
-    assert re.fullmatch(r"enrich:v1:r2:[0-9a-f]{32}", cache.key_for("x"))
+    model_part = digest("v1")[7:39]
+    assert re.fullmatch(rf"enrich:{model_part}:r2:[0-9a-f]{{32}}", cache.key_for("x"))
 
 
-def test_model_version_is_part_of_the_key() -> None:
-    assert ResultCache(None, "v1", 60).key_for("mug") != ResultCache(None, "v2", 60).key_for("mug")
+def test_the_model_digest_is_part_of_the_key_and_a_version_string_is_refused() -> None:
+    first, second = ResultCache(None, digest("a"), 60), ResultCache(None, digest("b"), 60)
+    assert first.key_for("mug") != second.key_for("mug")
+    with pytest.raises(ValueError, match="not a model digest"):
+        ResultCache(None, "v1", 60)
 
 
 def test_unique_keys_maps_every_position_back() -> None:
@@ -56,7 +66,7 @@ def test_unique_keys_maps_every_position_back() -> None:
 
 def test_disabled_cache_misses_without_counting() -> None:
     metrics = WorkerMetrics()
-    cache = ResultCache(None, "v1", 60, metrics)
+    cache = ResultCache(None, digest("v1"), 60, metrics)
     assert asyncio.run(cache.get_many(["k1", "k2"])) == [None, None]
     asyncio.run(cache.put_many([("k1", b"x")]))
     assert _counts(metrics) == (0, 0, 0)
@@ -77,7 +87,7 @@ def test_after_a_failure_redis_is_left_alone_for_retry_after_s() -> None:
     now = [0.0]
     client = _DownClient()
     metrics = WorkerMetrics()
-    cache = ResultCache(client, "v1", 60, metrics, retry_after_s=5.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    cache = ResultCache(client, digest("v1"), 60, metrics, retry_after_s=5.0, clock=lambda: now[0])  # type: ignore[arg-type]
 
     async def scenario() -> None:
         assert await cache.get_many(["k"]) == [None]
@@ -97,7 +107,7 @@ def test_unreachable_redis_gives_misses_and_counts_errors() -> None:
 
     async def scenario() -> None:
         client = make_redis_client(f"redis://127.0.0.1:{_free_port()}/0")
-        cache = ResultCache(client, "v1", 60, metrics, retry_after_s=0.0)
+        cache = ResultCache(client, digest("v1"), 60, metrics, retry_after_s=0.0)
         try:
             assert await cache.get_many(["a", "b"]) == [None, None]
             await cache.put_many([("a", b"1")])
@@ -114,7 +124,7 @@ def test_round_trip_with_ttl(any_redis: tuple[str, bool]) -> None:
 
     async def scenario() -> None:
         client = make_redis_client(any_redis[0], cluster=any_redis[1])
-        cache = ResultCache(client, "roundtrip", 120, metrics)
+        cache = ResultCache(client, digest("roundtrip"), 120, metrics)
         keys = [cache.key_for(t) for t in ("red mug", "blue mug", "green mug")]
         try:
             await cache.put_many([(keys[0], b'{"a":1}'), (keys[1], b'{"b":2}')])
@@ -134,7 +144,7 @@ def test_lookup_finds_results_by_exact_title_one_key_per_distinct_title(any_redi
 
     async def scenario() -> list[ListingResult | None]:
         client = make_redis_client(any_redis[0], cluster=any_redis[1])
-        cache = ResultCache(client, "lookup", 120, metrics)
+        cache = ResultCache(client, digest("lookup"), 120, metrics)
         try:
             await cache.store([("Lavazza Crema", result), ("Lavazza Crema", result)])
             await client.set(cache.key_for("Lavazza Oro"), b"garbage")
@@ -152,7 +162,7 @@ def test_redis_outage_degrades_to_misses_and_recovers(redis_server: Any) -> None
 
     async def scenario() -> None:
         client = make_redis_client(redis_server.url)
-        cache = ResultCache(client, "outage", 120, metrics, retry_after_s=0.0)
+        cache = ResultCache(client, digest("outage"), 120, metrics, retry_after_s=0.0)
         key = cache.key_for("espresso beans 1kg")
         try:
             await cache.put_many([(key, b"cached")])
@@ -180,9 +190,9 @@ def test_redis_outage_degrades_to_misses_and_recovers(redis_server: Any) -> None
 @pytest.mark.services
 def test_make_result_cache_follows_the_config(any_redis: tuple[str, bool]) -> None:
     async def scenario() -> None:
-        assert not make_result_cache(CacheConfig(redis_url=""), "v1").enabled
+        assert not make_result_cache(CacheConfig(redis_url=""), digest("v1")).enabled
         config = CacheConfig(redis_url=any_redis[0], redis_cluster=any_redis[1], ttl_s=30)
-        cache = make_result_cache(config, "v1")
+        cache = make_result_cache(config, digest("v1"))
         assert cache.enabled
         try:
             await cache.put_many([("enrich:v1:factory", b"ok")])
@@ -223,7 +233,7 @@ def test_on_a_cluster_one_lookup_reads_every_node_in_bucketed_keys(redis_cluster
 
     async def scenario() -> list[ListingResult | None]:
         config = CacheConfig(redis_url=redis_cluster.url, redis_cluster=True)
-        cache = make_result_cache(config, "spread", metrics)
+        cache = make_result_cache(config, digest("spread"), metrics)
         try:
             await cache.store([(title, result) for title in titles])
             return await cache.lookup([*titles, "never stored"])
@@ -235,9 +245,11 @@ def test_on_a_cluster_one_lookup_reads_every_node_in_bucketed_keys(redis_cluster
     per_node = []
     for node in redis_cluster.nodes:
         client = node.client()
-        keys = [k.decode() for k in client.scan_iter(match="enrich:spread:*", count=1000)]
+        model_part = digest("spread")[7:39]
+        keys = [k.decode() for k in client.scan_iter(match=f"enrich:{model_part}:*", count=1000)]
         client.close()
-        assert all(re.fullmatch(r"enrich:spread:r2:\{\d+\.\d+\}:[0-9a-f]{32}", k) for k in keys), keys[:3]
+        pattern = rf"enrich:{model_part}:r2:\{{\d+\.\d+\}}:[0-9a-f]{{32}}"
+        assert all(re.fullmatch(pattern, k) for k in keys), keys[:3]
         per_node.append(len(keys))
     assert sum(per_node) == 300 and min(per_node) > 0, per_node
 
@@ -250,7 +262,7 @@ def test_a_cluster_node_down_gives_misses_and_local_guarding_then_both_recover(r
 
     async def scenario() -> None:
         client = make_redis_client(redis_cluster.url, cluster=True)
-        cache = ResultCache(client, "node-down", 120, metrics, retry_after_s=0.0)
+        cache = ResultCache(client, digest("node-down"), 120, metrics, retry_after_s=0.0)
         guard = StaleUpdateGuard(store=client, namespace="test-node-down", metrics=metrics)
         try:
             await cache.store([(title, result) for title in titles])

@@ -46,6 +46,7 @@ def test_metrics_endpoint_serves_every_metric(endpoint: tuple[WorkerMetrics, Met
     metrics.in_flight_batches.set(2)
     metrics.consumer_lag.labels(topic="listings.new", partition="0").set(17)
     metrics.backend_failures.inc()
+    metrics.model_info.labels(name="m", version="v1", digest="sha256:ab").set(1)
     CircuitBreaker(1, 60.0, on_state_change=metrics.set_circuit_state).record_failure()
 
     status, body = _get(server.url + "/metrics")
@@ -63,6 +64,7 @@ def test_metrics_endpoint_serves_every_metric(endpoint: tuple[WorkerMetrics, Met
         'enrich_consumer_lag{partition="0",topic="listings.new"} 17.0',
         "enrich_backend_failures_total 1.0",
         "enrich_circuit_state 2.0",
+        'enrich_model_info{digest="sha256:ab",name="m",version="v1"} 1.0',
     ):
         assert line in body.splitlines(), line
 

@@ -33,7 +33,7 @@ def test_model_directory_follows_the_contract(tiny_model_dir: Path) -> None:
         assert (tiny_model_dir / name).is_file(), name
     Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     info = json.loads((tiny_model_dir / "model_info.json").read_text())
-    assert set(info) >= {"name", "version", "max_length", "seq_buckets", "base_model", "created_at"}
+    assert set(info) >= {"name", "version", "digest", "max_length", "seq_buckets", "base_model", "created_at"}
     assert info["version"] == tiny_model_dir.name and info["max_length"] <= max(info["seq_buckets"])
     labels = ModelLabels.from_file(tiny_model_dir / "labels.json")
     assert len(labels.categories) == 6 and labels.tags[0] == "O"

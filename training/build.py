@@ -7,7 +7,7 @@ from pathlib import Path
 
 from training.config import TrainConfig
 
-__all__ = ["build_tiny_model", "ensure_model", "find_exported_model", "preset_config"]
+__all__ = ["build_tiny_model", "ensure_model", "find_exported_model", "next_version", "preset_config"]
 
 
 def preset_config(base: str, data_path: Path, output_root: Path, name: str, version: str) -> TrainConfig:
@@ -43,6 +43,13 @@ def find_exported_model(model_root: Path, name: str) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
+def next_version(model_root: Path, name: str) -> str:
+    """``v<N+1>`` for the highest ``v<N>`` under ``model_root/name`` (v1 for the first). A name for people;
+    the model's identity is its digest (`model_info.json` "digest", written by export)."""
+    numbers = [int(p.name[1:]) for p in Path(model_root).glob(f"{name}/v*") if p.name[1:].isdigit()]
+    return f"v{max(numbers, default=0) + 1}"
+
+
 def ensure_model(model_root: Path, data_path: Path, base: str) -> Path:
     """An exported model directory for ``base`` ('tiny', 'minilm' or a path): reused if present, else
     trained on ``data_path`` and exported (the Triton repository is left to the caller)."""
@@ -53,16 +60,18 @@ def ensure_model(model_root: Path, data_path: Path, base: str) -> Path:
     existing = find_exported_model(model_root, name)
     if existing is not None:
         return existing
-    model_dir = train(preset_config(base, data_path, model_root, name, version="v1"))
+    model_dir = train(preset_config(base, data_path, model_root, name, next_version(model_root, name)))
     export_model(model_dir, cpu_repo=None)
     return model_dir
 
 
-def build_tiny_model(out_dir: Path, data: Path) -> Path:
-    """Train the tiny BERT on ``data`` (seconds) and export it to ONNX; returns ``out_dir/tiny/v1``."""
+def build_tiny_model(out_dir: Path, data: Path, seed: int | None = None) -> Path:
+    """Train the tiny BERT on ``data`` (seconds) and export it to ONNX; returns ``out_dir/tiny/v<N>``, the
+    next free version (``seed`` makes another model from the same data)."""
     from training.export import export_model
     from training.train import train
 
-    model_dir = train(preset_config("tiny", data, Path(out_dir), "tiny", "v1"))
+    config = preset_config("tiny", data, Path(out_dir), "tiny", next_version(Path(out_dir), "tiny"))
+    model_dir = train(config if seed is None else config.replace(seed=seed))
     export_model(model_dir, cpu_repo=None)
     return model_dir

@@ -16,8 +16,17 @@ import torch
 
 from training.model import ProbabilityOutputs, load_model
 from workers.model.encode import TitleEncoder
+from workers.model.identity import compute_digest
 
-__all__ = ["DEFAULT_TRITON_CPU_REPO", "export_model", "export_onnx", "fill_triton_repo", "parity_check"]
+__all__ = [
+    "DEFAULT_TRITON_CPU_REPO",
+    "export_model",
+    "export_onnx",
+    "fill_triton_repo",
+    "parity_check",
+    "record_digest",
+    "write_digest_parameters",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRITON_CPU_REPO = REPO_ROOT / "triton_repo" / "cpu"
@@ -78,16 +87,70 @@ def parity_check(model_dir: Path, onnx_path: Path) -> float:
     return worst
 
 
+def _version_dirs(model_root: Path) -> dict[int, Path]:
+    return {int(p.name): p for p in model_root.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def _recorded_digest(version_dir: Path) -> str | None:
+    info_path = version_dir / "model_info.json"
+    if not (version_dir / "model.onnx").is_file() or not info_path.is_file():
+        return None
+    return json.loads(info_path.read_text()).get("digest")
+
+
+def write_digest_parameters(model_root: Path) -> dict[int, str]:
+    """Rewrite the `model_digest*` parameters of ``model_root/config.pbtxt`` from its version directories:
+    `model_digest_v<N>` per exported version, `model_digest` for the newest (the one Triton's default
+    version policy, latest 1, serves). Workers read them with `get_model_config` (workers/backends.py)."""
+    digests = {n: d for n, path in sorted(_version_dirs(model_root).items()) if (d := _recorded_digest(path))}
+    config_path = model_root / "config.pbtxt"
+    kept = [line for line in config_path.read_text().splitlines() if '"model_digest' not in line]
+    entries = [(f"model_digest_v{n}", digest) for n, digest in digests.items()]
+    if digests:
+        entries.append(("model_digest", digests[max(digests)]))
+    lines = [f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in entries]
+    config_path.write_text("\n".join([*kept, *lines]) + "\n")
+    return digests
+
+
 def fill_triton_repo(model_dir: Path, cpu_repo: Path = DEFAULT_TRITON_CPU_REPO) -> Path:
-    """Copy the served files into ``<cpu_repo>/attribute_extractor/1/`` (next to the backend's model.py)."""
-    version_dir = cpu_repo / CPU_MODEL_NAME / "1"
-    if not (version_dir / "model.py").is_file():
-        raise FileNotFoundError(
-            f"{version_dir}/model.py missing: {cpu_repo} is not a copy of triton_repo/cpu"
-        )
-    for name in SERVED_FILES:
-        shutil.copyfile(model_dir / name, version_dir / name)
+    """Copy the served files into a NEW numbered version directory ``<cpu_repo>/attribute_extractor/<N>/``
+    (with the backend's model.py from version 1) and record the digests in config.pbtxt; returns it.
+
+    N is the next free number; the template's empty ``1/`` (model.py only) is filled first. Exporting the
+    model that is already the newest version again reuses that version (same digest: same model). An
+    export never overwrites a version a worker may be calling.
+    """
+    model_root = cpu_repo / CPU_MODEL_NAME
+    template = model_root / "1" / "model.py"
+    if not template.is_file():
+        raise FileNotFoundError(f"{template} missing: {cpu_repo} is not a copy of triton_repo/cpu")
+    # A model directory exported before digests gets its digest now (the version copies model_info.json).
+    digest = json.loads((model_dir / "model_info.json").read_text()).get("digest") or record_digest(model_dir)
+    versions = _version_dirs(model_root)
+    filled = {n: path for n, path in versions.items() if (path / "model.onnx").is_file()}
+    if filled and _recorded_digest(filled[max(filled)]) == digest:
+        version_dir = filled[max(filled)]
+    else:
+        version_dir = model_root / str(max(versions) + 1 if filled else 1)
+        version_dir.mkdir(exist_ok=True)
+        if version_dir != template.parent:
+            shutil.copyfile(template, version_dir / "model.py")
+        # model.onnx last: a version directory counts as exported only once its graph is there.
+        for name in sorted(SERVED_FILES, key=lambda n: n == "model.onnx"):
+            shutil.copyfile(model_dir / name, version_dir / name)
+    write_digest_parameters(model_root)
     return version_dir
+
+
+def record_digest(model_dir: Path) -> str:
+    """Compute the model's digest (workers.model.identity) and write it into model_info.json."""
+    digest = compute_digest(model_dir)
+    info_path = model_dir / "model_info.json"
+    info = json.loads(info_path.read_text())
+    info["digest"] = digest
+    info_path.write_text(json.dumps(info, indent=2))
+    return digest
 
 
 def export_model(
@@ -106,6 +169,7 @@ def export_model(
     }
     if difference > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX parity check failed: max abs diff {difference:.3g} > {PARITY_TOLERANCE}")
+    report["digest"] = record_digest(model_dir)
     if cpu_repo is not None:
         report["triton_cpu_model"] = str(fill_triton_repo(model_dir, Path(cpu_repo)))
     report["gpu_plan_command"] = f"triton_repo/gpu/build_plan.sh {onnx_path}  # on the GPU host (untested)"

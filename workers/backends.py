@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from workers.contract.errors import BackendUnavailable, EnrichError, InferenceFailed, ModelMismatch
+from workers.model.identity import short_digest
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -34,6 +35,7 @@ __all__ = [
     "ModelOutputs",
     "OnnxRuntimeBackend",
     "TritonBackend",
+    "check_triton_digest",
     "check_triton_model_config",
     "make_backend",
 ]
@@ -75,9 +77,12 @@ class InferenceBackend(Protocol):
 
     async def is_ready(self) -> bool: ...
 
-    async def check_model(self, *, batch_size: int, max_seq_len: int | None = None) -> None:
-        """Start-up check that the served model is there and fits the worker's batches; raises
-        BackendUnavailable (wait and retry) or ModelMismatch (a configuration error)."""
+    async def check_model(
+        self, *, batch_size: int, max_seq_len: int | None = None, expected_digest: str | None = None
+    ) -> None:
+        """Start-up check that the served model is there, is the model `expected_digest` names, and fits
+        the worker's batches; raises BackendUnavailable (wait and retry) or ModelMismatch (a configuration
+        error)."""
         ...
 
     async def close(self) -> None: ...
@@ -186,8 +191,11 @@ class TritonBackend:
             log.debug("triton not ready: %r", exc)
             return False
 
-    async def check_model(self, *, batch_size: int, max_seq_len: int | None = None) -> None:
-        """Start-up check: server live, model ready, and the model config fits the worker's batches.
+    async def check_model(
+        self, *, batch_size: int, max_seq_len: int | None = None, expected_digest: str | None = None
+    ) -> None:
+        """Start-up check: server live, model ready, its digest the expected one, and the model config fits
+        the worker's batches.
 
         Raises :class:`BackendUnavailable` when the server or model is not up, and
         :class:`ModelMismatch` with a fix in the message when the config doesn't fit.
@@ -207,7 +215,10 @@ class TritonBackend:
                 self.model_name, self.model_version, as_json=True, client_timeout=self.timeout_s
             ),
         )
-        check_triton_model_config(response["config"], batch_size=batch_size, max_seq_len=max_seq_len)
+        config = response["config"]
+        check_triton_model_config(config, batch_size=batch_size, max_seq_len=max_seq_len)
+        if expected_digest is not None:
+            check_triton_digest(config, self.model_version, expected_digest, self.url)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -264,6 +275,28 @@ def check_triton_model_config(config: dict[str, Any], *, batch_size: int, max_se
                 f"Triton model {name!r} input {input_name!r} takes sequences of {dims[-1]} tokens but the "
                 f"worker pads up to {max_seq_len}: align the seq buckets with the model config"
             )
+
+
+def check_triton_digest(config: dict[str, Any], version: str, expected: str, url: str) -> None:
+    """ModelMismatch unless the served `config.pbtxt` records ``expected`` for ``version`` ("" = the newest,
+    `model_digest`; N: `model_digest_v<N>`, see docs/lifecycle.md). None recorded (a repository from
+    before digests): logged and accepted, so old deployments keep running."""
+    parameters = config.get("parameters", {})
+    key = f"model_digest_v{version}" if version else "model_digest"
+    served = parameters.get(key, {}).get("string_value")
+    name = config.get("name", "?")
+    if served is None:
+        log.warning("Triton model %r at %s records no %s: cannot check it is the worker's model %s",
+                    name, url, key, short_digest(expected))
+        return
+    if served != expected:
+        which = f"version {version}" if version else "the version it serves"
+        raise ModelMismatch(
+            f"Triton model {name!r} at {url} ({which}) is {short_digest(served)} but the worker's model "
+            f"directory is {short_digest(expected)}: the worker would emit another model's results under "
+            "its own identity. Point ENRICH_MODEL_DIR at the directory exported with the served version, or "
+            "export this model into the Triton repository (`enrich export`) and let Triton load it"
+        )
 
 
 class OnnxRuntimeBackend:
@@ -326,8 +359,11 @@ class OnnxRuntimeBackend:
     async def is_ready(self) -> bool:
         return self._session is not None
 
-    async def check_model(self, *, batch_size: int, max_seq_len: int | None = None) -> None:
-        """The session loaded the model in `__init__` and takes dynamic shapes: only a closed one fails."""
+    async def check_model(
+        self, *, batch_size: int, max_seq_len: int | None = None, expected_digest: str | None = None
+    ) -> None:
+        """The session loaded the model in `__init__` and takes dynamic shapes: only a closed one fails.
+        The digest was checked against this very model.onnx when the model directory was loaded."""
         if self._session is None:
             raise BackendUnavailable("ONNX Runtime backend is closed")
 

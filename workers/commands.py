@@ -31,6 +31,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tail.add_argument("--json", action="store_true", help="print the raw JSON events")
     tail.set_defaults(func=_tail)
 
+    dlq_parser = subparsers.add_parser("dlq", help="dead-letter operations")
+    dlq = dlq_parser.add_subparsers(dest="dlq", required=True)
+    redrive = dlq.add_parser(
+        "redrive", help="re-publish dead letters to their input topic after a fix (see docs/lifecycle.md)"
+    )
+    add_kafka_target(redrive, "ENRICH_DLQ_TOPIC", "listings.dlq")
+    redrive.add_argument("--reason", default=None, help="only dead letters with this error code")
+    redrive.add_argument("--since", default=None, help="only those failed since: RFC 3339 time or 30m/2h/7d")
+    redrive.add_argument("--dry-run", action="store_true", help="count what would be done; change nothing")
+    redrive.add_argument("--max-attempts", type=int, default=3, help="skip records redriven this often")
+    redrive.add_argument("--group", default=None, help="reader group (default enrich-redrive.<reason|all>)")
+    redrive.add_argument("--to", default=None, help="publish here instead of the record's source topic")
+    redrive.set_defaults(func=_redrive)
+
 
 def add_kafka_target(parser: argparse.ArgumentParser, topic_env: str, default_topic: str) -> None:
     parser.add_argument(
@@ -57,6 +71,25 @@ def _worker(args: argparse.Namespace) -> int:
     except EnrichError as exc:
         print(f"enrich worker: {exc}", file=sys.stderr)
         return 2
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    import orjson
+
+    from workers.contract.errors import EnrichError
+    from workers.redrive import RedriveOptions, parse_since, redrive
+
+    try:
+        options = RedriveOptions(
+            args.kafka_bootstrap, args.topic, args.reason, parse_since(args.since) if args.since else None,
+            args.dry_run, args.max_attempts, args.group, args.to,
+        )  # fmt: skip
+        counts = redrive(options)
+    except EnrichError as exc:
+        print(f"enrich dlq redrive: {exc}", file=sys.stderr)
+        return 2
+    print(("dry run, nothing changed: " if args.dry_run else "") + orjson.dumps(counts.as_dict()).decode())
+    return 0
 
 
 def _tail(args: argparse.Namespace) -> int:

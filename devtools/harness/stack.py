@@ -30,10 +30,18 @@ _Service = TypeVar("_Service", KafkaCluster, RedisServer, TritonServer)
 
 
 def prepare_triton_repo(model_dir: Path, dest: Path, source: Path = TRITON_CPU_REPO) -> Path:
-    """A copy of the Triton CPU repository `source` at `dest`, filled with the model in `model_dir`."""
-    from training.export import fill_triton_repo
+    """A copy of the Triton CPU repository `source` at `dest`, filled with the model in `model_dir`.
 
-    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    Only the template is copied (config.pbtxt, 1/model.py): versions `enrich export` added to `source`
+    stay there, and the model becomes version 1 of a fresh `dest` (or the next version of a reused one).
+    """
+    from training.export import SERVED_FILES, fill_triton_repo
+
+    def template_only(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n in SERVED_FILES or n == "__pycache__"}
+        return skipped | {n for n in names if n.isdigit() and n != "1" and Path(folder, n).is_dir()}
+
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=template_only)
     fill_triton_repo(model_dir, dest)
     return dest
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 __all__ = [
+    "REDRIVE_ATTEMPT_HEADER",
     "SCHEMA_DIR",
     "AttributeLike",
     "Listing",
@@ -26,6 +27,7 @@ __all__ = [
     "dead_letter_key",
     "load_schema",
     "max_payload_bytes",
+    "redrive_attempt",
     "utc_now_iso",
 ]
 
@@ -92,9 +94,9 @@ def attribute_event(
     worker_id: str,
     processed_at: str | None = None,
 ) -> bytes:
-    """A listing-attributes v1 event; `model`: {"name", "version"}; the category object and the attribute
-    list come already serialised (`workers.contract.results.ListingResult`) and are embedded as they are;
-    `latency_ms` is written as given (callers round it)."""
+    """A listing-attributes v1 event; `model`: {"name", "version", "digest"}; the category object and the
+    attribute list come already serialised (`workers.contract.results.ListingResult`) and are embedded as
+    they are; `latency_ms` is written as given (callers round it)."""
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
@@ -130,19 +132,34 @@ def dead_letter_key(key: bytes | None) -> bytes | None:
     return key[:DLQ_KEY_MAX_BYTES] if key is not None and len(key) > DLQ_KEY_MAX_BYTES else key
 
 
+REDRIVE_ATTEMPT_HEADER = "enrich-redrive-attempt"
+
+
+def redrive_attempt(headers: list[tuple[str, bytes | None]] | None) -> int:
+    """How many times `enrich dlq redrive` has re-published this record (its header; 0 without one)."""
+    for name, value in headers or ():
+        if name == REDRIVE_ATTEMPT_HEADER and value is not None:
+            try:
+                return max(int(value.decode("ascii")), 0)
+            except (UnicodeDecodeError, ValueError):
+                return 0
+    return 0
+
+
 def dead_letter_event(
-    source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str
+    source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str, attempt: int = 0
 ) -> bytes:
     """A dead-letter v1 record keeping the original bytes (as text when UTF-8, otherwise base64).
 
     The record must fit in one Kafka message, or the worker could never get past it: payloads keep at
     most DLQ_PAYLOAD_MAX_BYTES (less when JSON escapes blow them up) plus the size and sha256 of the
     whole, keys at most DLQ_KEY_MAX_BYTES. The full original stays on the source topic at
-    `source.partition`/`source.offset`.
+    `source.partition`/`source.offset`. `attempt`: the record's redrive attempt (its header), kept as
+    `redrive_attempt` so that a redriven record that fails again is not redriven forever.
     """
     payload_limit = DLQ_PAYLOAD_MAX_BYTES
     while True:
-        record = _dead_letter_record(source, value, code, message, worker_id, payload_limit)
+        record = _dead_letter_record(source, value, code, message, worker_id, payload_limit, attempt)
         if len(record) <= DLQ_RECORD_MAX_BYTES:
             return record
         # Only escapes (control characters: 6 bytes each) can make it this large; a quarter always fits.
@@ -150,8 +167,9 @@ def dead_letter_event(
 
 
 def _dead_letter_record(
-    source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str, payload_limit: int
-) -> bytes:
+    source: SourceRecord, value: bytes | None, code: str, message: str, worker_id: str, payload_limit: int,
+    attempt: int,
+) -> bytes:  # fmt: skip
     truncated = value is not None and len(value) > payload_limit
     kept = value[:payload_limit] if truncated and value is not None else value
     payload, encoding = _text_or_base64(kept) if kept is not None else (None, "utf-8")
@@ -177,5 +195,6 @@ def _dead_letter_record(
             "error": {"code": code, "message": message[:2048]},
             "worker_id": worker_id,
             "failed_at": utc_now_iso(),
+            "redrive_attempt": attempt,
         }
     )

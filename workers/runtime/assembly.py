@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 
 from workers.backends import make_backend
 from workers.contract.errors import BackendUnavailable, ConfigError
-from workers.model.served import ServedModel
+from workers.model.served import ServedModel, check_output_dims
 from workers.runtime.config import WorkerConfig
 from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
 from workers.runtime.producer import AsyncProducer, make_producer
@@ -59,7 +59,8 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     dead_letters = DeadLetterWriter(
         topic=kafka.dlq_topic, worker_id=config.worker_id, producer=delivery, tracker=tracker, metrics=metrics
     )
-    cache = ResultCache(redis, model.version, config.cache.ttl_s, metrics)
+    metrics.model_info.labels(name=model.name, version=model.version, digest=model.digest).set(1)
+    cache = ResultCache(redis, model.digest, config.cache.ttl_s, metrics)
     batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
     backend = make_backend(config.backend, max_in_flight=batch.max_in_flight, metrics=metrics)
     enricher = BatchEnricher(model, backend, config.flow, metrics)  # infer -> decode
@@ -71,7 +72,8 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     )
     emitter = AttributeEmitter(
         topic=kafka.output_topic, model_name=model.name, model_version=model.version,
-        worker_id=config.worker_id, guard=guard, producer=delivery, tracker=tracker, metrics=metrics,
+        model_digest=model.digest, worker_id=config.worker_id, guard=guard, producer=delivery,
+        tracker=tracker, metrics=metrics,
     )  # fmt: skip
 
     def renew_producer() -> Producer:  # exactly-once, after a fatal producer error (see the policy)
@@ -107,14 +109,25 @@ def check_model_dir(config: WorkerConfig) -> Path:
 
 
 async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s: float = 120.0) -> None:
-    """Start-up check of the served model, by the backend itself (Triton: live, ready, config fits)."""
-    backend = worker.enricher.backend
+    """Start-up check of the served model, by the backend itself (Triton: live, ready, config fits, the
+    digest the model directory's), then one probe inference whose output widths must be the label maps'
+    sizes. A mismatch is a ModelMismatch: `enrich worker` exits 2 with the message, never a crash loop of
+    IndexErrors inside decode."""
+    backend, model = worker.enricher.backend, worker.model
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             await backend.check_model(
-                batch_size=config.batch.max_batch, max_seq_len=worker.model.encoder.seq_buckets[-1]
-            )
+                batch_size=config.batch.max_batch, max_seq_len=model.encoder.seq_buckets[-1],
+                expected_digest=model.digest,
+            )  # fmt: skip
+            input_ids, attention_mask = model.encoder.pad_to_bucket(model.encoder.encode(["probe"]))
+            outputs = await backend.infer(input_ids, attention_mask)
+            check_output_dims(
+                model.labels, outputs.tag_probs.shape[-1], outputs.category_probs.shape[-1],
+                f"the served model ({config.backend.kind})",
+            )  # fmt: skip
+            log.info("serving model %s %s (%s)", model.name, model.version, model.short_digest)
             return
         except BackendUnavailable as exc:
             if time.monotonic() > deadline:
@@ -134,7 +147,11 @@ async def run_worker(
             worker.metrics, config.metrics.port, worker.is_live, worker.is_ready, host=config.metrics.host
         )
     try:
-        await wait_for_backend(worker, config)
+        try:
+            await wait_for_backend(worker, config)
+        except BaseException:
+            await worker.abandon()
+            raise
         # What start-up allocated (model runtime, tokenizer, clients) lives as long as the process: keep it
         # out of the collections the hot path's allocations trigger (measured: ~+10 % events/s on hits).
         gc.freeze()

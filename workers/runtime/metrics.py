@@ -70,6 +70,9 @@ class WorkerMetrics:
         self.backend_failures = Counter(
             "enrich_backend_failures", "Failed inference calls (retried)", registry=r
         )
+        self.model_info = Gauge(  # 1 for the model this worker serves; the digest is its identity
+            "enrich_model_info", "The served model", ["name", "version", "digest"], registry=r
+        )
         self.circuit_state = Gauge(
             "enrich_circuit_state", "Inference circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )

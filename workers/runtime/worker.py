@@ -207,7 +207,7 @@ class StreamWorker:
             try:
                 valid.append(WorkItem(source, validate(value, source.key), now, epoch=epoch))
             except ValidationFailed as exc:
-                await self._dead_letters.write(source, value, exc, epoch)
+                await self._dead_letters.write(source, value, exc, epoch, msg.headers())
         self.metrics.events_in.inc(consumed)
         if valid:
             await self._lookup_slots.acquire()
@@ -305,6 +305,13 @@ class StreamWorker:
             return
         lost = self._commits.lost(partitions)
         self._source.wait_in_callback(asyncio.run_coroutine_threadsafe(lost, self._loop))
+
+    async def abandon(self) -> None:
+        """Close the clients of a worker that never ran (its start-up check refused the model)."""
+        await self._source.close()
+        self._producer.close()
+        await self.enricher.close()
+        await self.cache.close()
 
     async def _shutdown(self, *, failed: bool) -> None:
         self._running = False

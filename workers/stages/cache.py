@@ -1,7 +1,9 @@
 """Result cache in Redis: one MGET per consumed chunk, one pipeline of SET … EX for the new results.
 
-Key = model version + hash of the exact title (the only field the model reads), so a hit's character
-offsets fit the listing that finds it and the hit path needs neither the tokenizer nor the decoder.
+Key = model digest + hash of the exact title (the only field the model reads), so a hit's character
+offsets fit the listing that finds it and the hit path needs neither the tokenizer nor the decoder. The
+digest, not the version string: two models both called `v1` on one Redis would otherwise serve each
+other's results for the whole TTL (see `workers.model.identity`).
 
 The cache is an optimisation only. Any Redis failure turns into cache misses (reads) or a skipped write,
 is counted in ``cache_errors`` and logged, and the batch goes on uncached — the pipeline never sees a Redis
@@ -42,6 +44,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from workers.contract.errors import ConfigError
 from workers.contract.results import ListingResult
+from workers.model.identity import cache_id
 
 if TYPE_CHECKING:
     from workers.runtime.config import CacheConfig
@@ -168,7 +171,7 @@ def check_redis_mode(url: str, *, cluster: bool, timeout_s: float) -> None:
 
 
 class ResultCache:
-    """Cached inference results keyed by model version and the hash of the exact title.
+    """Cached inference results keyed by the model digest and the hash of the exact title.
 
     ``client=None`` disables the cache: every lookup misses (not counted), writes are no-ops.
     """
@@ -176,7 +179,7 @@ class ResultCache:
     def __init__(
         self,
         client: RedisClient | None,
-        model_version: str,
+        model_digest: str,
         ttl_s: int,
         metrics: WorkerMetrics | None = None,
         *,
@@ -185,10 +188,8 @@ class ResultCache:
     ) -> None:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0 seconds, got {ttl_s}")
-        if not model_version or ":" in model_version:
-            raise ValueError(f"model_version must be a non-empty string without ':', got {model_version!r}")
         self._client = client
-        self._prefix = f"enrich:{model_version}:{_VALUE_FORMAT}:"
+        self._prefix = f"enrich:{cache_id(model_digest)}:{_VALUE_FORMAT}:"
         self._cluster = isinstance(client, RedisCluster)
         if self._cluster:
             check_key_prefix(self._prefix)
@@ -289,8 +290,8 @@ class ResultCache:
 
 
 def make_result_cache(
-    config: CacheConfig, model_version: str, metrics: WorkerMetrics | None = None
+    config: CacheConfig, model_digest: str, metrics: WorkerMetrics | None = None
 ) -> ResultCache:
     """The cache ``config`` describes; an empty ``redis_url`` gives a disabled cache (always misses)."""
     client = make_redis_client(config.redis_url, cluster=config.redis_cluster) if config.redis_url else None
-    return ResultCache(client, model_version, config.ttl_s, metrics)
+    return ResultCache(client, model_digest, config.ttl_s, metrics)

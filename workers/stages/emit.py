@@ -33,6 +33,7 @@ class AttributeEmitter:
         topic: str,
         model_name: str,
         model_version: str,
+        model_digest: str,
         worker_id: str,
         guard: StaleUpdateGuard,
         producer: AsyncProducer,
@@ -40,7 +41,7 @@ class AttributeEmitter:
         metrics: WorkerMetrics,
     ) -> None:
         self._topic, self._worker_id = topic, worker_id
-        self._model = {"name": model_name, "version": model_version}
+        self._model = {"name": model_name, "version": model_version, "digest": model_digest}
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
         self._stale = Counter(
