@@ -72,20 +72,36 @@ FINAL_LAG_TIMEOUT_S = 30.0  # after everything is accounted for: a few commit in
 
 def measure_capacity(services: Services, options: ChaosOptions, env: dict[str, str]
                      ) -> tuple[float, ScenarioResult]:  # fmt: skip
-    """Attribute events / s one worker appends while it works off a backlog of `options.size`, over the
-    middle 80 % of its appends (the first consume's ramp-up and the last batches' tail left out)."""
+    """Attribute events / s one worker appends while the harness produces and reads as in the soak.
+
+    Two passes of `options.size // 2` listings. The first works off a backlog produced before the worker
+    starts: the worker's own ceiling, but with the harness idle. The soak itself runs the harness's
+    producer and reader beside the worker on the same cores, so the second pass offers that ceiling as
+    paced traffic: a worker that keeps up appends at the offered rate, one that cannot appends at what it
+    can with the harness busy. The capacity is the second pass's rate."""
+    half = max(options.size // 2, 1)
+    idle, _ = _capacity_pass(services, options, env, half, rate=0, seed=options.seed + 1)
+    capacity, result = _capacity_pass(services, options, env, half, rate=idle, seed=options.seed + 2)
+    result.details["capacity_backlog_per_s"] = round(idle)
+    return min(idle, capacity), result
+
+
+def _capacity_pass(services: Services, options: ChaosOptions, env: dict[str, str], size: int, *,
+                   rate: float, seed: int) -> tuple[float, ScenarioResult]:  # fmt: skip
+    """Appends / s over the middle 80 % of the appends (the ramp-up and the last batches' tail left out);
+    `rate` 0: the whole backlog is in place before the worker starts."""
     run = Run(services, "soak-capacity", worker_env=env)
     try:
-        listings = valid_listings(options.size, prefix="C", seed=options.seed + 1,
-                                  unique_titles=options.unique_titles)  # fmt: skip
-        producer = run.produce(listings, 0)
-        producer.wait(options.timeout_s)  # the whole backlog in place before the worker starts
+        listings = valid_listings(size, prefix="C", seed=seed, unique_titles=options.unique_titles)
+        producer = run.produce(listings, rate)
+        if rate == 0:
+            producer.wait(options.timeout_s)
         run.worker.start()
         result = run.finish(options.timeout_s)
     finally:
         run.close()
     times = sorted(result.output_times)
-    first, last = len(times) // 10, len(times) * 9 // 10  # the middle 80 %: no ramp-up, no tail
+    first, last = len(times) // 10, len(times) * 9 // 10
     if last - first < 2 or times[last] <= times[first]:
         raise RuntimeError(f"capacity pass: {len(times)} attribute events, no rate to measure")
     return (last - first) / (times[last] - times[first]), result
@@ -177,7 +193,8 @@ def soak(services: Services, options: ChaosOptions) -> ScenarioResult:
     produced = [t for t in result.output_times if t0 <= t <= t_end]
     result.details["cpu_cores_q1_to_q4"] = cpu_by_quarter(sampler.samples, t0, t_end)
     result.details.update({
-        "capacity_per_s": round(capacity), "capacity_backlog": options.size,
+        "capacity_per_s": round(capacity), "capacity_listings": options.size,
+        "capacity_backlog_per_s": capacity_result.details["capacity_backlog_per_s"],
         "titles": "unique" if options.unique_titles else "repeating", "rate_per_s": round(rate),
         "duration_s": options.duration_s, "output_per_s": round(len(produced) / max(t_end - t0, 1e-9)),
         "sample_every_s": interval_s, "samples": len(sampler.samples), "plot": str(path),
