@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from workers.commands import add_kafka_target
+from workers.commands import add_kafka_target, check_kafka_target
 
 __all__ = ["register"]
 
@@ -38,6 +38,7 @@ def _produce_sample(args: argparse.Namespace) -> int:
     from devtools.harness.listings import invalid_samples, sample_listings
     from devtools.harness.producer import produce_records
 
+    check_kafka_target(args)  # a wrong broker or topic: exit 4 / 5 now, not after the delivery timeout
     records: list[tuple[bytes | None, bytes | None]] = list(
         sample_listings(args.count, seed=args.seed, version=args.listing_version)
     )

@@ -7,7 +7,13 @@ from collections import Counter
 import pytest
 
 from devtools.harness.listings import OUTPUT, Expected, valid_listings
-from devtools.reliability.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_SCENARIO_BROKE, exit_code
+from devtools.reliability.cli import (
+    EXIT_CHECK_FAILED,
+    EXIT_DATA_LOSS,
+    EXIT_OK,
+    EXIT_SCENARIO_BROKE,
+    exit_code,
+)
 from devtools.reliability.hostile import HOSTILE_KINDS, HUGE_KINDS, hostile_records, mixed
 from devtools.reliability.ledger import InFlightWindow, Tally, count_outcomes
 from devtools.reliability.run import ScenarioResult
@@ -112,8 +118,11 @@ def test_enrich_chaos_exits_non_zero_on_loss_excess_duplicates_unknown_records_a
     clean = _result(count_outcomes(placed, {"A": 1, "B": 1}, {}))
     assert exit_code([clean]) == EXIT_OK
     assert exit_code([clean], broke=["hostile"]) == EXIT_SCENARIO_BROKE
+    lost = _result(count_outcomes(placed, {"A": 1}, {}))
+    duplicated = _result(count_outcomes(placed, {"A": 2, "B": 1}, {}))
+    assert exit_code([duplicated, lost], broke=["hostile"]) == EXIT_DATA_LOSS  # loss outranks the rest
+    assert len({EXIT_OK, EXIT_DATA_LOSS, EXIT_CHECK_FAILED, EXIT_SCENARIO_BROKE, 2}) == 5
     failing = {
-        "lost": count_outcomes(placed, {"A": 1}, {}),
         "duplicated": count_outcomes(placed, {"A": 2, "B": 1}, {}),
         "unknown": count_outcomes(placed, {"A": 1, "B": 1, "ghost": 1}, {}),
         "produce failed": count_outcomes(placed, {"A": 1, "B": 1}, {}, produce_failed=1),

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from workers.backends import InferenceFailed, ModelOutputs, OnnxRuntimeBackend, TritonBackend, make_backend
-from workers.contract.errors import BackendUnavailable, ModelMismatch
+from workers.contract.errors import BackendUnavailable, ConfigError, ExitCode, ModelMismatch
+from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 from workers.runtime.config import BackendConfig
 
@@ -103,8 +104,28 @@ def test_onnxruntime_backend_rejects_malformed_batches(tiny_model_dir: Path) -> 
 
 
 def test_onnxruntime_backend_names_the_missing_model_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="enrich export"):
+    with pytest.raises(ConfigError, match="enrich export") as raised:
         OnnxRuntimeBackend(tmp_path / "model.onnx")
+    assert str(tmp_path / "model.onnx") in str(raised.value) and "ENRICH_MODEL_DIR" in str(raised.value)
+    assert raised.value.exit_code == ExitCode.CONFIG
+
+
+def test_onnxruntime_start_up_check_rejects_labels_of_another_export(tiny_model_dir: Path) -> None:
+    labels = ModelLabels.from_file(tiny_model_dir / "labels.json")
+    counts = (len(labels.tags), len(labels.categories))
+
+    async def scenario() -> None:
+        backend = OnnxRuntimeBackend(tiny_model_dir / "model.onnx")
+        try:
+            await backend.check_model(batch_size=8, label_counts=counts)  # its own labels fit
+            with pytest.raises(ModelMismatch, match=r"category_probs.*different exports"):
+                await backend.check_model(batch_size=8, label_counts=(counts[0], counts[1] - 1))
+            with pytest.raises(ModelMismatch, match="tag_probs"):
+                await backend.check_model(batch_size=8, label_counts=(counts[0] + 2, counts[1]))
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
 
 
 def test_make_backend_builds_the_configured_kind(tiny_model_dir: Path) -> None:
@@ -113,7 +134,7 @@ def test_make_backend_builds_the_configured_kind(tiny_model_dir: Path) -> None:
     asyncio.run(onnx.close())
     triton = make_backend(BackendConfig(kind="triton", triton_url="127.0.0.1:1"), max_in_flight=2)
     assert isinstance(triton, TritonBackend) and triton.url == "127.0.0.1:1"
-    with pytest.raises(ValueError, match="model directory"):
+    with pytest.raises(ConfigError, match="model directory"):
         make_backend(BackendConfig(kind="onnx", model_dir=None), max_in_flight=1)
 
 

@@ -19,7 +19,7 @@ from tests.test_pipeline import finished, make_config, run_until
 from training.export import fill_triton_repo, record_digest
 from workers.backends import TritonBackend
 from workers.cli import main
-from workers.contract.errors import ModelMismatch
+from workers.contract.errors import ExitCode, ModelMismatch
 from workers.model.identity import compute_digest, is_digest, short_digest
 from workers.model.served import ServedModel
 from workers.runtime.assembly import build_worker, run_worker
@@ -142,11 +142,11 @@ def test_the_worker_refuses_a_triton_model_with_another_digest(
     with pytest.raises(ModelMismatch, match=f"is {short_digest(served)} but the worker's model directory is"):
         asyncio.run(check(ours))
 
-    # `enrich worker` says so and exits 2 (before it consumes anything).
+    # `enrich worker` says so and exits 3, a configuration error (before it consumes anything).
     argv = ["worker", "--model-dir", str(tiny_model_dir), "--backend", "triton",
             "--triton-url", triton.grpc_url, "--metrics-port", "-1", "--redis-url", "",
             "--kafka-bootstrap", kafka.bootstrap_servers]  # fmt: skip
-    assert main(argv) == 2
+    assert main(argv) == ExitCode.CONFIG
     assert short_digest(ours) in capsys.readouterr().err
 
 

@@ -88,9 +88,9 @@ def _views_worker(kafka: KafkaCluster, app_id: str, input_topic: str, latest_top
     """A running `enrich views` subprocess, stopped by SIGTERM (killed if it does not stop in 30 s)."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "views", "--broker", kafka.bootstrap_servers,
+            [sys.executable, "-m", "workers.cli", "views", "--kafka-bootstrap", kafka.bootstrap_servers,
              "--app-id", app_id, "--input-topic", input_topic, "--latest-topic", latest_topic,
-             "--partitions", "2", "--data-dir", str(run_dir / "data"), "--log-level", "warning"],
+             "--data-dir", str(run_dir / "data"), "--log-level", "WARNING"],  # partitions: from the topic
             cwd=_REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         yield

@@ -21,7 +21,7 @@ def test_worker_help_lists_settings_with_env_vars(capsys: pytest.CaptureFixture[
 
 
 def test_worker_reports_a_missing_model_dir(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["worker", "--model-dir", "", "--metrics-port", "-1"]) == 2
+    assert main(["worker", "--model-dir", "", "--metrics-port", "-1"]) == 3  # ExitCode.CONFIG
     assert "ENRICH_MODEL_DIR" in capsys.readouterr().err
 
 

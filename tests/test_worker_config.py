@@ -63,3 +63,30 @@ def test_help_documents_env_vars() -> None:
     text = parser.format_help()
     for env in ("ENRICH_KAFKA_BOOTSTRAP", "ENRICH_REDIS_URL", "ENRICH_METRICS_PORT", "ENRICH_MAX_WAIT_MS"):
         assert env in text
+
+
+def test_boolean_settings_are_flag_pairs_over_the_env_var() -> None:
+    on = {"ENRICH_EXACTLY_ONCE": "true", "ENRICH_REDIS_CLUSTER": "true"}
+    assert load_config(parse("--exactly-once"), env={}).kafka.exactly_once
+    assert not load_config(parse("--no-exactly-once"), env=on).kafka.exactly_once  # the flag wins
+    assert load_config(parse(), env=on).kafka.exactly_once  # no flag: the env var
+    assert load_config(parse("--redis-cluster"), env={}).cache.redis_cluster
+    assert not load_config(parse("--no-redis-cluster"), env=on).cache.redis_cluster
+    with pytest.raises(SystemExit) as exited:  # the old spelling is a usage error now
+        parse("--exactly-once", "true")
+    assert exited.value.code == 2
+
+
+def test_choices_take_any_case_and_a_bad_flag_value_is_a_usage_error() -> None:
+    config = load_config(parse("--log-level", "debug", "--auto-offset-reset", "LATEST"), env={})
+    assert (config.log_level, config.kafka.auto_offset_reset) == ("DEBUG", "latest")
+    assert load_config(None, env={"ENRICH_LOG_LEVEL": "Warning", "ENRICH_BACKEND": "TRITON"}).log_level == (
+        "WARNING"
+    )
+    with pytest.raises(SystemExit) as exited:
+        parse("--log-level", "verbose")
+    assert exited.value.code == 2
+    with pytest.raises(ConfigError, match="ENRICH_LOG_LEVEL"):
+        load_config(None, env={"ENRICH_LOG_LEVEL": "verbose"})
+    with pytest.raises(ConfigError, match="ENRICH_STARTUP_TIMEOUT_S"):
+        load_config(None, env={"ENRICH_STARTUP_TIMEOUT_S": "0"})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from workers.commands import add_bootstrap_argument, check_kafka_target
 
 __all__ = ["register"]
 
@@ -12,18 +13,18 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "views", help="latest attributes per listing (compacted topic) and listings per category (Faust)")
-    parser.add_argument("--broker", default=os.environ.get("ENRICH_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                        help="Kafka bootstrap servers, comma-separated (env ENRICH_KAFKA_BOOTSTRAP)")
+    add_bootstrap_argument(parser, deprecated="--broker")  # --kafka-bootstrap, like every command
     parser.add_argument("--app-id", default="enrich-views", help="Faust app id (group, topic prefix)")
     parser.add_argument("--input-topic", default="listings.attributes")
     parser.add_argument("--latest-topic", default="listings.latest", help="compacted output topic")
-    parser.add_argument("--partitions", type=int, default=1, help="must equal the input topic's partitions")
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="the input topic's partitions (default: read from the topic)")
     parser.add_argument("--replication-factor", type=int, default=1)
     parser.add_argument("--processing-guarantee", choices=("at_least_once", "exactly_once"),
                         default="at_least_once",
                         help="exactly_once: tables, outputs and offsets in Kafka transactions")
     parser.add_argument("--data-dir", type=Path, default=Path(".cache/views"))
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", type=str.lower, help="any case")
     parser.set_defaults(func=_run)
 
 
@@ -31,11 +32,17 @@ def _run(args: argparse.Namespace) -> int:
     import faust  # heavy: only when the command runs
 
     from views.app import make_app
+    from workers.contract.errors import ConfigError
 
+    # Fail fast on a wrong broker or input topic (exit 4 / 5), and learn its partitions.
+    found = check_kafka_target(args, {args.input_topic: "--input-topic"})[args.input_topic]
+    if args.partitions is not None and args.partitions != found:
+        raise ConfigError(f"--partitions {args.partitions} but topic {args.input_topic!r} has {found}: the "
+                          "views' tables must be partitioned like their input (leave --partitions out)")
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    views = make_app(args.broker, app_id=args.app_id, input_topic=args.input_topic,
-                     latest_topic=args.latest_topic, data_dir=data_dir, partitions=args.partitions,
+    views = make_app(args.kafka_bootstrap, app_id=args.app_id, input_topic=args.input_topic,
+                     latest_topic=args.latest_topic, data_dir=data_dir, partitions=found,
                      replication_factor=args.replication_factor,
                      processing_guarantee=args.processing_guarantee)
     worker = faust.Worker(views.app, loglevel=args.log_level)

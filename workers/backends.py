@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from workers.contract.errors import BackendUnavailable, EnrichError, InferenceFailed, ModelMismatch
+from workers.contract.errors import (
+    BackendUnavailable,
+    ConfigError,
+    EnrichError,
+    InferenceFailed,
+    ModelMismatch,
+)
 from workers.model.identity import short_digest
 
 if TYPE_CHECKING:
@@ -35,6 +41,7 @@ __all__ = [
     "ModelOutputs",
     "OnnxRuntimeBackend",
     "TritonBackend",
+    "check_label_dims",
     "check_triton_digest",
     "check_triton_model_config",
     "make_backend",
@@ -78,11 +85,16 @@ class InferenceBackend(Protocol):
     async def is_ready(self) -> bool: ...
 
     async def check_model(
-        self, *, batch_size: int, max_seq_len: int | None = None, expected_digest: str | None = None
+        self,
+        *,
+        batch_size: int,
+        max_seq_len: int | None = None,
+        expected_digest: str | None = None,
+        label_counts: tuple[int, int] | None = None,
     ) -> None:
-        """Start-up check that the served model is there, is the model `expected_digest` names, and fits
-        the worker's batches; raises BackendUnavailable (wait and retry) or ModelMismatch (a configuration
-        error)."""
+        """Start-up check that the served model is there, is the model `expected_digest` names, fits the
+        worker's batches (and, where its output shapes are fixed, the `(tags, categories)` of labels.json);
+        raises BackendUnavailable (wait and retry) or ModelMismatch (a configuration error)."""
         ...
 
     async def close(self) -> None: ...
@@ -192,10 +204,15 @@ class TritonBackend:
             return False
 
     async def check_model(
-        self, *, batch_size: int, max_seq_len: int | None = None, expected_digest: str | None = None
+        self,
+        *,
+        batch_size: int,
+        max_seq_len: int | None = None,
+        expected_digest: str | None = None,
+        label_counts: tuple[int, int] | None = None,
     ) -> None:
         """Start-up check: server live, model ready, its digest the expected one, and the model config fits
-        the worker's batches.
+        the worker's batches and labels.json.
 
         Raises :class:`BackendUnavailable` when the server or model is not up, and
         :class:`ModelMismatch` with a fix in the message when the config doesn't fit.
@@ -219,6 +236,9 @@ class TritonBackend:
         check_triton_model_config(config, batch_size=batch_size, max_seq_len=max_seq_len)
         if expected_digest is not None:
             check_triton_digest(config, self.model_version, expected_digest, self.url)
+        dims = {entry["name"]: [int(d) for d in entry.get("dims", [])] for entry in config["output"]}
+        check_label_dims(f"Triton model {self.model_name!r}", dims["tag_probs"], dims["category_probs"],
+                         label_counts)  # fmt: skip
 
     async def close(self) -> None:
         if self._client is not None:
@@ -299,6 +319,22 @@ def check_triton_digest(config: dict[str, Any], version: str, expected: str, url
         )
 
 
+def check_label_dims(
+    what: str, tag_dims: list[Any], category_dims: list[Any], label_counts: tuple[int, int] | None
+) -> None:
+    """ModelMismatch when a fixed label dimension (not -1 or a name) differs from labels.json."""
+    if label_counts is None:
+        return
+    for output, dims, expected, key in (("tag_probs", tag_dims, label_counts[0], "tags"),
+                                        ("category_probs", category_dims, label_counts[1], "categories")):
+        last = dims[-1] if dims else None
+        if isinstance(last, int) and last >= 0 and last != expected:
+            raise ModelMismatch(
+                f"{what} output {output!r} has {last} labels but labels.json has {expected} {key}: the "
+                "model and labels.json come from different exports (ENRICH_MODEL_DIR / --model-dir)"
+            )
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime in this process; ``session.run`` runs in worker threads so the event loop stays free.
 
@@ -317,7 +353,10 @@ class OnnxRuntimeBackend:
         import onnxruntime
 
         if not Path(onnx_path).is_file():
-            raise FileNotFoundError(f"ONNX model not found at {onnx_path}: run `enrich export` first")
+            raise ConfigError(
+                f"the onnx backend's model {onnx_path} does not exist: set ENRICH_MODEL_DIR / --model-dir to "
+                "an exported model (`enrich export`), or use ENRICH_BACKEND=triton"
+            )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -360,12 +399,21 @@ class OnnxRuntimeBackend:
         return self._session is not None
 
     async def check_model(
-        self, *, batch_size: int, max_seq_len: int | None = None, expected_digest: str | None = None
+        self,
+        *,
+        batch_size: int,
+        max_seq_len: int | None = None,
+        expected_digest: str | None = None,
+        label_counts: tuple[int, int] | None = None,
     ) -> None:
-        """The session loaded the model in `__init__` and takes dynamic shapes: only a closed one fails.
-        The digest was checked against this very model.onnx when the model directory was loaded."""
+        """The session loaded the model in `__init__` and takes dynamic batch and sequence shapes; its label
+        dimensions are fixed by the export, so they must match labels.json. The digest was checked against
+        this very model.onnx when the model directory was loaded."""
         if self._session is None:
             raise BackendUnavailable("ONNX Runtime backend is closed")
+        shapes = {output.name: output.shape for output in self._session.get_outputs()}
+        check_label_dims(str(self.onnx_path), shapes["tag_probs"][-1:], shapes["category_probs"][-1:],
+                         label_counts)  # fmt: skip
 
     async def close(self) -> None:
         self._session = None
@@ -390,7 +438,7 @@ def make_backend(
         )
     if config.kind == "onnx":
         if config.model_dir is None:
-            raise ValueError("the onnx backend needs a model directory (ENRICH_MODEL_DIR / --model-dir)")
+            raise ConfigError("the onnx backend needs a model directory (ENRICH_MODEL_DIR / --model-dir)")
         return OnnxRuntimeBackend(
             Path(config.model_dir) / "model.onnx",
             intra_op_threads=config.intra_op_threads,

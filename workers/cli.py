@@ -37,8 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit status is one of `ExitCode` (argparse's usage errors exit 2 itself).
+
+    An `EnrichError` that stops a command is printed as one line, with its code, instead of a traceback:
+    the message names the setting to fix. Anything else is a bug and keeps its traceback (exit 1).
+    """
+    from workers.contract.errors import EnrichError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except EnrichError as exc:
+        code = exc.exit_code
+        print(f"enrich {args.command}: {exc} [exit {int(code)}: {code.name.lower()}]", file=sys.stderr)
+        return int(code)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_kafka_target", "format_event", "register"]
+__all__ = ["add_bootstrap_argument", "add_kafka_target", "check_kafka_target", "format_event", "register"]
 
 _ENV_HELP = "Every setting also reads an ENRICH_* environment variable (flags win); see the groups below."
 
@@ -46,31 +46,62 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     redrive.set_defaults(func=_redrive)
 
 
-def add_kafka_target(parser: argparse.ArgumentParser, topic_env: str, default_topic: str) -> None:
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: still works, says which one to use instead."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        print(f"{parser.prog}: {option_string} is deprecated, use --kafka-bootstrap", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_bootstrap_argument(parser: argparse.ArgumentParser, *, deprecated: str | None = None) -> None:
+    """`--kafka-bootstrap` (env ENRICH_KAFKA_BOOTSTRAP), the one spelling every command uses; `deprecated`
+    names an old flag kept as a hidden alias. Also `--startup-timeout-s`, the bounded wait at start."""
     parser.add_argument(
         "--kafka-bootstrap",
         default=os.environ.get("ENRICH_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
         help="bootstrap servers [env ENRICH_KAFKA_BOOTSTRAP]",
     )
+    if deprecated is not None:
+        parser.add_argument(deprecated, dest="kafka_bootstrap", action=_DeprecatedAlias,
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument(
-        "--topic", default=os.environ.get(topic_env, default_topic), help=f"topic [env {topic_env}]"
+        "--startup-timeout-s",
+        type=float,
+        default=float(os.environ.get("ENRICH_STARTUP_TIMEOUT_S", "10")),
+        help="wait this long for the broker at start, then exit 4 [env ENRICH_STARTUP_TIMEOUT_S, default 10]",
     )
 
 
+def add_kafka_target(parser: argparse.ArgumentParser, topic_env: str, default_topic: str) -> None:
+    add_bootstrap_argument(parser)
+    parser.add_argument(
+        "--topic", default=os.environ.get(topic_env, default_topic), help=f"topic [env {topic_env}]"
+    )
+    parser.set_defaults(topic_env=topic_env)
+
+
+def check_kafka_target(args: argparse.Namespace, topics: dict[str, str] | None = None) -> dict[str, int]:
+    """Start-up check of a command's broker and topics (default: `--topic`); partitions per topic. Raises
+    ServiceUnreachable / TopicMissing (exit codes 4 / 5) instead of waiting forever on a wrong broker."""
+    from workers.runtime.broker import check_kafka
+
+    if topics is None:
+        topics = {args.topic: f"--topic / {args.topic_env}"}
+    settings = {"bootstrap.servers": args.kafka_bootstrap}
+    return check_kafka(settings, topics, timeout_s=args.startup_timeout_s)
+
+
 def _worker(args: argparse.Namespace) -> int:
-    from workers.contract.errors import EnrichError
     from workers.runtime.assembly import check_model_dir, serve
     from workers.runtime.config import load_config
     from workers.runtime.logs import configure_json_logging
 
-    try:
-        config = load_config(args)
-        check_model_dir(config)
-        configure_json_logging(config.log_level, static_fields={"worker_id": config.worker_id})
-        return serve(config)
-    except EnrichError as exc:
-        print(f"enrich worker: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args)  # errors: `enrich` prints them with their exit code (workers.cli)
+    check_model_dir(config)
+    configure_json_logging(config.log_level, static_fields={"worker_id": config.worker_id})
+    return serve(config)
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -98,6 +129,7 @@ def _tail(args: argparse.Namespace) -> int:
     import orjson
     from confluent_kafka import Consumer
 
+    check_kafka_target(args)
     consumer = Consumer({
         "bootstrap.servers": args.kafka_bootstrap, "group.id": f"enrich-tail-{os.getpid()}",
         "enable.auto.commit": False, "isolation.level": "read_committed",

@@ -11,6 +11,8 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workers.contract.errors import ExitCode
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -22,15 +24,18 @@ __all__ = ["EXIT_CODES", "exit_code", "options_for", "register"]
 SCENARIO_NAMES = ("kill", "kill-unique", "redis-outage", "triton-outage", "broker-restart", "broker-failover",
                   "hostile", "exactly-once", "exactly-once-failover", "zombie", "slow-redis", "slow-triton",
                   "partition", "soak")  # fmt: skip
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_SCENARIO_BROKE = 0, 1, 3  # 2: argparse's usage error
-EXIT_CODES = f"""exit codes:
+# The codes of every `enrich` command (workers.contract.errors.ExitCode); 2 is argparse's usage error.
+EXIT_OK, EXIT_DATA_LOSS = int(ExitCode.OK), int(ExitCode.DATA_LOSS)
+EXIT_CHECK_FAILED, EXIT_SCENARIO_BROKE = int(ExitCode.CHECK_FAILED), int(ExitCode.ERROR)
+EXIT_CODES = f"""exit codes (the first that applies):
+  {EXIT_DATA_LOSS}  data loss: a produced listing never came out (no attribute event, no DLQ record)
+  {EXIT_CHECK_FAILED}  a scenario failed another check: duplicates beyond the bound (the sum of the in-flight
+     windows of its faults, 0 for exactly-once and for outages that must not re-deliver); unknown records
+     (attribute events or DLQ records for no produced input); a wrong outcome; a record the harness
+     failed to produce; or not every record accounted for in time (INCOMPLETE)
+  {EXIT_SCENARIO_BROKE}  a scenario could not run (its traceback is printed) and none failed a check
   {EXIT_OK}  every scenario ran and passed its checks
-  {EXIT_CHECK_FAILED}  a scenario failed a check: a listing lost; duplicates beyond the bound (the sum of the
-     in-flight windows of its faults, 0 for exactly-once and for outages that must not re-deliver);
-     unknown records (attribute events or DLQ records for no produced input); a wrong outcome; a record
-     the harness failed to produce; or not every record accounted for in time (INCOMPLETE)
-  2  usage error
-  {EXIT_SCENARIO_BROKE}  a scenario could not run (its traceback is printed) and none failed a check"""
+  2  usage error"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,10 +130,13 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def exit_code(results: Sequence[ScenarioResult], *, broke: Sequence[str] = ()) -> int:
-    """EXIT_CODES: a failed check outranks a scenario that could not run (both are printed)."""
+    """EXIT_CODES: data loss outranks any other failed check, which outranks a scenario that could not run
+    (all are printed)."""
     failed = [f"{r.scenario}: {', '.join(r.problems())}" for r in results if r.problems()]
     for line in failed:
         print(f"FAILED {line}", flush=True)
+    if any(r.tally.lost for r in results):
+        return EXIT_DATA_LOSS
     if failed:
         return EXIT_CHECK_FAILED
     return EXIT_SCENARIO_BROKE if broke else EXIT_OK

@@ -1,24 +1,48 @@
-"""One error root for the worker; `retriable` says whether waiting and trying again can help."""
+"""One error root for the worker; `retriable` says whether waiting and trying again can help, `exit_code`
+which documented exit status (`ExitCode`) an `enrich` command ends with when the error stops it."""
 
 from __future__ import annotations
+
+from enum import IntEnum
 
 __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "DeliveryFailed",
     "EnrichError",
+    "ExitCode",
     "InferenceFailed",
     "KafkaOperationFailed",
     "ModelMismatch",
     "ReasonCode",
+    "ServiceUnreachable",
+    "TopicMissing",
     "ValidationFailed",
 ]
+
+
+class ExitCode(IntEnum):
+    """The exit statuses of every `enrich` command, in one place (docs/operations.md has the table).
+
+    Distinct codes let an orchestrator or a script tell "fix the settings" (3, 5) from "wait for the
+    service" (4) without reading logs; 128+N stays the shell's "killed by signal N".
+    """
+
+    OK = 0
+    ERROR = 1  # unexpected error (a traceback is printed); chaos: a scenario could not run
+    USAGE = 2  # argparse: unknown flag, bad flag value
+    CONFIG = 3  # bad setting, missing model file, model/label-map mismatch
+    UNREACHABLE = 4  # Kafka (or Triton) did not answer at start within the bounded wait
+    MISSING_TOPIC = 5  # the broker answered but a configured topic does not exist
+    DATA_LOSS = 6  # chaos: a produced listing never came out
+    CHECK_FAILED = 7  # chaos: another check failed (duplicates beyond the bound, unknown records...)
 
 
 class EnrichError(Exception):
     """Root of every error the worker raises on purpose."""
 
     retriable: bool = False
+    exit_code: ExitCode = ExitCode.ERROR
 
 
 class BackendUnavailable(EnrichError):
@@ -93,6 +117,25 @@ class KafkaOperationFailed(EnrichError):
 class ConfigError(EnrichError):
     """Invalid configuration; the message names the setting (env var / flag) to fix."""
 
+    exit_code = ExitCode.CONFIG
+
 
 class ModelMismatch(EnrichError):
     """The model directory or served model does not fit the worker's settings (buckets, outputs, labels)."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class ServiceUnreachable(EnrichError):
+    """A required service did not answer at start within the bounded wait; the message names the setting.
+
+    Only at start: once running, the worker waits and retries an outage instead (never exits, never drops).
+    """
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class TopicMissing(EnrichError):
+    """The broker answered, but a configured topic does not exist (topics are never auto-created)."""
+
+    exit_code = ExitCode.MISSING_TOPIC

@@ -18,8 +18,9 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from workers.backends import make_backend
-from workers.contract.errors import BackendUnavailable, ConfigError
+from workers.contract.errors import BackendUnavailable, ConfigError, ServiceUnreachable
 from workers.model.served import ServedModel, check_output_dims
+from workers.runtime.broker import BrokerHealth, check_kafka
 from workers.runtime.config import WorkerConfig
 from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
 from workers.runtime.producer import AsyncProducer, make_producer
@@ -28,7 +29,7 @@ from workers.stages.batch import MicroBatcher
 from workers.stages.cache import ResultCache, make_redis_client
 from workers.stages.commit import OffsetTracker, commit_reporter
 from workers.stages.commit_policy import make_commit_policy
-from workers.stages.consume import KafkaSource, make_consumer
+from workers.stages.consume import KafkaSource, consumer_settings, make_consumer
 from workers.stages.dead_letter import DeadLetterWriter
 from workers.stages.emit import AttributeEmitter
 from workers.stages.guard import StaleUpdateGuard
@@ -36,7 +37,7 @@ from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
 from workers.stages.validate import ListingValidator
 
-__all__ = ["build_worker", "check_model_dir", "run_worker", "serve", "wait_for_backend"]
+__all__ = ["build_worker", "check_broker", "check_model_dir", "run_worker", "serve", "wait_for_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,19 @@ log = logging.getLogger(__name__)
 def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) -> StreamWorker:
     """Every collaborator of a `StreamWorker`, built from `config`, in the order the data flows."""
     model_dir = check_model_dir(config)
-    model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
+    try:
+        model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
+    except (ValueError, KeyError) as exc:  # labels.json / model_info.json / tokenizer.json unreadable
+        raise ConfigError(f"model directory {model_dir} (ENRICH_MODEL_DIR / --model-dir): {exc}") from exc
     metrics = metrics if metrics is not None else WorkerMetrics()
     redis_url, redis_cluster = config.cache.redis_url, config.cache.redis_cluster
     redis = make_redis_client(redis_url, cluster=redis_cluster) if redis_url else None
     kafka, batch = config.kafka, config.batch
     tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
-    consumer = make_consumer(kafka, config.worker_id, on_commit=commit_reporter(tracker))
+    broker = BrokerHealth()  # /readyz: does the consumer reach a broker now
+    consumer = make_consumer(
+        kafka, config.worker_id, on_commit=commit_reporter(tracker), extra=broker.client_settings()
+    )
     producer = make_producer(kafka, config.worker_id)
     delivery = AsyncProducer(producer)
 
@@ -88,7 +95,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     return StreamWorker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,
         dead_letters=dead_letters, cache=cache, batcher=batcher, enricher=enricher, emitter=emitter,
-        producer=delivery, tracker=tracker, commits=commits, metrics=metrics,
+        producer=delivery, tracker=tracker, commits=commits, metrics=metrics, broker=broker,
     )  # fmt: skip
 
 
@@ -100,26 +107,47 @@ def check_model_dir(config: WorkerConfig) -> Path:
             "no model directory: set ENRICH_MODEL_DIR / --model-dir to an exported model "
             "(`enrich train` then `enrich export`; `enrich demo` does both)"
         )
-    missing = [
-        n for n in ("model_info.json", "labels.json", "tokenizer.json") if not (model_dir / n).is_file()
-    ]
+    needed = ["model_info.json", "labels.json", "tokenizer.json"]
+    if config.backend.kind == "onnx":
+        needed.append("model.onnx")  # Triton serves its own copy from its model repository
+    missing = [n for n in needed if not (model_dir / n).is_file()]
     if missing:
-        raise ConfigError(f"model directory {model_dir} lacks {', '.join(missing)}: is it an exported model?")
+        raise ConfigError(
+            f"model directory {model_dir} lacks {', '.join(missing)}: set ENRICH_MODEL_DIR / --model-dir to "
+            "an exported model (`enrich export`)"
+        )
     return model_dir
 
 
-async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s: float = 120.0) -> None:
+def check_broker(config: WorkerConfig) -> dict[str, int]:
+    """Start-up check: the broker answers within ENRICH_STARTUP_TIMEOUT_S and the three topics exist;
+    ServiceUnreachable / TopicMissing (exit codes 4 / 5) otherwise. Partitions per topic."""
+    kafka = config.kafka
+    topics = {
+        kafka.input_topic: "ENRICH_INPUT_TOPIC / --input-topic",
+        kafka.output_topic: "ENRICH_OUTPUT_TOPIC / --output-topic",
+        kafka.dlq_topic: "ENRICH_DLQ_TOPIC / --dlq-topic",
+    }
+    return check_kafka(consumer_settings(kafka, config.worker_id), topics, timeout_s=config.startup_timeout_s)
+
+
+async def wait_for_backend(
+    worker: StreamWorker, config: WorkerConfig, timeout_s: float | None = None
+) -> None:
     """Start-up check of the served model, by the backend itself (Triton: live, ready, config fits, the
-    digest the model directory's), then one probe inference whose output widths must be the label maps'
-    sizes. A mismatch is a ModelMismatch: `enrich worker` exits 2 with the message, never a crash loop of
-    IndexErrors inside decode."""
+    digest the model directory's; both: fixed label dimensions fit labels.json), then one probe inference
+    whose output widths must be the label maps' sizes. A mismatch is a ModelMismatch (`enrich worker`
+    exits with the configuration code and the message, never a crash loop of IndexErrors inside decode);
+    ServiceUnreachable after `timeout_s` (ENRICH_STARTUP_TIMEOUT_S)."""
     backend, model = worker.enricher.backend, worker.model
-    deadline = time.monotonic() + timeout_s
+    wait_s = config.startup_timeout_s if timeout_s is None else timeout_s
+    deadline = time.monotonic() + wait_s
+    labels = model.labels
     while True:
         try:
             await backend.check_model(
                 batch_size=config.batch.max_batch, max_seq_len=model.encoder.seq_buckets[-1],
-                expected_digest=model.digest,
+                expected_digest=model.digest, label_counts=(len(labels.tags), len(labels.categories)),
             )  # fmt: skip
             input_ids, attention_mask = model.encoder.pad_to_bucket(model.encoder.encode(["probe"]))
             outputs = await backend.infer(input_ids, attention_mask)
@@ -131,7 +159,10 @@ async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s
             return
         except BackendUnavailable as exc:
             if time.monotonic() > deadline:
-                raise
+                raise ServiceUnreachable(
+                    f"the inference backend was not ready within {wait_s:g} s ({exc}): check "
+                    "ENRICH_TRITON_URL / --triton-url and ENRICH_TRITON_MODEL / --triton-model"
+                ) from exc
             log.info("waiting for the inference backend: %s", exc)
             await asyncio.sleep(1.0)
 
@@ -139,7 +170,8 @@ async def wait_for_backend(worker: StreamWorker, config: WorkerConfig, timeout_s
 async def run_worker(
     config: WorkerConfig, stop: asyncio.Event, *, metrics: WorkerMetrics | None = None
 ) -> None:
-    """Build a worker, serve its endpoints, and process until `stop` is set."""
+    """Check the broker and topics, build a worker, serve its endpoints, and process until `stop` is set."""
+    await asyncio.to_thread(check_broker, config)
     worker = build_worker(config, metrics=metrics)
     server = None
     if config.metrics.port >= 0:

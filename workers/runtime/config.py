@@ -180,7 +180,13 @@ class WorkerConfig:
         "", "ENRICH_WORKER_ID", "stable worker name (logs, DLQ, transactional.id); empty: host-pid"
     )
     log_level: str = setting(
-        "INFO", "ENRICH_LOG_LEVEL", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+        "INFO", "ENRICH_LOG_LEVEL", "log level (any case)", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    startup_timeout_s: float = setting(
+        60.0,
+        "ENRICH_STARTUP_TIMEOUT_S",
+        "at start, wait this long for Kafka (and Triton) to answer, then exit 4; once running, never exit",
+        float,
     )
 
     def __post_init__(self) -> None:
@@ -193,6 +199,9 @@ class WorkerConfig:
         _check_positive(self.kafka.commit_interval_ms, "ENRICH_COMMIT_INTERVAL_MS")
         if self.batch.max_wait_ms < 0:
             raise ConfigError("ENRICH_MAX_WAIT_MS / --max-wait-ms must be >= 0")
+        if self.startup_timeout_s <= 0:
+            raise ConfigError(f"ENRICH_STARTUP_TIMEOUT_S / --startup-timeout-s must be > 0, got "
+                              f"{self.startup_timeout_s}")
 
 
 def _check_positive(value: int, env: str) -> None:
@@ -222,33 +231,64 @@ def _fields(cls: type) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if "env" in f.metadata]
 
 
+def _choice(text: str, choices: tuple[str, ...]) -> str | None:
+    """The choice `text` names, in any case (`info` is `INFO`); None if none."""
+    return {c.lower(): c for c in choices}.get(text.strip().lower())
+
+
+def _choice_type(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        choice = _choice(text, choices)
+        if choice is None:  # argparse turns this into a usage error (exit 2) naming the flag
+            raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(choices)})")
+        return choice
+
+    return parse
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting (e.g. --kafka-bootstrap for ENRICH_KAFKA_BOOTSTRAP), grouped by section."""
+    """Add one flag per setting (e.g. --kafka-bootstrap for ENRICH_KAFKA_BOOTSTRAP), grouped by section.
+
+    A boolean setting is a flag pair (`--exactly-once` / `--no-exactly-once`); choices take any case.
+    Unset flags stay None, so the env var (then the default) applies.
+    """
     for title, cls in [("worker", WorkerConfig), *_SECTIONS.items()]:
         group = parser.add_argument_group(f"{title} settings")
         for f in _fields(cls):
             env = f.metadata["env"]
             default = f.default if f.default is not dataclasses.MISSING else None
+            options: dict[str, Any] = {"metavar": env.removeprefix("ENRICH_")}
+            if f.metadata["parse"] is _parse_bool:
+                options = {"action": argparse.BooleanOptionalAction}
+            elif f.metadata["choices"]:
+                options = {"metavar": "{" + ",".join(f.metadata["choices"]) + "}",
+                           "type": _choice_type(f.metadata["choices"])}  # fmt: skip
             group.add_argument(
                 f"--{_flag_of(env)}",
                 dest=_dest_of(env),
                 default=None,
-                metavar=env.removeprefix("ENRICH_"),
-                choices=f.metadata["choices"],
                 help=f"{f.metadata['help']} [env {env}, default {default!r}]",
+                **options,
             )
 
 
 def _value(f: dataclasses.Field[Any], args: argparse.Namespace | None, env: Mapping[str, str]) -> Any:
     name = f.metadata["env"]
     text = getattr(args, _dest_of(name), None) if args is not None else None
+    if isinstance(text, bool):  # a flag pair (--exactly-once / --no-exactly-once) already parsed
+        return text
     if text is None:
         text = env.get(name)
     if text is None:
         return dataclasses.MISSING
     choices = f.metadata["choices"]
-    if choices and text not in choices:
-        raise ConfigError(f"{name} / --{_flag_of(name)} must be one of {', '.join(choices)}, got {text!r}")
+    if choices:
+        choice = _choice(text, choices)
+        if choice is None:
+            raise ConfigError(
+                f"{name} / --{_flag_of(name)} must be one of {', '.join(choices)}, got {text!r}"
+            )
+        text = choice
     try:
         return f.metadata["parse"](text)
     except ValueError as exc:

@@ -24,6 +24,7 @@ from confluent_kafka import Message
 from workers.contract.errors import KafkaOperationFailed, ValidationFailed
 from workers.contract.events import SourceRecord
 from workers.contract.results import ListingResult
+from workers.runtime.broker import BrokerHealth
 from workers.runtime.config import BatchConfig, KafkaConfig
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.producer import AsyncProducer
@@ -69,12 +70,14 @@ class StreamWorker:
         tracker: OffsetTracker,
         commits: CommitPolicy,
         metrics: WorkerMetrics,
+        broker: BrokerHealth | None = None,
     ) -> None:
         self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
         self._source, self._validator, self._dead_letters = source, validator, dead_letters
         self.cache, self._batcher, self.enricher, self._emitter = cache, batcher, enricher, emitter
         self._producer, self._tracker, self._commits = producer, tracker, commits
         self.model, self.metrics = enricher.model, metrics
+        self.broker = broker if broker is not None else BrokerHealth()
         # Released batches queue here rather than all awaiting Redis at once: with a backlog, ~100 batches
         # in flight made each MGET wait behind the others' decoding past the cache's socket timeout, and
         # exhausted redis-py's connection pool (MaxConnectionsError): the cache and the shared stale-update
@@ -113,7 +116,8 @@ class StreamWorker:
         return not self._running or time.monotonic() - self._heartbeat < self._kafka.drain_timeout_s + 30
 
     def is_ready(self) -> bool:
-        return self._running and self.enricher.breaker.state == "closed"
+        """Running, the inference breaker closed, and the consumer reaching a broker."""
+        return self._running and self.enricher.breaker.state == "closed" and self.broker.reachable
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process until `stop` is set (SIGTERM), then drain, commit and leave the group."""
@@ -174,6 +178,8 @@ class StreamWorker:
             await self._source.rewind()
             self._read_epoch = epoch
         messages = await self._source.consume(max_messages, timeout)
+        if messages and messages[-1].error() is None:  # a record fetched: a broker answers
+            self.broker.saw_traffic()
         if self._tracker.epoch != epoch:
             messages = []  # read before the rewind (the reset came from a callback inside consume())
         if messages:

@@ -165,7 +165,7 @@ def check_redis_mode(url: str, *, cluster: bool, timeout_s: float) -> None:
         probe.close()
     if enabled and not cluster:
         raise ConfigError(f"the Redis at {url} is a Redis Cluster node: set ENRICH_REDIS_CLUSTER=true "
-                          "(--redis-cluster true)")
+                          "(--redis-cluster)")
     if cluster and not enabled:
         raise ConfigError(f"ENRICH_REDIS_CLUSTER is set but the Redis at {url} is not in cluster mode")
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,9 +32,13 @@ T = TypeVar("T")
 
 
 def consumer_settings(
-    config: KafkaConfig, client_id: str, on_commit: Callable[[Any, list[Any]], None] | None = None
+    config: KafkaConfig,
+    client_id: str,
+    on_commit: Callable[[Any, list[Any]], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`on_commit` hears the broker's answer to every offset commit (served in `consume()`)."""
+    """`on_commit` hears the broker's answer to every offset commit (served in `consume()`); `extra` adds
+    properties (e.g. `BrokerHealth.client_settings()`)."""
     settings: dict[str, Any] = {
         "bootstrap.servers": config.bootstrap_servers,
         "group.id": config.group_id,
@@ -51,15 +55,19 @@ def consumer_settings(
     }
     if on_commit is not None:
         settings["on_commit"] = on_commit
+    settings.update(extra or {})
     return settings
 
 
 def make_consumer(
-    config: KafkaConfig, client_id: str, on_commit: Callable[[Any, list[Any]], None] | None = None
+    config: KafkaConfig,
+    client_id: str,
+    on_commit: Callable[[Any, list[Any]], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Consumer:
     from confluent_kafka import Consumer
 
-    return Consumer(consumer_settings(config, client_id, on_commit))
+    return Consumer(consumer_settings(config, client_id, on_commit, extra))
 
 
 class KafkaSource:
