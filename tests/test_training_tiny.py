@@ -91,3 +91,50 @@ def test_augment_cli_writes_valid_offers(tmp_path: Path) -> None:
         timeout=120,
     )
     assert len(load_offers(out)) == 300
+
+
+def test_evaluate_counts_gold_it_cannot_get_as_misses_and_goes_on(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = [
+        {  # gold in another casing than the title
+            "input": "Nescafé Dark Roast Instant Coffee, 12 oz",
+            "category": "Coffee",
+            "target_scores": {"Brand": {"NESCAFÉ": 1}, "Net content": {"12 oz": 1}, "Flavor": {"n/a": 1}},
+        },
+        {  # two gold values for one attribute, one of an attribute the model never saw
+            "input": "Nescafé Dark Roast Instant Coffee from Brazil, 12 oz",
+            "category": "Coffee",
+            "target_scores": {"Roast type": {"Dark Roast": 1, "Dark": 1}, "Origin": {"Brazil": 1}},
+        },
+        {  # a category the model never saw
+            "input": "Kellogg's Corn Flakes Breakfast Cereal, 18 oz",
+            "category": "Cereal",
+            "target_scores": {"Brand": {"Kellogg's": 1}, "Net content": {"18 oz": 1}},
+        },
+    ]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "evaluate", str(tiny_model_dir), str(data), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    metrics = json.loads(result.stdout)
+    assert metrics["offers"] == 3
+    assert metrics["data_issues"] == {
+        "gold_values": 7,
+        "values_not_in_title": 1,
+        "attributes_with_several_values": 1,
+        "values_of_unseen_attributes": 1,
+        "unseen_attributes": ["Origin"],
+        "offers_of_unseen_categories": 1,
+        "unseen_categories": ["Cereal"],
+    }
+    assert metrics["per_attribute"]["Origin"] == {**metrics["per_attribute"]["Origin"], "tp": 0, "fn": 1}
+    assert metrics["per_attribute"]["Roast type"]["fn"] >= 1  # at most one of the two values is predicted
+    assert metrics["category_report"]["Cereal"]["recall"] == 0.0
+    assert metrics["literature"]["micro"]["vn"] + metrics["literature"]["micro"]["vw"] >= 1  # Origin
