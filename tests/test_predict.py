@@ -80,7 +80,7 @@ def test_predict_cli_writes_the_workers_results_line_for_line(tiny_model_dir: Pa
     assert [rows[i]["error"] for i in (6, 7, 8)] == [
         "empty line",
         "not valid JSON (Expecting property name enclosed in double quotes)",
-        "no non-empty string 'input' or 'title'",
+        "not an object with a non-empty string 'input' or 'title'",
     ]
     predicted = [row for row in rows if "error" not in row]
     assert predicted[5]["id"] == "own-1" and "given_category" not in predicted[5]

@@ -19,6 +19,18 @@ from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 
 
+def enrich(*args: str) -> str:
+    """Run an `enrich` subcommand in a subprocess (offline, as a user would); its stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
+
+
 def test_model_directory_follows_the_contract(tiny_model_dir: Path) -> None:
     for name in (
         "config.json",
@@ -58,25 +70,9 @@ def test_trained_tiny_model_beats_the_untrained_one(tiny_model_dir: Path) -> Non
 
 
 def test_evaluate_cli_prints_json_metrics_and_writes_charts(tiny_model_dir: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workers.cli",
-            "evaluate",
-            str(tiny_model_dir),
-            str(FIXTURE_OFFERS),
-            "--json",
-            "--charts",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    metrics = json.loads(
+        enrich("evaluate", str(tiny_model_dir), str(FIXTURE_OFFERS), "--json", "--charts", str(tmp_path))
     )
-    metrics = json.loads(result.stdout)
     assert metrics["backend"] == "onnxruntime" and metrics["offers"] == 300
     assert 0.6 < metrics["micro"]["f1"] <= 1.0 and "Coffee" in metrics["category_report"]
     assert {p.name for p in tmp_path.glob("*.png")} == {"attribute_f1.png", "category_f1.png"}
@@ -84,12 +80,7 @@ def test_evaluate_cli_prints_json_metrics_and_writes_charts(tiny_model_dir: Path
 
 def test_augment_cli_writes_valid_offers(tmp_path: Path) -> None:
     out = tmp_path / "aug.jsonl"
-    subprocess.run(
-        [sys.executable, "-m", "workers.cli", "augment", str(FIXTURE_OFFERS), str(out), "--copies", "1"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    enrich("augment", str(FIXTURE_OFFERS), str(out), "--copies", "1")
     assert len(load_offers(out)) == 300
 
 
@@ -115,15 +106,7 @@ def test_evaluate_counts_gold_it_cannot_get_as_misses_and_goes_on(
     ]
     data = tmp_path / "labelled.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "evaluate", str(tiny_model_dir), str(data), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    metrics = json.loads(result.stdout)
+    metrics = json.loads(enrich("evaluate", str(tiny_model_dir), str(data), "--json"))
     assert metrics["offers"] == 3
     assert metrics["data_issues"] == {
         "gold_values": 7,

@@ -55,11 +55,9 @@ def parse_line(line: str) -> tuple[str, dict[str, Any]]:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg})") from exc
-    if not isinstance(row, dict):
-        raise ValueError("expected a JSON object")
-    title = row.get("input", row.get("title"))
+    title = row.get("input", row.get("title")) if isinstance(row, dict) else None
     if not isinstance(title, str) or not title.strip():
-        raise ValueError("no non-empty string 'input' or 'title'")
+        raise ValueError("not an object with a non-empty string 'input' or 'title'")
     extra = {key: row[key] for key in ("id", "listing_id") if key in row}
     if "category" in row:
         extra["given_category"] = row["category"]
