@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import fastjsonschema
 import orjson
 import pytest
 
@@ -16,7 +17,9 @@ from devtools.harness.listings import invalid_samples, sample_listings
 from devtools.harness.producer import produce_records
 from devtools.harness.reader import read_events
 from workers.contract.errors import ReasonCode
+from workers.contract.events import load_schema
 from workers.model.decode import ModelLabels
+from workers.model.normalise import normalize
 from workers.runtime.assembly import build_worker
 from workers.runtime.config import WorkerConfig, load_config
 from workers.runtime.worker import StreamWorker
@@ -84,6 +87,7 @@ def test_each_listing_yields_one_event_dlq_gets_reasons_and_second_pass_is_cache
     assert Counter(e["listing_id"] for e in events) == Counter(f"P-{i:06d}" for i in range(40))
     titles = {key.decode(): orjson.loads(value)["title"] for key, value in listings}
     labels = ModelLabels.from_file(tiny_model_dir / "labels.json")
+    output_schema = fastjsonschema.compile(load_schema("listing-attributes"))
     for event in events:
         assert event["listing_version"] == 1 and event["category"]["label"] in labels.categories
         assert 0 <= event["category"]["confidence"] <= 1
@@ -91,6 +95,8 @@ def test_each_listing_yields_one_event_dlq_gets_reasons_and_second_pass_is_cache
         for attribute in event["attributes"]:
             assert attribute["value"] == title[attribute["start"] : attribute["end"]]
             assert attribute["name"] in labels.attributes_by_category[event["category"]["label"]]
+            assert attribute["normalized"] == normalize(attribute["value"]).to_json()
+        output_schema(event)
     assert sum(bool(e["attributes"]) for e in events) >= 30  # the tiny model does find attributes
     assert sorted(e["error"]["code"] for e in dead) == sorted([
         ReasonCode.INVALID_JSON, ReasonCode.INVALID_UTF8, ReasonCode.SCHEMA_VIOLATION,

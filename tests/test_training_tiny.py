@@ -19,6 +19,18 @@ from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 
 
+def enrich(*args: str) -> str:
+    """Run an `enrich` subcommand in a subprocess (offline, as a user would); its stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
+
+
 def test_model_directory_follows_the_contract(tiny_model_dir: Path) -> None:
     for name in (
         "config.json",
@@ -58,25 +70,9 @@ def test_trained_tiny_model_beats_the_untrained_one(tiny_model_dir: Path) -> Non
 
 
 def test_evaluate_cli_prints_json_metrics_and_writes_charts(tiny_model_dir: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workers.cli",
-            "evaluate",
-            str(tiny_model_dir),
-            str(FIXTURE_OFFERS),
-            "--json",
-            "--charts",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    metrics = json.loads(
+        enrich("evaluate", str(tiny_model_dir), str(FIXTURE_OFFERS), "--json", "--charts", str(tmp_path))
     )
-    metrics = json.loads(result.stdout)
     assert metrics["backend"] == "onnxruntime" and metrics["offers"] == 300
     assert 0.6 < metrics["micro"]["f1"] <= 1.0 and "Coffee" in metrics["category_report"]
     assert {p.name for p in tmp_path.glob("*.png")} == {"attribute_f1.png", "category_f1.png"}
@@ -84,10 +80,44 @@ def test_evaluate_cli_prints_json_metrics_and_writes_charts(tiny_model_dir: Path
 
 def test_augment_cli_writes_valid_offers(tmp_path: Path) -> None:
     out = tmp_path / "aug.jsonl"
-    subprocess.run(
-        [sys.executable, "-m", "workers.cli", "augment", str(FIXTURE_OFFERS), str(out), "--copies", "1"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    enrich("augment", str(FIXTURE_OFFERS), str(out), "--copies", "1")
     assert len(load_offers(out)) == 300
+
+
+def test_evaluate_counts_gold_it_cannot_get_as_misses_and_goes_on(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = [
+        {  # gold in another casing than the title
+            "input": "Nescafé Dark Roast Instant Coffee, 12 oz",
+            "category": "Coffee",
+            "target_scores": {"Brand": {"NESCAFÉ": 1}, "Net content": {"12 oz": 1}, "Flavor": {"n/a": 1}},
+        },
+        {  # two gold values for one attribute, one of an attribute the model never saw
+            "input": "Nescafé Dark Roast Instant Coffee from Brazil, 12 oz",
+            "category": "Coffee",
+            "target_scores": {"Roast type": {"Dark Roast": 1, "Dark": 1}, "Origin": {"Brazil": 1}},
+        },
+        {  # a category the model never saw
+            "input": "Kellogg's Corn Flakes Breakfast Cereal, 18 oz",
+            "category": "Cereal",
+            "target_scores": {"Brand": {"Kellogg's": 1}, "Net content": {"18 oz": 1}},
+        },
+    ]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    metrics = json.loads(enrich("evaluate", str(tiny_model_dir), str(data), "--json"))
+    assert metrics["offers"] == 3
+    assert metrics["data_issues"] == {
+        "gold_values": 7,
+        "values_not_in_title": 1,
+        "attributes_with_several_values": 1,
+        "values_of_unseen_attributes": 1,
+        "unseen_attributes": ["Origin"],
+        "offers_of_unseen_categories": 1,
+        "unseen_categories": ["Cereal"],
+    }
+    assert metrics["per_attribute"]["Origin"] == {**metrics["per_attribute"]["Origin"], "tp": 0, "fn": 1}
+    assert metrics["per_attribute"]["Roast type"]["fn"] >= 1  # at most one of the two values is predicted
+    assert metrics["category_report"]["Cereal"]["recall"] == 0.0
+    assert metrics["literature"]["micro"]["vn"] + metrics["literature"]["micro"]["vw"] >= 1  # Origin

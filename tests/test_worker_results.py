@@ -24,7 +24,7 @@ def test_a_result_is_listing_attributes_json_and_round_trips_through_the_cache_v
     assert result.category == {"label": "Coffee", "confidence": 0.95}
     assert result.attributes[0] == {
         "name": "Brand", "value": "Lavazza", "confidence": 0.912346,
-        "start": 0, "end": 7, "source_field": "title",
+        "start": 0, "end": 7, "source_field": "title", "normalized": {"text": "lavazza"},
     }  # fmt: skip
     assert ListingResult.from_bytes(result.to_bytes(TITLE), TITLE) == result
 

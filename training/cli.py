@@ -1,4 +1,4 @@
-"""`enrich train | augment | evaluate | export`: torch etc. imported in the handlers only."""
+"""`enrich train | cv | augment | evaluate | export`: torch etc. imported in the handlers only."""
 
 from __future__ import annotations
 
@@ -44,6 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.set_defaults(func=_evaluate)
 
+    cv = subparsers.add_parser(
+        "cv", help="k-fold cross-validation of the training config: both metrics, mean ± sd over folds"
+    )
+    add_config_arguments(cv)
+    cv.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    cv.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
+    cv.add_argument("--max-epochs", type=int, help="maximum epochs per fold (same as --epochs)")
+    cv.add_argument("--out", type=Path, help="report folder (default: <output_root>/cv/<name>-<UTC time>)")
+    cv.set_defaults(func=_cv)
+
     export = subparsers.add_parser("export", help="ONNX export + parity check + Triton CPU repository")
     export.add_argument("model_dir", type=Path, help="models/<name>/<version>")
     export.add_argument("--triton-repo", type=Path, help="CPU model repository (default: triton_repo/cpu)")
@@ -60,6 +70,12 @@ def _train(args: argparse.Namespace) -> int:
     model_dir = train(config_from_args(args))
     metrics = json.loads((model_dir / "metrics.json").read_text())
     print(f"model directory: {model_dir}")
+    alignment = metrics["data"]["alignment"]
+    print(
+        f"training values placed as spans: {alignment['placed']} of {alignment['values']} "
+        f"(skipped {alignment['not_in_title']} not in the title, {alignment['overlapping']} under a longer "
+        f"value; {alignment['case_insensitive']} placed case-insensitively)"
+    )
     print(
         f"dev micro-F1 {metrics['dev']['micro']['f1']:.4f} ({'with' if metrics['augmented'] else 'without'} "
         f"augmentation), category accuracy {metrics['dev']['category_accuracy']:.3f}"
@@ -69,6 +85,20 @@ def _train(args: argparse.Namespace) -> int:
             f"dev micro-F1 without augmentation (same run): "
             f"{metrics['without_augmentation']['dev']['micro']['f1']:.4f}"
         )
+    return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from training.config import config_from_args
+    from training.cv import run_cv
+
+    config = config_from_args(args)
+    if args.max_epochs is not None:
+        config = config.replace(epochs=args.max_epochs)
+    out_dir = run_cv(config, folds=args.folds, out_dir=args.out, fold_seed=args.fold_seed)
+    print((out_dir / "cv.md").read_text())
+    print(f"written: {out_dir / 'cv.json'}, {out_dir / 'cv.md'}")
     return 0
 
 

@@ -1,7 +1,10 @@
 """OA-Mine-format offers: loading, a deterministic train/dev split, value spans and BIO token labels.
 
 A line is ``{"input": title, "category": str, "target_scores": {attribute: {value: 1}}}``; the value "n/a"
-means the attribute is absent, every other value is a verbatim substring of the title.
+means the attribute is absent. A value is normally a verbatim substring of the title, but any labelled file
+loads: a value that is not (another casing, another spelling) or several values for one attribute are kept
+as gold, so evaluation counts them as misses where they are; training places what it can on the title
+(verbatim, else case-insensitively) and :func:`alignment_report` counts what it skips.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "EncodedOffer",
     "Offer",
     "Span",
+    "alignment_report",
     "build_labels",
     "encode_offers",
     "find_value_spans",
@@ -43,11 +47,16 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Offer:
-    """One product title, its category and its (attribute, value) pairs (absent attributes left out)."""
+    """One product title, its category, its (attribute, value) pairs, and the attributes labelled "n/a".
+
+    ``absent`` matters only to the literature's metric (an "n/a" gold against a prediction is a false
+    positive there); training and our strict metric treat an absent attribute like an unlabelled one.
+    """
 
     text: str
     category: str
     values: tuple[tuple[str, str], ...]
+    absent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,16 +86,16 @@ def _parse_line(line: str, where: str) -> Offer:
     if not isinstance(targets, dict):
         raise DataError(f"{where}: 'target_scores' must map attribute -> {{value: score}}")
     values: list[tuple[str, str]] = []
+    absent: list[str] = []
     for attribute, scored in targets.items():
         if not isinstance(scored, dict):
             raise DataError(f"{where}: target_scores[{attribute!r}] must be an object {{value: score}}")
         for value in scored:
             if value == ABSENT:
-                continue
-            if value not in text:
-                raise DataError(f"{where}: value {value!r} of {attribute!r} is not a substring of the title")
-            values.append((attribute, value))
-    return Offer(text=text, category=category, values=tuple(values))
+                absent.append(attribute)
+            else:
+                values.append((attribute, value))
+    return Offer(text=text, category=category, values=tuple(values), absent=tuple(absent))
 
 
 def load_offers(path: Path | str) -> list[Offer]:
@@ -108,6 +117,8 @@ def offer_to_json(offer: Offer) -> dict[str, object]:
     targets: dict[str, dict[str, int]] = {}
     for attribute, value in offer.values:
         targets.setdefault(attribute, {})[value] = 1
+    for attribute in offer.absent:
+        targets.setdefault(attribute, {})[ABSENT] = 1
     return {"input": offer.text, "category": offer.category, "target_scores": targets}
 
 
@@ -137,12 +148,22 @@ def build_labels(offers: Sequence[Offer]) -> ModelLabels:
     return ModelLabels.from_attributes(attributes, {c: sorted(a) for c, a in by_category.items()})
 
 
-def _occurrences(text: str, value: str) -> list[int]:
-    """Start indices of ``value`` in ``text``, whole-word matches first."""
-    starts, index = [], text.find(value)
+def _find_all(text: str, value: str) -> list[int]:
+    starts, index = [], text.find(value) if value else -1
     while index >= 0:
         starts.append(index)
         index = text.find(value, index + 1)
+    return starts
+
+
+def _occurrences(text: str, value: str) -> list[int]:
+    """Start indices of ``value`` in ``text``, whole-word matches first; case-insensitive matches when there
+    is no verbatim one (and lower-casing keeps every index: "İ" would not)."""
+    starts = _find_all(text, value)
+    if not starts:
+        lower_text, lower_value = text.lower(), value.lower()
+        if len(lower_text) == len(text) and len(lower_value) == len(value):
+            starts = _find_all(lower_text, lower_value)
 
     def cuts_a_word(start: int) -> bool:
         end = start + len(value)
@@ -158,7 +179,7 @@ def find_value_spans(text: str, values: Sequence[tuple[str, str]]) -> list[Span]
 
     Each value gets its first free whole-word occurrence (so "10" skips the "10" inside "105-saddle"); then
     further occurrences of the same value are labelled too where free ("Women's ... (US Women's 5.5)").
-    Values that only overlap others (BIO cannot nest spans) are left out.
+    Values that only overlap others (BIO cannot nest spans) or are not in the title are left out.
     """
     taken = np.zeros(len(text) + 1, dtype=bool)
     spans: list[Span] = []
@@ -181,6 +202,37 @@ def find_value_spans(text: str, values: Sequence[tuple[str, str]]) -> list[Span]
             taken[start:end] = True
             spans.append(Span(attribute, start, end))
     return sorted(spans, key=lambda s: s.start)
+
+
+def alignment_report(offers: Sequence[Offer]) -> dict[str, int]:
+    """How many gold values training can place as spans, and how many it skips and why.
+
+    ``not_in_title``: not even a case-insensitive substring of the title; ``overlapping``: in the title but
+    only where a longer value already sits (BIO cannot nest spans); ``case_insensitive``: placed on a
+    differently cased occurrence; ``several_values``: (offer, attribute) pairs with more than one value.
+    """
+    report = {"values": 0, "placed": 0, "case_insensitive": 0, "not_in_title": 0, "overlapping": 0}
+    several = 0
+    for offer in offers:
+        spans = find_value_spans(offer.text, offer.values)
+        placed = {(span.attribute, offer.text[span.start : span.end]) for span in spans}
+        placed_lower = {(a, v.lower()) for a, v in placed}
+        names = [attribute for attribute, _ in offer.values]
+        several += len({n for n in names if names.count(n) > 1})
+        for attribute, value in set(offer.values):
+            report["values"] += 1
+            if (attribute, value) in placed:
+                report["placed"] += 1
+            elif (attribute, value.lower()) in placed_lower:
+                report["placed"] += 1
+                report["case_insensitive"] += 1
+            elif not _occurrences(offer.text, value):
+                report["not_in_title"] += 1
+            else:
+                report["overlapping"] += 1
+    report["skipped"] = report["not_in_title"] + report["overlapping"]
+    report["several_values"] = several
+    return report
 
 
 def token_tags(offsets: Sequence[tuple[int, int]], spans: Sequence[Span], labels: ModelLabels) -> np.ndarray:

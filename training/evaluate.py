@@ -1,4 +1,4 @@
-"""Scoring: micro P/R/F1 over (attribute, value) pairs, per-attribute table, category report, charts.
+"""Scoring a model: predictions, the two metrics (``training.metrics``), per-attribute table, charts.
 
 Predictions go through the serving code (``workers.model.encode`` + ``workers.model.decode``); only the
 function that turns padded ids into probabilities differs (torch during training, ONNX Runtime for
@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from training.data import Offer
+from training.metrics import data_issues, normalise_value, score
 from workers.model.decode import Attribute, ModelLabels, decode_attributes, decode_category
 from workers.model.encode import TitleEncoder
 
 __all__ = [
     "Prediction",
     "RunBatch",
+    "format_data_issues",
     "normalise_value",
     "onnx_runner",
     "predict",
@@ -37,10 +38,6 @@ class Prediction:
     category: str
     category_confidence: float
     attributes: list[Attribute] = field(default_factory=list)
-
-
-def normalise_value(value: str) -> str:
-    return " ".join(value.casefold().split())
 
 
 def predict(
@@ -92,53 +89,30 @@ def onnx_runner(onnx_path: Path | str, threads: int = 2) -> RunBatch:
     return run
 
 
-def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
-
-
-def score(offers: Sequence[Offer], predictions: Sequence[Prediction]) -> dict[str, Any]:
-    """Micro P/R/F1 over normalised (attribute, value) pairs, per attribute, and category accuracy."""
-    from sklearn.metrics import classification_report
-
-    counts: dict[str, list[int]] = {}
-    for offer, prediction in zip(offers, predictions, strict=True):
-        gold = {(a, normalise_value(v)) for a, v in offer.values}
-        found = {(a.name, normalise_value(a.value)) for a in prediction.attributes}
-        for attribute, _ in gold | found:
-            counts.setdefault(attribute, [0, 0, 0])
-        for attribute, _ in gold & found:
-            counts[attribute][0] += 1
-        for attribute, _ in found - gold:
-            counts[attribute][1] += 1
-        for attribute, _ in gold - found:
-            counts[attribute][2] += 1
-    totals = np.array(list(counts.values()) or [[0, 0, 0]]).sum(axis=0)
-    gold_categories = [o.category for o in offers]
-    predicted_categories = [p.category for p in predictions]
-    return {
-        "micro": _prf(*(int(x) for x in totals)),
-        "per_attribute": {name: _prf(*c) for name, c in sorted(counts.items())},
-        "category_accuracy": float(
-            np.mean([g == p for g, p in zip(gold_categories, predicted_categories, strict=False)])
-        ),
-        "category_report": classification_report(
-            gold_categories, predicted_categories, output_dict=True, zero_division=0
-        ),
-        "category_report_text": classification_report(gold_categories, predicted_categories, zero_division=0),
-        "offers": len(offers),
-    }
-
-
 def format_table(metrics: dict[str, Any]) -> str:
+    """Per-attribute strict P/R/F1, then the micro rows of both metrics side by side."""
     lines = [f"{'attribute':<24}{'P':>7}{'R':>7}{'F1':>7}{'gold':>7}"]
     for name, m in metrics["per_attribute"].items():
         lines.append(f"{name:<24}{m['precision']:7.3f}{m['recall']:7.3f}{m['f1']:7.3f}{m['tp'] + m['fn']:7d}")
-    micro = metrics["micro"]
-    lines.append(f"{'micro':<24}{micro['precision']:7.3f}{micro['recall']:7.3f}{micro['f1']:7.3f}")
+    literature = metrics["literature"]["micro"]
+    for label, micro in (("micro strict", metrics["micro"]), ("micro literature", literature)):
+        lines.append(f"{label:<24}{micro['precision']:7.3f}{micro['recall']:7.3f}{micro['f1']:7.3f}")
     return "\n".join(lines)
+
+
+def format_data_issues(issues: dict[str, Any]) -> str:
+    """One line per kind of gold the model cannot fully get; each is counted as a miss, never an abort."""
+    return "\n".join(
+        [
+            f"gold values: {issues['gold_values']}",
+            f"  not a verbatim substring of the title: {issues['values_not_in_title']}",
+            f"  (offer, attribute) pairs with several values: {issues['attributes_with_several_values']}",
+            f"  of attributes the model never saw: {issues['values_of_unseen_attributes']} "
+            f"{issues['unseen_attributes'] or ''}".rstrip(),
+            f"offers of categories the model never saw: {issues['offers_of_unseen_categories']} "
+            f"{issues['unseen_categories'] or ''}".rstrip(),
+        ]
+    )
 
 
 def write_charts(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -229,6 +203,7 @@ def evaluate_model_dir(
         restrict_to_category=restrict_to_category,
     )
     metrics = score(offers, predictions)
+    metrics["data_issues"] = data_issues(offers, labels)
     metrics.update(backend=backend, data_path=str(data_path), model_dir=str(model_dir), dev_split=dev_split)
     if compare_decoding:
         # (method, restrict to the predicted category, snap to words): one knob off at a time
@@ -262,7 +237,12 @@ def print_report(metrics: dict[str, Any], as_json: bool) -> None:
         print(json.dumps({k: v for k, v in metrics.items() if k != "category_report_text"}, indent=2))
         return
     print(format_table(metrics))
-    print(f"\ncategory accuracy {metrics['category_accuracy']:.3f}\n{metrics['category_report_text']}")
+    print(
+        f"\ncategory accuracy {metrics['category_accuracy']:.3f}, macro-F1 {metrics['category_macro_f1']:.3f}"
+        f"\n{metrics['category_report_text']}"
+    )
+    if "data_issues" in metrics:
+        print(format_data_issues(metrics["data_issues"]))
     for variant, micro in metrics.get("decoding_variants", {}).items():
         print(
             f"decoding {variant:<38} P {micro['precision']:.4f} R {micro['recall']:.4f} F1 {micro['f1']:.4f}"

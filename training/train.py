@@ -29,6 +29,7 @@ from training.data import (
     IGNORE_INDEX,
     EncodedOffer,
     Offer,
+    alignment_report,
     build_labels,
     encode_offers,
     load_offers,
@@ -40,7 +41,7 @@ from training.model_card import write_model_card
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 
-__all__ = ["FitResult", "train"]
+__all__ = ["FitResult", "prepare", "train"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -257,6 +258,22 @@ def _summary(result: FitResult) -> dict[str, Any]:
     }
 
 
+def prepare(
+    config: TrainConfig, train_offers: Sequence[Offer], run_dir: Path
+) -> tuple[Path, ModelLabels, TitleEncoder, list[Offer]]:
+    """Base model directory, labels, encoder and the offers to fit on (augmented when configured).
+
+    Shared by `enrich train` and `enrich cv`, so each fold trains exactly as a real training does.
+    """
+    base_dir = resolve_base(config, train_offers, run_dir)
+    labels = build_labels(train_offers)
+    encoder = TitleEncoder(base_dir / "tokenizer.json", config.max_length, config.seq_buckets)
+    fit_offers = list(train_offers)
+    if config.augment:
+        fit_offers += augment_offers(train_offers, config.augment_copies, seed=config.seed)
+    return base_dir, labels, encoder, fit_offers
+
+
 def train(config: TrainConfig) -> Path:
     """Run one training and return the written model directory."""
     torch.set_num_threads(config.num_threads)
@@ -267,12 +284,7 @@ def train(config: TrainConfig) -> Path:
         raise ValueError(f"split of {len(offers)} offers left an empty side; adjust dev_fraction")
     model_dir = model_directory(config)
     run_dir = Path(config.output_root) / ".runs" / config.name / model_dir.name  # checkpoints, tiny base
-    base_dir = resolve_base(config, train_offers, run_dir)
-    labels = build_labels(train_offers)
-    encoder = TitleEncoder(base_dir / "tokenizer.json", config.max_length, config.seq_buckets)
-    fit_offers = list(train_offers)
-    if config.augment:
-        fit_offers += augment_offers(train_offers, config.augment_copies, seed=config.seed)
+    base_dir, labels, encoder, fit_offers = prepare(config, train_offers, run_dir)
     checkpoints = run_dir / "checkpoint-best" if config.save_checkpoints else None
     result = fit(config, base_dir, labels, encoder, fit_offers, dev_offers, checkpoints)
     metrics: dict[str, Any] = {
@@ -284,6 +296,8 @@ def train(config: TrainConfig) -> Path:
             "dev": len(dev_offers),
             "categories": len(labels.categories),
             "attributes": (len(labels.tags) - 1) // 2,
+            # gold values training could not place as spans (not in the title, or under a longer value)
+            "alignment": alignment_report(train_offers),
         },
         "augmented": config.augment,
         **_summary(result),

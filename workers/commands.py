@@ -1,4 +1,4 @@
-"""The runtime's subcommands of `enrich`: worker and tail (heavy imports inside handlers)."""
+"""The runtime's subcommands of `enrich`: worker, tail and predict (heavy imports inside handlers)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     redrive.add_argument("--group", default=None, help="reader group (default enrich-redrive.<reason|all>)")
     redrive.add_argument("--to", default=None, help="publish here instead of the record's source topic")
     redrive.set_defaults(func=_redrive)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="offline batch prediction of a JSON-lines titles file (the worker's results, no Kafka)",
+        description="One JSON per line with 'input' or 'title' (optional 'category', 'id'); writes one line "
+        "per input line: category, attributes with confidence, offsets and normalised values.",
+    )
+    predict.add_argument("model_dir", help="exported model directory (model.onnx, labels.json, tokenizer)")
+    predict.add_argument("input", help="input JSON-lines file")
+    predict.add_argument("output", help="output JSON-lines file")
+    predict.add_argument("--batch-size", type=int, default=64, help="titles per inference call (default: 64)")
+    predict.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
+    predict.set_defaults(func=_predict)
+
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -120,6 +134,20 @@ def _redrive(args: argparse.Namespace) -> int:
         print(f"enrich dlq redrive: {exc}", file=sys.stderr)
         return 2
     print(("dry run, nothing changed: " if args.dry_run else "") + orjson.dumps(counts.as_dict()).decode())
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workers.predict import predict_file
+
+    paths = Path(args.model_dir), Path(args.input), Path(args.output)
+    report = predict_file(*paths, batch_size=args.batch_size, threads=args.threads)
+    print(
+        f"predicted {report.titles} titles ({report.errors} lines without a title) in "
+        f"{report.seconds:.1f} s: {report.titles_per_s:,.0f} titles/s -> {args.output}"
+    )
     return 0
 
 

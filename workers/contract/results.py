@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from workers.model.decode import Attribute
+from workers.model.normalise import normalize
 
 __all__ = ["ListingResult"]
 
@@ -35,7 +36,7 @@ def _seal(title: str, body: bytes) -> bytes:
 @dataclass(frozen=True, slots=True)
 class ListingResult:
     """Category and attributes of one title as listing-attributes v1 JSON: `{"label", "confidence"}`
-    and the list of attribute objects (name, value, confidence, start, end, source_field)."""
+    and the list of attribute objects (name, value, confidence, start, end, source_field, normalized)."""
 
     category_json: bytes
     attributes_json: bytes
@@ -55,6 +56,7 @@ class ListingResult:
                         "start": a.start,
                         "end": a.end,
                         "source_field": "title",
+                        "normalized": normalize(a.value).to_json(),
                     }
                     for a in attributes
                 ]

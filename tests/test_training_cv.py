@@ -1,0 +1,77 @@
+"""`enrich cv`: folds stratified by category, duplicates together; 2 folds of the tiny model end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.model_fixtures import FIXTURE_OFFERS
+from training.cv import assign_folds
+from training.data import Offer, load_offers
+
+
+def test_folds_are_stratified_deterministic_and_keep_identical_titles_together() -> None:
+    offers = load_offers(FIXTURE_OFFERS)
+    offers = [*offers, offers[0], offers[1]]  # duplicates must not straddle folds
+    folds = assign_folds(offers, 5, seed=0)
+    assert folds == assign_folds(offers, 5, seed=0)
+    assert folds != assign_folds(offers, 5, seed=1)
+    assert folds[-2:] == folds[:2]
+    by_text: dict[str, set[int]] = {}
+    for offer, fold in zip(offers, folds, strict=True):
+        by_text.setdefault(offer.text, set()).add(fold)
+    assert all(len(f) == 1 for f in by_text.values())
+    sizes = Counter(folds)
+    assert set(sizes) == set(range(5)) and max(sizes.values()) - min(sizes.values()) <= 3
+    for category in {o.category for o in offers}:
+        per_fold = Counter(f for o, f in zip(offers, folds, strict=True) if o.category == category)
+        assert max(per_fold.values()) - min(per_fold.values()) <= 2, (category, per_fold)
+
+
+def test_small_categories_spread_over_folds_instead_of_all_starting_in_fold_zero() -> None:
+    offers = [Offer(f"title {i}", f"category {i}", ()) for i in range(6)]
+    assert sorted(assign_folds(offers, 3)) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        assign_folds(offers, 1)
+
+
+def test_cv_cli_trains_one_model_per_fold_and_reports_both_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "workers.cli", "cv", "--data-path", str(FIXTURE_OFFERS),
+            "--base-model", "tiny", "--folds", "2", "--max-epochs", "4", "--learning-rate", "3e-3",
+            "--head-learning-rate", "3e-3", "--no-progress", "--no-save-checkpoints", "--out", str(out),
+        ],
+        capture_output=True, text=True, check=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["folds"] == 2 and summary["config"]["epochs"] == 4 and summary["offers"] == 300
+    per_fold = summary["per_fold"]
+    assert sum(m["test_offers"] for m in per_fold) == 300  # every offer scored once
+    assert all(m["offers"] == m["test_offers"] and m["train_offers"] < 150 for m in per_fold)
+    f1 = [m["micro"]["f1"] for m in per_fold]
+    assert summary["strict_micro_f1"]["mean"] == pytest.approx(statistics.fmean(f1))
+    assert summary["strict_micro_f1"]["sd"] == pytest.approx(statistics.stdev(f1))
+    literature = [m["literature"]["micro"]["f1"] for m in per_fold]
+    assert summary["literature_micro_f1"]["values"] == literature
+    assert min(f1) > 0.5  # a trained model, not noise (the untrained tiny model scores near 0)
+    assert {"Brand", "Net content"} <= set(summary["per_attribute"])
+    assert summary["per_attribute"]["Brand"]["gold"] == 300
+    markdown = (out / "cv.md").read_text()
+    assert markdown in result.stdout
+    for row, key in (
+        ("micro-F1, strict (ours)", "strict_micro_f1"),
+        ("micro-F1, literature (ExtractGPT rules)", "literature_micro_f1"),
+        ("category macro-F1", "category_macro_f1"),
+    ):
+        assert f"| {row} | {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f} |" in markdown
+    assert "| Brand | " in markdown
+    assert not list(out.glob(".fold-*"))  # per-fold scratch (the tiny base) is removed

@@ -1,0 +1,207 @@
+"""`enrich cv`: k-fold cross-validation of the configured training, both metrics, mean ± sd over folds.
+
+Why: the 206 dev offers of the fixed split move about ±1 point with the seed, and the best epoch and the
+decoding options were chosen on them, so a gain measured there may be noise or tuning to that split. Here
+every offer is scored once, by a model that never saw it and did not pick its epoch on it.
+
+Folds: offers with the same title form one group (a duplicate across folds would leak), groups are dealt
+round-robin within each category in the order of a salted hash (stratified by category, fixed by
+``seed``). Per fold the training side is split again with the config's own hash split (``dev_fraction``,
+``split_salt``) for early stopping; the held-out fold is scored once, after training, with the serving
+decode (torch outputs, ``workers.model`` decoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.data import Offer, load_offers, split_offers
+from training.metrics import data_issues
+
+__all__ = ["assign_folds", "format_markdown", "run_cv", "summarise"]
+
+
+def assign_folds(offers: Sequence[Offer], folds: int, seed: int = 0) -> list[int]:
+    """The fold (0..folds-1) of each offer: stratified by category, identical titles together."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    groups: dict[str, list[int]] = {}
+    for index, offer in enumerate(offers):
+        groups.setdefault(offer.text, []).append(index)
+    by_category: dict[str, list[str]] = {}
+    for text, members in groups.items():
+        by_category.setdefault(offers[members[0]].category, []).append(text)
+
+    def key(text: str) -> bytes:
+        return hashlib.sha256(f"cv-{seed}\x00{text}".encode()).digest()
+
+    assignment = [0] * len(offers)
+    dealt = 0  # carried across categories, so small categories do not all start in fold 0
+    for category in sorted(by_category):
+        for text in sorted(by_category[category], key=key):
+            for index in groups[text]:
+                assignment[index] = dealt % folds
+            dealt += 1
+    return assignment
+
+
+def _fold_metrics(
+    config: TrainConfig, train_offers: list[Offer], test_offers: list[Offer], run_dir: Path
+) -> dict[str, Any]:
+    from training.evaluate import predict
+    from training.metrics import score
+    from training.model import torch_runner
+    from training.train import fit, prepare
+
+    fit_train, fit_dev = split_offers(train_offers, config.dev_fraction, config.split_salt)
+    if not fit_train or not fit_dev:
+        raise ValueError(f"the early-stopping split of {len(train_offers)} offers left an empty side")
+    base_dir, labels, encoder, fit_offers = prepare(config, fit_train, run_dir)
+    result = fit(config, base_dir, labels, encoder, fit_offers, fit_dev, None)
+    predictions = predict(
+        [offer.text for offer in test_offers],
+        torch_runner(result.model),
+        encoder,
+        labels,
+        decode_method=config.decode_method,
+        restrict_to_category=config.restrict_to_category,
+    )
+    metrics = score(test_offers, predictions)
+    metrics.pop("category_report_text")
+    metrics["data_issues"] = data_issues(test_offers, labels)
+    metrics["train_offers"], metrics["early_stopping_offers"] = len(fit_train), len(fit_dev)
+    metrics["best_epoch"] = max(result.history, key=lambda h: h["dev_f1"])["epoch"]
+    metrics["train_seconds"] = round(result.seconds, 1)
+    return metrics
+
+
+def _mean_sd(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": list(values),
+    }
+
+
+def summarise(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± sample sd over folds of each headline figure; per attribute the mean strict F1 over the
+    folds where it had gold values, and its gold count over all folds."""
+    headline = {
+        "strict_micro_f1": [m["micro"]["f1"] for m in fold_metrics],
+        "strict_micro_precision": [m["micro"]["precision"] for m in fold_metrics],
+        "strict_micro_recall": [m["micro"]["recall"] for m in fold_metrics],
+        "literature_micro_f1": [m["literature"]["micro"]["f1"] for m in fold_metrics],
+        "literature_micro_precision": [m["literature"]["micro"]["precision"] for m in fold_metrics],
+        "literature_micro_recall": [m["literature"]["micro"]["recall"] for m in fold_metrics],
+        "literature_macro_f1": [m["literature"]["macro"]["f1"] for m in fold_metrics],
+        "category_accuracy": [m["category_accuracy"] for m in fold_metrics],
+        "category_macro_f1": [m["category_macro_f1"] for m in fold_metrics],
+    }
+    attributes: dict[str, dict[str, Any]] = {}
+    for metrics in fold_metrics:
+        for name, m in metrics["per_attribute"].items():
+            entry = attributes.setdefault(name, {"f1": [], "gold": 0})
+            entry["gold"] += m["tp"] + m["fn"]
+            if m["tp"] + m["fn"]:
+                entry["f1"].append(m["f1"])
+    per_attribute = {
+        name: {"gold": e["gold"], "folds": len(e["f1"]), **_mean_sd(e["f1"] or [0.0])}
+        for name, e in sorted(attributes.items())
+    }
+    return {
+        "folds": len(fold_metrics),
+        **{k: _mean_sd(v) for k, v in headline.items()},
+        "per_attribute": per_attribute,
+    }
+
+
+def format_markdown(summary: dict[str, Any]) -> str:
+    """The CV report: headline figures (mean ± sd) and the per-attribute table."""
+    rows = [
+        ("micro-F1, strict (ours)", "strict_micro_f1"),
+        ("micro-precision, strict", "strict_micro_precision"),
+        ("micro-recall, strict", "strict_micro_recall"),
+        ("micro-F1, literature (ExtractGPT rules)", "literature_micro_f1"),
+        ("macro-F1, literature (attribute x category)", "literature_macro_f1"),
+        ("category accuracy", "category_accuracy"),
+        ("category macro-F1", "category_macro_f1"),
+    ]
+    config = summary["config"]
+    lines = [
+        f"# Cross-validation: {summary['folds']} folds, {summary['offers']} offers",
+        "",
+        f"Data `{config['data_path']}`, base `{config['base_model']}`, max {config['epochs']} epochs, "
+        f"augment {config['augment']}, seed {config['seed']}, fold seed {summary['fold_seed']}; "
+        f"{summary['seconds']:.0f} s. Metric definitions: docs/model-quality.md.",
+        "",
+        "| metric | mean ± sd | per fold |",
+        "|---|---|---|",
+    ]
+    for label, key in rows:
+        figure = summary[key]
+        folds = ", ".join(f"{v:.4f}" for v in figure["values"])
+        lines.append(f"| {label} | {figure['mean']:.4f} ± {figure['sd']:.4f} | {folds} |")
+    issues = summary["data_issues"]
+    lines += [
+        "",
+        f"Gold the model could not fully get (counted as misses): {issues['values_not_in_title']} values not "
+        f"in the title, {issues['attributes_with_several_values']} attributes with several values, "
+        f"{issues['values_of_unseen_attributes']} values of attributes its fold never trained on, "
+        f"{issues['offers_of_unseen_categories']} offers of unseen categories.",
+        "",
+        "| attribute | strict F1 mean ± sd | folds | gold values |",
+        "|---|---|---|---|",
+    ]
+    for name, m in summary["per_attribute"].items():
+        lines.append(f"| {name} | {m['mean']:.3f} ± {m['sd']:.3f} | {m['folds']} | {m['gold']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_cv(config: TrainConfig, folds: int = 5, out_dir: Path | None = None, fold_seed: int = 0) -> Path:
+    """Train and score ``folds`` models; writes ``cv.json`` and ``cv.md`` to ``out_dir`` and returns it."""
+    import torch
+
+    torch.set_num_threads(config.num_threads)
+    started = time.perf_counter()
+    offers = load_offers(config.data_path)
+    assignment = assign_folds(offers, folds, fold_seed)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out_dir or Path(config.output_root) / "cv" / f"{config.name}-{stamp}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fold_metrics = []
+    for fold in range(folds):
+        test = [o for o, f in zip(offers, assignment, strict=True) if f == fold]
+        train = [o for o, f in zip(offers, assignment, strict=True) if f != fold]
+        metrics = _fold_metrics(config, train, test, out_dir / f".fold-{fold}")
+        shutil.rmtree(out_dir / f".fold-{fold}", ignore_errors=True)  # the tiny base, when there is one
+        metrics["fold"], metrics["test_offers"] = fold, len(test)
+        fold_metrics.append(metrics)
+        if config.progress:
+            print(
+                f"fold {fold + 1}/{folds}: strict micro-F1 {metrics['micro']['f1']:.4f}, literature "
+                f"{metrics['literature']['micro']['f1']:.4f}, category accuracy "
+                f"{metrics['category_accuracy']:.3f} ({len(test)} offers, {metrics['train_seconds']:.0f} s)",
+                flush=True,
+            )
+    summary = summarise(fold_metrics)
+    totals = [m["data_issues"] for m in fold_metrics]
+    summary.update(
+        config=config.to_dict(),
+        offers=len(offers),
+        fold_seed=fold_seed,
+        seconds=round(time.perf_counter() - started, 1),
+        data_issues={k: sum(t[k] for t in totals) for k, v in totals[0].items() if isinstance(v, int)},
+        per_fold=fold_metrics,
+    )
+    (out_dir / "cv.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    (out_dir / "cv.md").write_text(format_markdown(summary))
+    return out_dir
