@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from workers.commands import add_kafka_target
 
@@ -31,13 +32,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " a few minutes the first time), tiny (seconds) or a path",
     )
     demo.add_argument("--rows", type=int, default=15, help="table rows to print")
+    demo.add_argument("--secure", action="store_true",
+                      help="run it all over SASL_SSL Kafka (SCRAM) and TLS Redis with an ACL user")
     demo.set_defaults(func=_demo)
 
 
 def _produce_sample(args: argparse.Namespace) -> int:
     from devtools.harness.listings import invalid_samples, sample_listings
     from devtools.harness.producer import produce_records
+    from workers.contract.errors import EnrichError
+    from workers.runtime.kafka_security import prepare_cli_kafka
 
+    try:
+        prepare_cli_kafka(args.kafka_bootstrap, args.kafka_property)
+    except EnrichError as exc:
+        print(f"enrich produce-sample: {exc}", file=sys.stderr)
+        return exc.exit_code
     records: list[tuple[bytes | None, bytes | None]] = list(
         sample_listings(args.count, seed=args.seed, version=args.listing_version)
     )
@@ -52,4 +62,5 @@ def _demo(args: argparse.Namespace) -> int:
     from devtools.demo import DemoOptions, run_demo
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return run_demo(DemoOptions(count=args.count, backend=args.backend, base=args.base, rows=args.rows))
+    return run_demo(DemoOptions(count=args.count, backend=args.backend, base=args.base, rows=args.rows,
+                                secure=args.secure))

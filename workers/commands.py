@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def add_kafka_target(parser: argparse.ArgumentParser, topic_env: str, default_topic: str) -> None:
+    """--kafka-bootstrap, --topic and --kafka-property (security: see workers/runtime/kafka_security.py)."""
+    from workers.runtime.kafka_security import add_kafka_property_argument
+
+    add_kafka_property_argument(parser)
     parser.add_argument(
         "--kafka-bootstrap",
         default=os.environ.get("ENRICH_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -56,7 +60,7 @@ def _worker(args: argparse.Namespace) -> int:
         return serve(config)
     except EnrichError as exc:
         print(f"enrich worker: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -65,11 +69,19 @@ def _tail(args: argparse.Namespace) -> int:
     import orjson
     from confluent_kafka import Consumer
 
-    consumer = Consumer({
-        "bootstrap.servers": args.kafka_bootstrap, "group.id": f"enrich-tail-{os.getpid()}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-    })  # fmt: skip
+    from workers.contract.errors import EnrichError
+    from workers.runtime.kafka_security import client_config, prepare_cli_kafka
+
+    try:
+        prepare_cli_kafka(args.kafka_bootstrap, args.kafka_property)
+        consumer = Consumer(client_config(args.kafka_bootstrap, {
+            "group.id": f"enrich-tail-{os.getpid()}", "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        }))  # fmt: skip
+    except EnrichError as exc:
+        print(f"enrich tail: {exc}", file=sys.stderr)
+        return exc.exit_code
     consumer.subscribe([args.topic])
     seen, deadline = 0, time.monotonic() + args.timeout
     try:

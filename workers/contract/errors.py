@@ -9,6 +9,7 @@ __all__ = [
     "EnrichError",
     "InferenceFailed",
     "KafkaOperationFailed",
+    "KafkaSecurityError",
     "ModelMismatch",
     "ReasonCode",
     "ValidationFailed",
@@ -19,6 +20,7 @@ class EnrichError(Exception):
     """Root of every error the worker raises on purpose."""
 
     retriable: bool = False
+    exit_code: int = 2  # of the `enrich` command that stops on it
 
 
 class BackendUnavailable(EnrichError):
@@ -84,3 +86,12 @@ class ConfigError(EnrichError):
 
 class ModelMismatch(EnrichError):
     """The model directory or served model does not fit the worker's settings (buckets, outputs, labels)."""
+
+
+class KafkaSecurityError(ConfigError):
+    """The broker refused the credentials, or the TLS handshake failed: retrying cannot help.
+
+    Its own exit code (`enrich worker`, `tail`, `produce-sample`), so a deployment tells a wrong secret
+    or CA from an unreachable broker at a glance."""
+
+    exit_code = 6

@@ -19,11 +19,12 @@ from workers.backends import make_backend
 from workers.contract.errors import BackendUnavailable, ConfigError
 from workers.model.served import ServedModel
 from workers.runtime.config import WorkerConfig
+from workers.runtime.kafka_security import check_kafka_security, is_secured
 from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
 from workers.runtime.producer import AsyncProducer, make_producer
 from workers.runtime.worker import StreamWorker
 from workers.stages.batch import MicroBatcher
-from workers.stages.cache import ResultCache, make_redis_client
+from workers.stages.cache import ResultCache, redis_client_for
 from workers.stages.commit import OffsetTracker, commit_reporter
 from workers.stages.commit_policy import make_commit_policy
 from workers.stages.consume import KafkaSource, make_consumer
@@ -44,8 +45,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     model_dir = check_model_dir(config)
     model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
     metrics = metrics if metrics is not None else WorkerMetrics()
-    redis_url, redis_cluster = config.cache.redis_url, config.cache.redis_cluster
-    redis = make_redis_client(redis_url, cluster=redis_cluster) if redis_url else None
+    redis = redis_client_for(config.cache)  # the cache's and the guard's (None: no Redis configured)
     kafka, batch = config.kafka, config.batch
     tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
     consumer = make_consumer(kafka, config.worker_id, on_commit=commit_reporter(tracker))
@@ -118,6 +118,12 @@ async def run_worker(
     config: WorkerConfig, stop: asyncio.Event, *, metrics: WorkerMetrics | None = None
 ) -> None:
     """Build a worker, serve its endpoints, and process until `stop` is set."""
+    kafka = config.kafka
+    if is_secured(kafka.properties):  # a refused credential or CA stops the start (KafkaSecurityError)
+        answered = await asyncio.to_thread(check_kafka_security, kafka.bootstrap_servers, kafka.properties)
+        if not answered:
+            log.warning("Kafka at %s did not answer the start-up security check; going on",
+                        kafka.bootstrap_servers)
     worker = build_worker(config, metrics=metrics)
     server = None
     if config.metrics.port >= 0:
