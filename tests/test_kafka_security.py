@@ -104,3 +104,38 @@ def test_redis_security_options(tmp_path: Path) -> None:
         redis_security(CacheConfig(redis_url="redis://r:6379/0", redis_ca_file=ca))
     with pytest.raises(ConfigError, match="ENRICH_REDIS_PASSWORD_FILE"):
         redis_security(CacheConfig(redis_url="redis://r/0", redis_password_file=tmp_path / "missing"))
+
+
+def test_keda_trigger_and_worker_read_kafka_credentials_from_one_secret() -> None:
+    import yaml
+
+    k8s = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for name in ("keda-scaledobject.yaml", "worker-deployment.yaml")
+            for d in yaml.safe_load_all((k8s / name).read_text()) if d}  # fmt: skip
+    trigger = docs[("ScaledObject", "enrich-worker")]["spec"]["triggers"][0]
+    auth = docs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]["secretTargetRef"]
+    assert {ref["parameter"] for ref in auth} == {"sasl", "username", "password", "tls", "ca"}
+    container = docs[("Deployment", "enrich-worker")]["spec"]["template"]["spec"]["containers"][0]
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+               if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
+    assert {property_of_env(name) for name in secrets} == {"sasl.username", "sasl.password"}
+    assert {ref["name"] for ref in auth} == {s["name"] for s in secrets.values()} == {"enrich-kafka"}
+
+
+def test_views_translate_the_properties_for_faust(tmp_path: Path) -> None:
+    import faust
+
+    from devtools.services.secure import make_ca
+    from views.credentials import broker_credentials
+
+    ca = str(make_ca(tmp_path))
+    assert broker_credentials({}) is None
+    sasl = broker_credentials({"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                               "sasl.username": "u", "sasl.password": "p", "ssl.ca.location": ca})
+    assert isinstance(sasl, faust.SASLCredentials) and sasl.mechanism.value == "SCRAM-SHA-512"
+    assert sasl.ssl_context is not None and sasl.protocol.value == "SASL_SSL"
+    assert isinstance(broker_credentials({"security.protocol": "SSL", "ssl.ca.location": ca}),
+                      faust.SSLCredentials)
+    with pytest.raises(ConfigError, match="OAUTHBEARER"):
+        broker_credentials({"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"})

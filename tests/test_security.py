@@ -150,3 +150,30 @@ def test_redis_wrong_password_or_untrusted_ca_is_a_config_error(secured: Secured
     plain = redis.Redis(host="127.0.0.1", port=secured.redis.port, socket_timeout=2, socket_connect_timeout=2)
     with pytest.raises(redis.exceptions.ConnectionError):  # TLS only: no plaintext port
         plain.ping()
+
+
+def test_views_credentials_reach_the_secured_broker(secured: Secured) -> None:
+    """The views' translation (faust SASLCredentials + ssl context) is what aiokafka connects with."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from views.credentials import broker_credentials
+
+    topic, bootstrap = secured.topic(), secured.kafka.bootstrap_servers
+    auth = credentials_to_aiokafka_auth(broker_credentials(secured.security.client_properties()))
+
+    async def roundtrip() -> bytes:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **auth)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"over SASL_SSL")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", **auth)
+        await consumer.start()
+        try:
+            return (await consumer.getone()).value
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(asyncio.wait_for(roundtrip(), 60)) == b"over SASL_SSL"

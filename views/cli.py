@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from workers.runtime.kafka_security import add_kafka_property_argument
+
 __all__ = ["register"]
 
 
@@ -24,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="exactly_once: tables, outputs and offsets in Kafka transactions")
     parser.add_argument("--data-dir", type=Path, default=Path(".cache/views"))
     parser.add_argument("--log-level", default="info")
+    add_kafka_property_argument(parser)
     parser.set_defaults(func=_run)
 
 
@@ -31,13 +34,15 @@ def _run(args: argparse.Namespace) -> int:
     import faust  # heavy: only when the command runs
 
     from views.app import make_app
+    from workers.runtime.kafka_security import kafka_properties
 
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     views = make_app(args.broker, app_id=args.app_id, input_topic=args.input_topic,
                      latest_topic=args.latest_topic, data_dir=data_dir, partitions=args.partitions,
                      replication_factor=args.replication_factor,
-                     processing_guarantee=args.processing_guarantee)
+                     processing_guarantee=args.processing_guarantee,
+                     kafka_properties=kafka_properties(cli=args.kafka_property or ()))
     worker = faust.Worker(views.app, loglevel=args.log_level)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
     return 0
