@@ -105,10 +105,8 @@ def kafka_properties(env: Mapping[str, str] | None = None, cli: Sequence[str] = 
             suffix = name[len(stem) :].lower()
             given.append((property_of_env(stem) + suffix, environ[name], name))
     for item in cli:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--kafka-property: expected key=value, got {item!r}")
-        given.append((key.strip(), value.strip(), f"--kafka-property {key.strip()}"))
+        key, value = _split_flag(item)
+        given.append((key, value, f"--kafka-property {key}"))
     properties: dict[str, str] = {}
     for key, value, where in given:
         if key.lower().endswith(_FILE_SUFFIX):
@@ -155,12 +153,16 @@ def export_cli_properties(values: Sequence[str] | None) -> None:
     """Put `--kafka-property` values into this process's environment (as `ENRICH_KAFKA__*`), so every
     client it builds, and every worker process it starts, gets them."""
     for item in values or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--kafka-property: expected key=value, got {item!r}")
-        key = key.strip()
+        key, value = _split_flag(item)
         suffix = key[-len(_FILE_SUFFIX) :] if key.lower().endswith(_FILE_SUFFIX) else ""
-        os.environ[env_of_property(key[: len(key) - len(suffix)]) + suffix.upper()] = value.strip()
+        os.environ[env_of_property(key[: len(key) - len(suffix)]) + suffix.upper()] = value
+
+
+def _split_flag(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--kafka-property: expected key=value, got {item!r}")
+    return key.strip(), value.strip()
 
 
 # ---- failing fast on a refused credential or certificate --------------------------------------------------
