@@ -31,13 +31,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " a few minutes the first time), tiny (seconds) or a path",
     )
     demo.add_argument("--rows", type=int, default=15, help="table rows to print")
+    demo.add_argument("--secure", action="store_true",
+                      help="run it all over SASL_SSL Kafka (SCRAM) and TLS Redis with an ACL user")
     demo.set_defaults(func=_demo)
 
 
 def _produce_sample(args: argparse.Namespace) -> int:
     from devtools.harness.listings import invalid_samples, sample_listings
     from devtools.harness.producer import produce_records
-
     check_kafka_target(args)  # a wrong broker or topic: exit 4 / 5 now, not after the delivery timeout
     records: list[tuple[bytes | None, bytes | None]] = list(
         sample_listings(args.count, seed=args.seed, version=args.listing_version)
@@ -53,4 +54,5 @@ def _demo(args: argparse.Namespace) -> int:
     from devtools.demo import DemoOptions, run_demo
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return run_demo(DemoOptions(count=args.count, backend=args.backend, base=args.base, rows=args.rows))
+    return run_demo(DemoOptions(count=args.count, backend=args.backend, base=args.base, rows=args.rows,
+                                secure=args.secure))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ from typing import Any
 
 from devtools.paths import CACHE_DIR, FIXTURE_OFFERS, MODELS_DIR
 from workers.commands import format_event
+from workers.runtime.kafka_security import PROPERTIES_FILE_ENV
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -31,6 +33,7 @@ class DemoOptions:
     rows: int = 15
     base_dir: Path = CACHE_DIR / "demo"
     model_root: Path = MODELS_DIR
+    secure: bool = False  # SASL_SSL Kafka + TLS Redis (`enrich demo --secure`)
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,14 @@ def run_demo(options: DemoOptions) -> int:
     model_dir = ensure_model(options.model_root, FIXTURE_OFFERS, options.base)
     print(f"      {model_dir}")
     triton = options.backend == "triton"
-    print("[2/5] services: Kafka (KRaft) + Redis" + (" + Triton" if triton else "") + " ...", flush=True)
-    with LocalStack(options.base_dir / "run", triton_model_dir=model_dir if triton else None) as stack:
+    secured = " over SASL_SSL (SCRAM-SHA-512) + TLS Redis (ACL user)" if options.secure else ""
+    print("[2/5] services: Kafka (KRaft) + Redis" + (" + Triton" if triton else "") + secured + " ...",
+          flush=True)  # fmt: skip
+    with LocalStack(options.base_dir / "run", triton_model_dir=model_dir if triton else None,
+                    secure=options.secure) as stack:
         stack.start()
+        if stack.security is not None:  # the harness's own clients read it from the environment
+            os.environ[PROPERTIES_FILE_ENV] = str(stack.security.client_properties_path)
         run_id = time.strftime("%H%M%S")
         topics = {
             name: f"demo-{run_id}.{name}" for name in ("listings.new", "listings.attributes", "listings.dlq")

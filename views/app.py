@@ -9,6 +9,7 @@ category, as Faust tables must be partitioned by their key, whatever the number 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import faust
 from faust.types import StreamT, TopicT
 
+from views.credentials import broker_credentials
 from views.rules import BadAttributeEvent, decide_update, parse_event
 
 __all__ = ["ViewsApp", "category_counts_changelog", "make_app"]
@@ -52,9 +54,11 @@ def make_app(
     partitions: int = 1,
     replication_factor: int = 1,
     processing_guarantee: str = "at_least_once",
+    kafka_properties: Mapping[str, str] | None = None,
 ) -> ViewsApp:
     """Build the app. `broker` is a comma-separated bootstrap list; `partitions` must equal the input topic's
-    (Faust creates the changelog, deltas and latest topics with it); the input topic must already exist."""
+    (Faust creates the changelog, deltas and latest topics with it); the input topic must already exist.
+    `kafka_properties`: the worker's librdkafka security properties (views/credentials.py translates them)."""
     app = faust.App(
         app_id,
         broker=[f"kafka://{server.strip()}" for server in broker.split(",") if server.strip()],
@@ -67,6 +71,7 @@ def make_app(
         autodiscover=False,
         table_standby_replicas=0,
         processing_guarantee=processing_guarantee,
+        broker_credentials=broker_credentials(kafka_properties or {}),
     )
     source = app.topic(input_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")

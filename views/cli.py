@@ -33,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from views.app import make_app
     from workers.contract.errors import ConfigError
+    from workers.runtime.kafka_security import kafka_properties
 
     # Fail fast on a wrong broker or input topic (exit 4 / 5), and learn its partitions.
     found = check_kafka_target(args, {args.input_topic: "--input-topic"})[args.input_topic]
@@ -44,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     views = make_app(args.kafka_bootstrap, app_id=args.app_id, input_topic=args.input_topic,
                      latest_topic=args.latest_topic, data_dir=data_dir, partitions=found,
                      replication_factor=args.replication_factor,
-                     processing_guarantee=args.processing_guarantee)
+                     processing_guarantee=args.processing_guarantee,
+                     kafka_properties=kafka_properties(cli=args.kafka_property or ()))
     worker = faust.Worker(views.app, loglevel=args.log_level)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
     return 0

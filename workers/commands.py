@@ -71,7 +71,11 @@ class _DeprecatedAlias(argparse.Action):
 
 def add_bootstrap_argument(parser: argparse.ArgumentParser, *, deprecated: str | None = None) -> None:
     """`--kafka-bootstrap` (env ENRICH_KAFKA_BOOTSTRAP), the one spelling every command uses; `deprecated`
-    names an old flag kept as a hidden alias. Also `--startup-timeout-s`, the bounded wait at start."""
+    names an old flag kept as a hidden alias. Also `--startup-timeout-s`, the bounded wait at start, and
+    `--kafka-property` (security: see workers/runtime/kafka_security.py)."""
+    from workers.runtime.kafka_security import add_kafka_property_argument
+
+    add_kafka_property_argument(parser)
     parser.add_argument(
         "--kafka-bootstrap",
         default=os.environ.get("ENRICH_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -100,10 +104,12 @@ def check_kafka_target(args: argparse.Namespace, topics: dict[str, str] | None =
     """Start-up check of a command's broker and topics (default: `--topic`); partitions per topic. Raises
     ServiceUnreachable / TopicMissing (exit codes 4 / 5) instead of waiting forever on a wrong broker."""
     from workers.runtime.broker import check_kafka
+    from workers.runtime.kafka_security import client_config, prepare_cli_kafka
 
     if topics is None:
         topics = {args.topic: f"--topic / {args.topic_env}"}
-    settings = {"bootstrap.servers": args.kafka_bootstrap}
+    prepare_cli_kafka(args.kafka_bootstrap, args.kafka_property)  # a refused login or CA: exit 3 at once
+    settings = client_config(args.kafka_bootstrap, {})
     return check_kafka(settings, topics, timeout_s=args.startup_timeout_s)
 
 
@@ -132,7 +138,7 @@ def _redrive(args: argparse.Namespace) -> int:
         counts = redrive(options)
     except EnrichError as exc:
         print(f"enrich dlq redrive: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     print(("dry run, nothing changed: " if args.dry_run else "") + orjson.dumps(counts.as_dict()).decode())
     return 0
 
@@ -157,12 +163,14 @@ def _tail(args: argparse.Namespace) -> int:
     import orjson
     from confluent_kafka import Consumer
 
+    from workers.runtime.kafka_security import client_config
+
     check_kafka_target(args)
-    consumer = Consumer({
-        "bootstrap.servers": args.kafka_bootstrap, "group.id": f"enrich-tail-{os.getpid()}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
+    consumer = Consumer(client_config(args.kafka_bootstrap, {
+        "group.id": f"enrich-tail-{os.getpid()}", "enable.auto.commit": False,
+        "isolation.level": "read_committed",
         "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-    })  # fmt: skip
+    }))  # fmt: skip
     consumer.subscribe([args.topic])
     seen, deadline = 0, time.monotonic() + args.timeout
     try:

@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from devtools.harness.listings import Expected, Record
+from workers.runtime.kafka_security import client_config
 
 __all__ = ["PRODUCER_MAX_BYTES", "PacedProducer", "produce_records"]
 
@@ -24,10 +25,10 @@ PRODUCER_MAX_BYTES = 16 * 1024 * 1024  # room for the 10 MB hostile payloads (th
 
 
 def _producer(bootstrap: str, linger_ms: int, **extra: Any) -> Producer:
-    return Producer({
-        "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms,
+    return Producer(client_config(bootstrap, {
+        "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms,
         "queue.buffering.max.messages": 1_000_000, "log_level": 3, **extra,
-    })  # fmt: skip
+    }))  # fmt: skip
 
 
 def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from workers.runtime.kafka_security import client_config
+
 __all__ = ["OutputCollector", "read_events"]
 
 
@@ -22,11 +24,11 @@ def read_events(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """JSON events of `topic` until `expected` were read or `timeout_s` passed (each with `_partition`);
     with `raw`, `{"key", "value", "_partition"}` dicts of the undecoded bytes."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}", "enable.auto.commit": False,
+    consumer = Consumer(client_config(bootstrap, {
+        "group.id": f"reader-{time.time_ns()}", "enable.auto.commit": False,
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-    })  # fmt: skip
+    }))  # fmt: skip
     consumer.subscribe([topic])
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
@@ -61,8 +63,9 @@ class OutputCollector:
         self._ready.wait(30)
 
     def _run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-{time.time_ns()}",
-                             "enable.auto.commit": False, "fetch.wait.max.ms": 20})  # fmt: skip
+        consumer = Consumer(client_config(self.bootstrap, {"group.id": f"bench-{time.time_ns()}",
+                                                           "enable.auto.commit": False,
+                                                           "fetch.wait.max.ms": 20}))  # fmt: skip
         consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(self.partitions)])
         self._ready.set()
         try:

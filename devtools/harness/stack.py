@@ -22,7 +22,9 @@ from typing import TypeVar
 from devtools.paths import TRITON_CPU_REPO
 from devtools.services.kafka import KafkaCluster
 from devtools.services.redis_server import RedisServer
+from devtools.services.secure import StackSecurity
 from devtools.services.triton import TritonServer
+from workers.runtime.kafka_security import PROPERTIES_FILE_ENV
 
 __all__ = ["LocalStack", "prepare_triton_repo"]
 
@@ -54,8 +56,11 @@ class LocalStack:
 
     def __init__(self, base_dir: Path, triton_repo: Path | None = None, *, kafka_nodes: int = 1,
                  triton_model_dir: Path | None = None, triton_models: Sequence[str] | None = None,
-                 detached: bool = False, announce: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 detached: bool = False, announce: Callable[[str], None] | None = None,
+                 secure: bool = False) -> None:  # fmt: skip
         self.base_dir = Path(base_dir).resolve()
+        # SASL_SSL Kafka + TLS/ACL Redis with certificates and passwords made now (services/secure.py)
+        self.security = StackSecurity.create(self.base_dir / "security") if secure else None
         self.kafka_nodes = kafka_nodes
         self.triton_repo = triton_repo
         self.triton_model_dir = triton_model_dir
@@ -74,7 +79,8 @@ class LocalStack:
         if nodes not in self._kafka:
             self._announce(f"Kafka ({nodes} node{'s' if nodes > 1 else ''})")
             name = "kafka" if nodes == self.kafka_nodes else f"kafka-{nodes}"
-            cluster = KafkaCluster(self.base_dir / name, nodes=nodes, detached=self.detached)
+            cluster = KafkaCluster(self.base_dir / name, nodes=nodes, detached=self.detached,
+                                   security=self.security)
             self._kafka[nodes] = self._start(cluster)
         return self._kafka[nodes]
 
@@ -86,7 +92,8 @@ class LocalStack:
     def redis(self) -> RedisServer:
         if self._redis is None:
             self._announce("redis-server")
-            self._redis = self._start(RedisServer(self.base_dir / "redis", detached=self.detached))
+            self._redis = self._start(RedisServer(self.base_dir / "redis", detached=self.detached,
+                                                  security=self.security))
         return self._redis
 
     @property
@@ -141,6 +148,9 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """The worker's ENRICH_* settings pointing at this stack."""
         env = {"ENRICH_KAFKA_BOOTSTRAP": self.kafka.bootstrap_servers, "ENRICH_REDIS_URL": self.redis.url}
+        if self.security is not None:
+            env[PROPERTIES_FILE_ENV] = str(self.security.client_properties_path)
+            env.update(self.security.redis_env())
         triton = self.triton
         if triton is not None:
             env["ENRICH_TRITON_URL"] = triton.grpc_url

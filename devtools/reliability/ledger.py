@@ -20,6 +20,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from devtools.harness.listings import OUTPUT, Expected
+from workers.runtime.kafka_security import client_config
 
 __all__ = ["Fault", "InFlightWindow", "Ledger", "Tally", "count_outcomes"]
 
@@ -56,11 +57,10 @@ class Ledger:
         self.cache_hits = 0  # attribute events served from the result cache (the rest were inferred)
         self.foreign_dlq = 0  # DLQ records naming another topic (none expected)
         self._output_topic, self._dlq_topic = output_topic, dlq_topic
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"chaos-ledger-{time.time_ns()}",
-            "enable.auto.commit": False, "log_level": 3,
+        self._consumer = Consumer(client_config(bootstrap, {
+            "group.id": f"chaos-ledger-{time.time_ns()}", "enable.auto.commit": False, "log_level": 3,
             "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        })  # fmt: skip
+        }))  # fmt: skip
         partitions = []
         for topic in (output_topic, dlq_topic):
             metadata = self._consumer.list_topics(topic, timeout=30).topics[topic]

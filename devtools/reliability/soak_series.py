@@ -27,6 +27,7 @@ import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from devtools.harness.worker_process import WorkerProcess, process_usage
+from workers.runtime.kafka_security import client_config
 
 __all__ = [
     "CpuSplit",
@@ -124,8 +125,8 @@ class UsageSampler:
         self.samples: list[Sample] = []
         self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
         # The worker's group id, to read its commits; never subscribes, so never a member of the group.
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                                   "enable.auto.commit": False, "log_level": 3})  # fmt: skip
+        self._consumer = Consumer(client_config(bootstrap, {"group.id": group, "enable.auto.commit": False,
+                                                            "log_level": 3}))  # fmt: skip
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), name="soak-sampler",
                                         daemon=True)  # fmt: skip

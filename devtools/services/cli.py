@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--triton-repo", type=Path, default=None,
                     help="model repository to serve (default: triton_repo/cpu if a model is exported there)")
     up.add_argument("--no-triton", action="store_true", help="do not start tritonserver")
+    up.add_argument("--secure", action="store_true",
+                    help="Kafka with a SASL_SSL (SCRAM-SHA-512) listener and Redis with TLS + an ACL user; "
+                    "certificates and passwords made now; the state's env points a worker at them")
     up.set_defaults(func=_up)
 
     down = actions.add_parser("down", help="stop the services started by `up`")
@@ -73,7 +76,7 @@ def _up(args: argparse.Namespace) -> int:
     run_dir = state_path.parent / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     stack = LocalStack(run_dir, triton_repo=triton_repo, kafka_nodes=args.kafka_nodes,
-                       triton_models=triton_models, detached=True)
+                       triton_models=triton_models, detached=True, secure=args.secure)
     stack.start()
     state_path.write_text(json.dumps(stack_state(stack), indent=2) + "\n")
     if triton_repo is None:

@@ -32,6 +32,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from devtools.services.kafka_jars import KAFKA_VERSION, ensure_kafka_libs, find_java
 from devtools.services.ports import LOOPBACK, free_ports
 from devtools.services.process import ManagedProcess, ServiceError, ServiceStartError, wait_until
+from devtools.services.secure import ADMIN_USER, StackSecurity
+from workers.runtime.kafka_security import client_config
 
 __all__ = ["KAFKA_VERSION", "KafkaCluster", "KafkaNode"]
 
@@ -77,7 +79,7 @@ class KafkaCluster:
     def __init__(self, run_dir: Path, nodes: int = 1, *, version: str = KAFKA_VERSION,
                  heap_mb: int | None = None, auto_create_topics: bool = False,
                  broker_config: Mapping[str, str] | None = None, start_timeout_s: float = 120.0,
-                 detached: bool = False) -> None:
+                 detached: bool = False, security: StackSecurity | None = None) -> None:
         if nodes not in (1, 3):
             raise ValueError(f"nodes must be 1 or 3 (a quorum needs an odd count), got {nodes}")
         self.run_dir = Path(run_dir).resolve()
@@ -87,6 +89,7 @@ class KafkaCluster:
         self.broker_config = dict(broker_config or {})
         self.start_timeout_s = start_timeout_s
         self.detached = detached
+        self.security = security  # SASL_SSL (SCRAM) instead of PLAINTEXT: devtools/services/secure.py
         ports = free_ports(2 * nodes)
         self.nodes = {
             node_id: KafkaNode(node_id, ports[2 * i], ports[2 * i + 1], self.run_dir / f"node-{node_id}")
@@ -98,6 +101,11 @@ class KafkaCluster:
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(node.bootstrap_server for node in self.nodes.values())
+
+    @property
+    def client_properties(self) -> dict[str, str]:
+        """What the cluster's own clients add: the `admin` user over SASL_SSL when secured."""
+        return self.security.client_properties(ADMIN_USER) if self.security is not None else {}
 
     @property
     def replication_factor(self) -> int:
@@ -174,7 +182,7 @@ class KafkaCluster:
 
     def admin(self) -> AdminClient:
         """A new AdminClient; keep it referenced until its futures resolve (a collected one never does)."""
-        return AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        return AdminClient(client_config(self.bootstrap_servers, {"log_level": 0}, self.client_properties))
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int | None = None,
                      config: Mapping[str, str] | None = None, timeout_s: float = 30.0) -> None:
@@ -229,6 +237,8 @@ class KafkaCluster:
             "num.io.threads": "2",
             "num.recovery.threads.per.data.dir": "1",
             "background.threads": "2",
+            **(self.security.broker_properties(node.broker_port, node.controller_port, LOOPBACK)
+               if self.security is not None else {}),
             **self.broker_config,
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
@@ -243,7 +253,8 @@ class KafkaCluster:
 
     def _format_storage(self, node: KafkaNode, libs: Path) -> None:
         argv = self._java_argv(node, libs, "kafka.tools.StorageTool", "format",
-                               f"--cluster-id={self.cluster_id}", "-c", str(node.properties_path))
+                               f"--cluster-id={self.cluster_id}", "-c", str(node.properties_path),
+                               *(self.security.scram_format_args() if self.security is not None else []))
         process = ManagedProcess.spawn(f"kafka-storage-format-{node.node_id}", argv,
                                        log_path=node.run_dir / "format.log", marker=str(node.run_dir))
         if not process.wait_exit(self.start_timeout_s) or process.returncode != 0:
@@ -262,7 +273,8 @@ class KafkaCluster:
 
         def all_serving() -> bool:
             for node in nodes:
-                admin = AdminClient({"bootstrap.servers": node.bootstrap_server, "log_level": 0})
+                admin = AdminClient(client_config(node.bootstrap_server, {"log_level": 0},
+                                                  self.client_properties))
                 brokers = set(admin.list_topics(timeout=2).brokers)
                 if not expected_brokers <= brokers:
                     return False

@@ -40,6 +40,9 @@ def stack_state(stack: LocalStack) -> dict[str, Any]:
         "services": services,
         "env": stack.env(),
     }
+    if stack.security is not None:
+        state["security"] = {"ca": str(stack.security.ca_path),
+                             "kafka_client_properties": str(stack.security.client_properties_path)}
     if triton is not None:
         services["tritonserver"] = _process_state(
             triton.process, grpc_port=triton.grpc_port, started_in_s=triton.started_in_s,

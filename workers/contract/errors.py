@@ -13,6 +13,7 @@ __all__ = [
     "ExitCode",
     "InferenceFailed",
     "KafkaOperationFailed",
+    "KafkaSecurityError",
     "ModelMismatch",
     "ReasonCode",
     "ServiceUnreachable",
@@ -139,3 +140,8 @@ class TopicMissing(EnrichError):
     """The broker answered, but a configured topic does not exist (topics are never auto-created)."""
 
     exit_code = ExitCode.MISSING_TOPIC
+
+
+class KafkaSecurityError(ConfigError):
+    """The broker refused the credentials, or the TLS handshake failed: retrying cannot help (a
+    configuration error, exit 3, the message naming the setting: never a retry loop)."""

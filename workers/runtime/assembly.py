@@ -22,11 +22,12 @@ from workers.contract.errors import BackendUnavailable, ConfigError, ServiceUnre
 from workers.model.served import ServedModel, check_output_dims
 from workers.runtime.broker import BrokerHealth, check_kafka
 from workers.runtime.config import WorkerConfig
+from workers.runtime.kafka_security import check_kafka_security, is_secured
 from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
 from workers.runtime.producer import AsyncProducer, make_producer
 from workers.runtime.worker import StreamWorker
 from workers.stages.batch import MicroBatcher
-from workers.stages.cache import ResultCache, make_redis_client
+from workers.stages.cache import ResultCache, redis_client_for
 from workers.stages.commit import OffsetTracker, commit_reporter
 from workers.stages.commit_policy import make_commit_policy
 from workers.stages.consume import KafkaSource, consumer_settings, make_consumer
@@ -50,8 +51,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     except (ValueError, KeyError) as exc:  # labels.json / model_info.json / tokenizer.json unreadable
         raise ConfigError(f"model directory {model_dir} (ENRICH_MODEL_DIR / --model-dir): {exc}") from exc
     metrics = metrics if metrics is not None else WorkerMetrics()
-    redis_url, redis_cluster = config.cache.redis_url, config.cache.redis_cluster
-    redis = make_redis_client(redis_url, cluster=redis_cluster) if redis_url else None
+    redis = redis_client_for(config.cache)  # the cache's and the guard's (None: no Redis configured)
     kafka, batch = config.kafka, config.batch
     tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
     broker = BrokerHealth()  # /readyz: does the consumer reach a broker now
@@ -170,7 +170,14 @@ async def wait_for_backend(
 async def run_worker(
     config: WorkerConfig, stop: asyncio.Event, *, metrics: WorkerMetrics | None = None
 ) -> None:
-    """Check the broker and topics, build a worker, serve its endpoints, and process until `stop` is set."""
+    """Check the broker's security settings, the broker and the topics, build a worker, serve its
+    endpoints, and process until `stop` is set."""
+    kafka = config.kafka
+    if is_secured(kafka.properties):  # a refused credential or CA stops the start (KafkaSecurityError)
+        answered = await asyncio.to_thread(check_kafka_security, kafka.bootstrap_servers, kafka.properties)
+        if not answered:
+            log.warning("Kafka at %s did not answer the start-up security check; going on",
+                        kafka.bootstrap_servers)
     await asyncio.to_thread(check_broker, config)
     worker = build_worker(config, metrics=metrics)
     server = None

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from workers.contract.errors import ConfigError
+from workers.runtime.kafka_security import (
+    PROPERTIES_FILE_ENV,
+    PROPERTY_ENV_PREFIX,
+    add_kafka_property_argument,
+    kafka_properties,
+)
 
 __all__ = [
     "BackendConfig",
@@ -101,6 +107,9 @@ class KafkaConfig:
     drain_timeout_s: float = setting(
         30.0, "ENRICH_DRAIN_TIMEOUT_S", "on rebalance/SIGTERM, wait this long for in-flight batches", float
     )
+    # The operator's librdkafka properties (security above all), from ENRICH_KAFKA_PROPERTIES_FILE,
+    # ENRICH_KAFKA__* and --kafka-property: see runtime/kafka_security.py. Never in a repr (secrets).
+    properties: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,21 @@ class CacheConfig:
         _parse_bool,
     )
     ttl_s: int = setting(7 * 24 * 3600, "ENRICH_CACHE_TTL_S", "cache entry lifetime in seconds", int)
+    redis_username: str = setting(
+        "", "ENRICH_REDIS_USERNAME", "Redis ACL user (or user@ in the URL); empty: the default user"
+    )
+    redis_password_file: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
+        None,
+        "ENRICH_REDIS_PASSWORD_FILE",
+        "file holding the Redis password (AUTH / ACL user), so it never sits in the URL or a ConfigMap",
+        _parse_optional_path,
+    )
+    redis_ca_file: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
+        None,
+        "ENRICH_REDIS_CA_FILE",
+        "CA certificate(s) that signed the Redis server's TLS certificate (rediss:// URLs)",
+        _parse_optional_path,
+    )
 
 
 @dataclass(frozen=True)
@@ -254,6 +278,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """
     for title, cls in [("worker", WorkerConfig), *_SECTIONS.items()]:
         group = parser.add_argument_group(f"{title} settings")
+        if cls is KafkaConfig:
+            add_kafka_property_argument(group)
         for f in _fields(cls):
             env = f.metadata["env"]
             default = f.default if f.default is not dataclasses.MISSING else None
@@ -305,7 +331,9 @@ def load_config(
 ) -> WorkerConfig:
     """Flags (`add_config_arguments`) over `ENRICH_*` env vars over defaults; `overrides` replace sections."""
     environ = os.environ if env is None else env
-    sections = {name: _build(cls, args, environ) for name, cls in _SECTIONS.items()}
+    cli_properties = getattr(args, "kafka_property", None) or ()
+    extra: dict[str, dict[str, Any]] = {"kafka": {"properties": kafka_properties(environ, cli_properties)}}
+    sections = {name: _build(cls, args, environ, **extra.get(name, {})) for name, cls in _SECTIONS.items()}
     sections.update(overrides)
     return _build(WorkerConfig, args, environ, **sections)
 
@@ -318,6 +346,8 @@ def settings_table() -> str:
             env = f.metadata["env"]
             default = f.default if f.default is not dataclasses.MISSING else None
             rows.append(f"| `{env}` | `--{_flag_of(env)}` | `{default!r}` | {f.metadata['help']} |")
+    rows.append(f"| `{PROPERTIES_FILE_ENV}`, `{PROPERTY_ENV_PREFIX}<PROP>`, `<PROP>_FILE` | "
+                "`--kafka-property k=v` | | any librdkafka property (security); see docs/operations.md |")
     return "\n".join(rows)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from workers.contract.errors import DeliveryFailed, KafkaOperationFailed
+from workers.runtime.kafka_security import client_config
 
 if TYPE_CHECKING:
     from workers.runtime.config import KafkaConfig
@@ -34,7 +35,6 @@ _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 def producer_settings(config: KafkaConfig, worker_id: str) -> dict[str, Any]:
     settings: dict[str, Any] = {
-        "bootstrap.servers": config.bootstrap_servers,
         "client.id": worker_id,
         "enable.idempotence": True,
         "acks": "all",
@@ -45,7 +45,7 @@ def producer_settings(config: KafkaConfig, worker_id: str) -> dict[str, Any]:
         # Stable per worker so a restarted instance fences its predecessor and aborts its open transaction.
         settings["transactional.id"] = f"{config.group_id}.{worker_id}"
         settings["transaction.timeout.ms"] = config.transaction_timeout_ms
-    return settings
+    return client_config(config.bootstrap_servers, settings, config.properties)
 
 
 def make_producer(config: KafkaConfig, worker_id: str) -> Producer:

@@ -29,8 +29,9 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 import redis
@@ -39,7 +40,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import DataError, RedisClusterException, RedisError
+from redis.exceptions import AuthenticationError, DataError, RedisClusterException, RedisError
 from redis.utils import HIREDIS_AVAILABLE
 
 from workers.contract.errors import ConfigError
@@ -58,6 +59,9 @@ __all__ = [
     "bucket_tag",
     "make_redis_client",
     "make_result_cache",
+    "redis_client_for",
+    "redis_security",
+    "safe_url",
     "unique_keys",
 ]
 
@@ -120,27 +124,68 @@ class CPackedConnection(Connection):
             raise DataError(str(exc)) from exc
 
 
+def redis_security(config: CacheConfig) -> dict[str, Any]:
+    """redis-py options for AUTH and TLS from the cache config: ACL user, the password read from its file
+    (never from a ConfigMap), the CA for a `rediss://` URL. An unreadable file is a ConfigError."""
+    options: dict[str, Any] = {}
+    if config.redis_username:
+        options["username"] = config.redis_username
+    if config.redis_password_file is not None:
+        try:
+            options["password"] = config.redis_password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"ENRICH_REDIS_PASSWORD_FILE: cannot read {str(config.redis_password_file)!r}: "
+                              f"{exc.strerror}") from None
+    if config.redis_ca_file is not None:
+        if not config.redis_url.startswith("rediss://"):
+            raise ConfigError("ENRICH_REDIS_CA_FILE is set but ENRICH_REDIS_URL is not a rediss:// (TLS) URL")
+        if not config.redis_ca_file.is_file():
+            raise ConfigError(f"ENRICH_REDIS_CA_FILE: no file {str(config.redis_ca_file)!r}")
+        options["ssl_ca_certs"] = str(config.redis_ca_file)
+    return options
+
+
+def redis_client_for(config: CacheConfig) -> RedisClient | None:
+    """The cache's and the guard's client as `config` describes it; None when no Redis is configured."""
+    if not config.redis_url:
+        return None
+    return make_redis_client(config.redis_url, cluster=config.redis_cluster, security=redis_security(config))
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password in it masked, for logs and error messages."""
+    parsed = urlsplit(url)
+    if parsed.password is None:
+        return url
+    user = f"{parsed.username}:" if parsed.username else ":"
+    return urlunsplit(parsed._replace(netloc=f"{user}*****@{parsed.hostname}:{parsed.port}"))
+
+
 def make_redis_client(
     url: str,
     *,
     cluster: bool = False,
     socket_timeout_s: float = 0.25,
     connect_timeout_s: float = 0.25,
+    security: Mapping[str, Any] | None = None,
 ) -> RedisClient:
     """A client suited to the cache and the guard: short timeouts and one immediate retry.
 
     The single retry lets a pooled connection that died with a Redis restart be replaced transparently;
     more retries would only stretch the stall when Redis is really gone. ``cluster``: ``url`` names one
-    node of a Redis Cluster and the client finds the others. Refuses (ConfigError) a reachable Redis whose
-    mode is not the configured one; an unreachable one is left to the usual outage handling.
+    node of a Redis Cluster and the client finds the others. ``security``: `redis_security` (AUTH, TLS).
+    Refuses (ConfigError) a reachable Redis whose mode is not the configured one, or that refuses the
+    password or the TLS handshake; an unreachable one is left to the usual outage handling.
     """
+    security = dict(security or {})
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": connect_timeout_s,
         "retry": Retry(NoBackoff(), 1),
         "health_check_interval": 10,
+        **security,
     }
-    check_redis_mode(url, cluster=cluster, timeout_s=connect_timeout_s)
+    check_redis_mode(url, cluster=cluster, timeout_s=connect_timeout_s, security=security)
     if cluster:
         return RedisCluster.from_url(url, **options)
     if HIREDIS_AVAILABLE and url.startswith("redis://"):
@@ -148,26 +193,38 @@ def make_redis_client(
     return Redis.from_url(url, **options)
 
 
-def check_redis_mode(url: str, *, cluster: bool, timeout_s: float) -> None:
-    """ConfigError when the Redis at ``url`` answers and its `cluster_enabled` is not ``cluster``.
+def check_redis_mode(
+    url: str, *, cluster: bool, timeout_s: float, security: Mapping[str, Any] | None = None
+) -> None:
+    """ConfigError when the Redis at ``url`` answers and its `cluster_enabled` is not ``cluster``, or when
+    it refuses the credentials or the TLS handshake (waiting would not help: a wrong secret stays wrong).
 
     Without this a cluster addressed as one server degrades quietly: every multi-key call fails with
     CROSSSLOT or MOVED, so the cache never hits and the guard only remembers what this worker saw.
     """
-    probe = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    shown = safe_url(url)
+    probe = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                 **(security or {}))
     try:
         enabled = bool(probe.info("cluster").get("cluster_enabled"))
+    except AuthenticationError as exc:
+        raise ConfigError(f"the Redis at {shown} refused the credentials ({exc}): check "
+                          "ENRICH_REDIS_USERNAME / ENRICH_REDIS_PASSWORD_FILE (or user:password in the URL)"
+                          ) from None
     except (RedisError, OSError) as exc:
+        if "certificate verify failed" in str(exc) or "SSL" in type(exc).__name__:
+            raise ConfigError(f"TLS with the Redis at {shown} failed ({exc}): check ENRICH_REDIS_CA_FILE "
+                              "(the CA that signed the server's certificate)") from None
         log.warning("could not ask the Redis at %s whether it is a cluster (checked at next start): %r",
-                    url, exc)
+                    shown, exc)
         return
     finally:
         probe.close()
     if enabled and not cluster:
-        raise ConfigError(f"the Redis at {url} is a Redis Cluster node: set ENRICH_REDIS_CLUSTER=true "
+        raise ConfigError(f"the Redis at {shown} is a Redis Cluster node: set ENRICH_REDIS_CLUSTER=true "
                           "(--redis-cluster)")
     if cluster and not enabled:
-        raise ConfigError(f"ENRICH_REDIS_CLUSTER is set but the Redis at {url} is not in cluster mode")
+        raise ConfigError(f"ENRICH_REDIS_CLUSTER is set but the Redis at {shown} is not in cluster mode")
 
 
 class ResultCache:
@@ -293,5 +350,4 @@ def make_result_cache(
     config: CacheConfig, model_digest: str, metrics: WorkerMetrics | None = None
 ) -> ResultCache:
     """The cache ``config`` describes; an empty ``redis_url`` gives a disabled cache (always misses)."""
-    client = make_redis_client(config.redis_url, cluster=config.redis_cluster) if config.redis_url else None
-    return ResultCache(client, model_digest, config.ttl_s, metrics)
+    return ResultCache(redis_client_for(config), model_digest, config.ttl_s, metrics)

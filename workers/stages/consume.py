@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from workers.contract.errors import KafkaOperationFailed
+from workers.runtime.kafka_security import client_config
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, TopicPartition
@@ -38,9 +39,9 @@ def consumer_settings(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`on_commit` hears the broker's answer to every offset commit (served in `consume()`); `extra` adds
-    properties (e.g. `BrokerHealth.client_settings()`)."""
+    properties (e.g. `BrokerHealth.client_settings()`); the operator's properties (`config.properties`:
+    security) go on top through `client_config`."""
     settings: dict[str, Any] = {
-        "bootstrap.servers": config.bootstrap_servers,
         "group.id": config.group_id,
         "client.id": client_id,
         "partition.assignment.strategy": "cooperative-sticky",
@@ -56,7 +57,7 @@ def consumer_settings(
     if on_commit is not None:
         settings["on_commit"] = on_commit
     settings.update(extra or {})
-    return settings
+    return client_config(config.bootstrap_servers, settings, config.properties)
 
 
 def make_consumer(
