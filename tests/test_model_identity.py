@@ -123,7 +123,7 @@ def test_two_models_on_one_redis_never_serve_each_others_results(
 
 @pytest.mark.services
 def test_the_worker_refuses_a_triton_model_with_another_digest(
-    kafka, tiny_model_dir: Path, other_tiny_model_dir: Path, triton_factory, tmp_path: Path,
+    kafka, new_topic, tiny_model_dir: Path, other_tiny_model_dir: Path, triton_factory, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     repo = prepare_triton_repo(tiny_model_dir, tmp_path / "cpu")
@@ -145,14 +145,15 @@ def test_the_worker_refuses_a_triton_model_with_another_digest(
     # `enrich worker` says so and exits 3, a configuration error (before it consumes anything).
     argv = ["worker", "--model-dir", str(tiny_model_dir), "--backend", "triton",
             "--triton-url", triton.grpc_url, "--metrics-port", "-1", "--redis-url", "",
-            "--kafka-bootstrap", kafka.bootstrap_servers]  # fmt: skip
+            "--kafka-bootstrap", kafka.bootstrap_servers, "--input-topic", new_topic(),
+            "--output-topic", new_topic(), "--dlq-topic", new_topic()]  # fmt: skip
     assert main(argv) == ExitCode.CONFIG
     assert short_digest(ours) in capsys.readouterr().err
 
 
 @pytest.mark.services
 def test_labels_that_do_not_fit_the_graph_are_refused_at_start(
-    kafka, tiny_model_dir: Path, tmp_path: Path
+    kafka, new_topic: Callable[..., str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     mismatched = _copy(tiny_model_dir, tmp_path / "mismatched")
     labels = json.loads((mismatched / "labels.json").read_text())
@@ -160,6 +161,7 @@ def test_labels_that_do_not_fit_the_graph_are_refused_at_start(
     labels["attributes_by_category"]["Extra"] = []
     (mismatched / "labels.json").write_text(json.dumps(labels))
     record_digest(mismatched)  # a consistent-looking export of a wrong pairing
-    config = make_config(kafka.bootstrap_servers, mismatched, ("in", "out", "dlq"), "g-labels")
+    topics = (new_topic(prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
+    config = make_config(kafka.bootstrap_servers, mismatched, topics, "g-labels")
     with pytest.raises(ModelMismatch, match=r"category probabilities but labels\.json has"):
         asyncio.run(run_worker(config, asyncio.Event()))
