@@ -44,11 +44,13 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     model_dir = check_model_dir(config)
     model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
     metrics = metrics if metrics is not None else WorkerMetrics()
+    metrics.set_model(model.name, model.version)
     redis_url, redis_cluster = config.cache.redis_url, config.cache.redis_cluster
     redis = make_redis_client(redis_url, cluster=redis_cluster) if redis_url else None
     kafka, batch = config.kafka, config.batch
     tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
-    consumer = make_consumer(kafka, config.worker_id, on_commit=commit_reporter(tracker))
+    on_commit = commit_reporter(tracker, metrics.commit_failed)
+    consumer = make_consumer(kafka, config.worker_id, on_commit=on_commit)
     producer = make_producer(kafka, config.worker_id)
     delivery = AsyncProducer(producer)
 
@@ -72,8 +74,9 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
         worker_id=config.worker_id, guard=guard, producer=delivery, tracker=tracker, metrics=metrics,
     )  # fmt: skip
     commits = make_commit_policy(  # its consumer calls go through the source (see KafkaSource)
-        exactly_once=kafka.exactly_once, consumer=source, producer=producer, tracker=tracker
-    )
+        exactly_once=kafka.exactly_once, consumer=source, producer=producer, tracker=tracker,
+        on_failure=metrics.commit_failed,
+    )  # fmt: skip
     return StreamWorker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,
         dead_letters=dead_letters, cache=cache, batcher=batcher, enricher=enricher, emitter=emitter,

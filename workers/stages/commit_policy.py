@@ -29,6 +29,14 @@ __all__ = ["AtLeastOnceCommits", "CommitPolicy", "ExactlyOnceCommits", "Settle",
 log = logging.getLogger(__name__)
 
 
+# Hears each failed commit: "offsets" or "transaction" (the worker counts them, enrich_commit_failures).
+OnFailure = Callable[[str], None]
+
+
+def _ignore(kind: str) -> None:
+    return None
+
+
 # A callable that releases every open batch and waits (bounded) until the tracked offsets of
 # `partitions` (all when None) are finished: the stream loop's, handed to the policy per call.
 Settle = Callable[[list[TopicPartitionKey] | None], Awaitable[None]]
@@ -64,8 +72,10 @@ class AtLeastOnceCommits:
     between output and commit re-processes (duplicates), never skips.
     """
 
-    def __init__(self, consumer: CommittingConsumer, tracker: OffsetTracker) -> None:
-        self._consumer, self.tracker = consumer, tracker
+    def __init__(
+        self, consumer: CommittingConsumer, tracker: OffsetTracker, on_failure: OnFailure = _ignore
+    ) -> None:
+        self._consumer, self.tracker, self._on_failure = consumer, tracker, on_failure
 
     async def begin(self) -> None:
         return None
@@ -74,6 +84,7 @@ class AtLeastOnceCommits:
         try:
             commit_offsets(self._consumer, self.tracker, asynchronous=True)
         except KafkaOperationFailed as exc:
+            self._on_failure("offsets")
             log.warning("%s; retried at the next commit", exc)
 
     async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None:
@@ -83,6 +94,7 @@ class AtLeastOnceCommits:
             commit = partial(commit_offsets, self._consumer, self.tracker, partitions=partitions)
             await asyncio.to_thread(commit, asynchronous=False)
         except KafkaOperationFailed as exc:
+            self._on_failure("offsets")
             log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
         self.tracker.forget(partitions)
 
@@ -110,9 +122,14 @@ class ExactlyOnceCommits:
     """
 
     def __init__(
-        self, consumer: CommittingConsumer, producer: TransactionalProducer, tracker: OffsetTracker
+        self,
+        consumer: CommittingConsumer,
+        producer: TransactionalProducer,
+        tracker: OffsetTracker,
+        on_failure: OnFailure = _ignore,
     ) -> None:
         self._consumer, self._producer, self.tracker = consumer, producer, tracker
+        self._on_failure = on_failure
 
     async def begin(self) -> None:
         await asyncio.to_thread(self._producer.init_transactions, 60)
@@ -152,6 +169,7 @@ class ExactlyOnceCommits:
         try:
             await asyncio.to_thread(commit, begin_next=begin_next)
         except KafkaOperationFailed as exc:
+            self._on_failure("transaction")
             if not exc.retriable or not begin_next:
                 raise
             log.warning("%s; aborting it and reading the uncommitted input again", exc)
@@ -178,8 +196,9 @@ def make_commit_policy(
     consumer: CommittingConsumer,
     producer: TransactionalProducer,
     tracker: OffsetTracker,
+    on_failure: OnFailure = _ignore,
 ) -> CommitPolicy:
     """The policy the configuration asks for (`ENRICH_EXACTLY_ONCE`)."""
     if exactly_once:
-        return ExactlyOnceCommits(consumer, producer, tracker)
-    return AtLeastOnceCommits(consumer, tracker)
+        return ExactlyOnceCommits(consumer, producer, tracker, on_failure)
+    return AtLeastOnceCommits(consumer, tracker, on_failure)
