@@ -38,7 +38,7 @@ from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
 from workers.stages.validate import ListingValidator
 
-__all__ = ["StreamWorker"]
+__all__ = ["SHUTDOWN_FLUSH_S", "StreamWorker"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ _SERVE_CALLBACKS_EVERY_S = 0.5
 # on the consume thread: every few seconds is fresh enough for a 15 s scrape and costs intake nothing
 # measurable; at every commit tick (100 ms in the tests) it would.
 _LAG_EVERY_S = 5.0
+# At shutdown, after the drain and the last commit: the longest wait for outstanding deliveries (dead
+# letters, attribute events). deploy/k8s sizes terminationGracePeriodSeconds from it.
+SHUTDOWN_FLUSH_S = 10.0
 
 
 class StreamWorker:
@@ -337,7 +340,7 @@ class StreamWorker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._closing = True
             await self._source.close()
-            await self._producer.flush(10)
+            await self._producer.flush(SHUTDOWN_FLUSH_S)
             # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.
             self._producer.close()
             await self.enricher.close()

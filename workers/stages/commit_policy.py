@@ -24,9 +24,19 @@ from workers.stages.commit import (
     commit_transaction,
 )
 
-__all__ = ["AtLeastOnceCommits", "CommitPolicy", "ExactlyOnceCommits", "Settle", "make_commit_policy"]
+__all__ = [
+    "ABORT_TIMEOUT_S",
+    "AtLeastOnceCommits",
+    "CommitPolicy",
+    "ExactlyOnceCommits",
+    "Settle",
+    "make_commit_policy",
+]
 
 log = logging.getLogger(__name__)
+
+# The longest wait for the broker to abort an open transaction (a failed shutdown, lost partitions).
+ABORT_TIMEOUT_S = 30.0
 
 
 # Hears each failed commit: "offsets" or "transaction" (the worker counts them, enrich_commit_failures).
@@ -185,7 +195,7 @@ class ExactlyOnceCommits:
 
     async def _abort(self) -> None:
         try:
-            await asyncio.to_thread(self._producer.abort_transaction, 30)
+            await asyncio.to_thread(self._producer.abort_transaction, ABORT_TIMEOUT_S)
         except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
             log.warning("abort_transaction failed: %s", exc)
 
