@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.harness.listings import invalid_samples, sample_listings
 from devtools.harness.producer import produce_records
-from tests.test_pipeline import _closed_port, make_config
+from tests.test_pipeline import counter, make_config, run_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "enrich.json"
@@ -72,44 +71,28 @@ def _alert_rules() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def exported_names(kafka, tiny_model_dir: Path) -> set[str]:
-    """Sample names on a real worker's /metrics after it enriched listings and dead-lettered bad ones."""
-    from workers.runtime.assembly import run_worker
-    from workers.runtime.metrics import WorkerMetrics
+    """Sample names of a real worker's /metrics body (`WorkerMetrics.export()`, what the endpoint serves)
+    after it enriched listings and dead-lettered bad ones, its lag reported."""
+    from workers.runtime.assembly import build_worker
 
     bootstrap = kafka.bootstrap_servers
     topics = tuple(f"dash-{kind}-{uuid.uuid4().hex[:10]}" for kind in ("in", "out", "dlq"))
     for topic in topics:
         kafka.create_topic(topic, partitions=2 if topic == topics[0] else 1)
     produce_records(bootstrap, topics[0], [*sample_listings(16, id_prefix="D"), *invalid_samples()[:2]])
-    port = _closed_port()
-    config = make_config(bootstrap, tiny_model_dir, topics, "g-dashboards",  # type: ignore[arg-type]
-                         ENRICH_METRICS_PORT=str(port), ENRICH_METRICS_HOST="127.0.0.1")  # fmt: skip
-    metrics = WorkerMetrics()
-    page: list[str] = []
+    worker = build_worker(make_config(bootstrap, tiny_model_dir, topics, "g-dashboards"))  # type: ignore[arg-type]
+    body: list[bytes] = []
 
-    def lag_reported() -> bool:
-        return any(s.name == "enrich_consumer_lag" for m in metrics.registry.collect() for s in m.samples)
+    def done() -> bool:
+        if counter(worker, "enrich_events_out") + counter(worker, "enrich_dlq") < 18:
+            return False
+        body[:] = [worker.metrics.export()]  # while running: the lag series exist until the worker leaves
+        return b"enrich_consumer_lag{" in body[0]
 
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_worker(config, stop, metrics=metrics))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while loop.time() < deadline and not task.done() and not (total(metrics) >= 18 and lag_reported()):
-            await asyncio.sleep(0.05)
-        url = f"http://127.0.0.1:{port}/metrics"
-        page.append(await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode()))
-        stop.set()
-        await task
-
-    asyncio.run(scenario())
-    return {sample.name for family in text_string_to_metric_families(page[0]) for sample in family.samples}
-
-
-def total(metrics: Any) -> float:
-    """Attribute events plus dead letters so far."""
-    return sum(s.value for m in metrics.registry.collect() for s in m.samples
-               if s.name in ("enrich_events_out_total", "enrich_dlq_total"))  # fmt: skip
+    asyncio.run(run_until([worker], done))
+    assert body and b"enrich_consumer_lag{" in body[0], "the run did not finish"
+    text = body[0].decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 @pytest.mark.services

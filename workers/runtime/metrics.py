@@ -50,7 +50,7 @@ _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Event time to acknowledged output: tens of milliseconds when the worker keeps up (the demo's p50 on a
 # laptop), minutes to an hour while a backlog is worked off after an outage.
-_FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)  # fmt: skip
+_FRESH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)  # fmt: skip
 REBALANCE_EVENTS = ("assigned", "revoked", "lost")
 COMMIT_FAILURE_KINDS = ("offsets", "transaction")
 
@@ -105,28 +105,15 @@ class WorkerMetrics:
             "enrich_paused_partitions", "Assigned partitions paused (inference backend blocked)", registry=r
         )
         self.rebalances = Counter(
-            "enrich_rebalances",
-            "Rebalance callbacks that moved partitions of this worker",
-            ["event"],
-            registry=r,
+            "enrich_rebalances", "Rebalances that moved partitions of this worker", ["event"], registry=r
         )
         self.commit_failures = Counter(
-            "enrich_commit_failures",
-            "Offset commits or transaction commits that failed",
-            ["kind"],
-            registry=r,
+            "enrich_commit_failures", "Offset or transaction commits that failed", ["kind"], registry=r
         )
-        self.stale_dropped = Counter(
-            "enrich_stale_dropped",
-            "Outputs not sent: a newer listing_version was already emitted",
-            registry=r,
-        )
-        self.freshness_s = Histogram(
-            "enrich_freshness_seconds",
-            "Listing event_time to its attribute event acknowledged by the broker",
-            buckets=_FRESHNESS_BUCKETS,
-            registry=r,
-        )
+        stale_help = "Outputs not sent: a newer listing_version was already emitted"
+        self.stale_dropped = Counter("enrich_stale_dropped", stale_help, registry=r)
+        about = "Listing event_time to its attribute event acknowledged by the broker"
+        self.freshness_s = Histogram("enrich_freshness_seconds", about, buckets=_FRESH_BUCKETS, registry=r)
         self.model = Info("enrich_model", "The served model (exported as enrich_model_info)", registry=r)
         self.backend_failures = Counter(
             "enrich_backend_failures", "Failed inference calls (retried)", registry=r
