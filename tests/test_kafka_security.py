@@ -111,7 +111,7 @@ def test_keda_trigger_and_worker_read_kafka_credentials_from_one_secret() -> Non
 
     k8s = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
     docs = {(d["kind"], d["metadata"]["name"]): d
-            for name in ("keda-scaledobject.yaml", "worker-deployment.yaml")
+            for name in ("keda-scaledobject.yaml", "worker-statefulset.yaml")
             for d in yaml.safe_load_all((k8s / name).read_text()) if d}  # fmt: skip
     trigger = docs[("ScaledObject", "enrich-worker")]["spec"]["triggers"][0]
     auth = docs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]["secretTargetRef"]

@@ -1,19 +1,29 @@
-"""The metrics endpoint over real HTTP, and the JSON log format."""
+"""The metrics endpoint over real HTTP, the JSON log format, and the worker's metrics on real Kafka runs
+(lag after a rebalance and while paused, freshness, model info, process collectors)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
+import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
 
+from devtools.harness.listings import sample_listings
+from devtools.harness.producer import produce_records
+from tests.test_pipeline import _closed_port, counter, make_config, run_until
+from workers.runtime.assembly import build_worker
 from workers.runtime.logs import configure_json_logging
 from workers.runtime.metrics import MetricsServer, WorkerMetrics, start_http_endpoint
 from workers.runtime.resilience import CircuitBreaker
+from workers.runtime.worker import StreamWorker
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -126,3 +136,125 @@ def test_json_logging_writes_one_object_per_line_with_extras() -> None:
     assert (first["partition"], first["offset"]) == (3, 41)
     assert first["ts"].endswith("+00:00")
     assert second["level"] == "ERROR" and "ValueError: bad" in second["exc"]
+
+
+# ---- the worker's own metrics on a real Kafka run ------------------------------------------------------
+
+
+def _lags(metrics: WorkerMetrics) -> dict[int, float]:
+    """The worker's enrich_consumer_lag series by partition."""
+    return {int(s.labels["partition"]): s.value for m in metrics.registry.collect()
+            if m.name == "enrich_consumer_lag" for s in m.samples}  # fmt: skip
+
+
+def _sample(metrics: WorkerMetrics, metric: str, /, **labels: str) -> float:
+    return metrics.registry.get_sample_value(metric, labels) or 0.0
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 60) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.services
+def test_lag_series_leave_with_revoked_partitions(
+    kafka, tiny_model_dir: Path, new_topic: Callable[..., str]
+) -> None:
+    topics = (new_topic(partitions=2, prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
+    produce_records(kafka.bootstrap_servers, topics[0], sample_listings(8, id_prefix="R"))
+    config = make_config(kafka.bootstrap_servers, tiny_model_dir, topics, "g-lag-revoke")
+    first, second = (build_worker(dataclasses.replace(config, worker_id=f"lag-{i}")) for i in (1, 2))
+    seen: dict[str, object] = {}
+
+    def reports_its_own(worker: StreamWorker) -> bool:
+        return bool(worker.assigned) and set(_lags(worker.metrics)) == {p for _, p in worker.assigned}
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(first.run(stop))]
+        seen["alone"] = await _until(lambda: set(_lags(first.metrics)) == {0, 1})
+        tasks.append(asyncio.create_task(second.run(stop)))
+        seen["shared"] = await _until(lambda: reports_its_own(first) and reports_its_own(second))
+        seen["first"], seen["second"] = dict(_lags(first.metrics)), dict(_lags(second.metrics))
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert seen["alone"] and seen["shared"], seen
+    assert set(seen["first"]).isdisjoint(seen["second"]), seen  # type: ignore[arg-type]
+    assert _sample(first.metrics, "enrich_rebalances_total", event="revoked") >= 1
+    assert _sample(second.metrics, "enrich_rebalances_total", event="assigned") >= 1
+    assert _lags(first.metrics) == {} and _lags(second.metrics) == {}, "left the group: no series left"
+
+
+@pytest.mark.services
+def test_lag_counts_from_the_committed_offset_while_paused(
+    kafka, tiny_model_dir: Path, new_topic: Callable[..., str]
+) -> None:
+    """10 records done and committed; 6 consumed by a worker whose backend is unreachable (it pauses);
+    9 more produced while paused. The lag is 15: not the 9 behind its position, nor a watermark cached
+    before the pause."""
+    bootstrap = kafka.bootstrap_servers
+    topics = (new_topic(partitions=2, prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
+    produce_records(bootstrap, topics[0], sample_listings(10, id_prefix="A"))
+    done = build_worker(make_config(bootstrap, tiny_model_dir, topics, "g-lag-paused"))
+    asyncio.run(run_until([done], lambda: counter(done, "enrich_events_out") >= 10))
+    assert counter(done, "enrich_events_out") == 10
+
+    blocked = build_worker(make_config(
+        bootstrap, tiny_model_dir, topics, "g-lag-paused", ENRICH_BACKEND="triton",
+        ENRICH_TRITON_URL=f"127.0.0.1:{_closed_port()}", ENRICH_BREAKER_FAILURES="1",
+        ENRICH_DRAIN_TIMEOUT_S="1",
+    ))  # fmt: skip
+    metrics = blocked.metrics
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(blocked.run(stop))
+        await asyncio.to_thread(produce_records, bootstrap, topics[0], sample_listings(6, id_prefix="B"))
+        seen["paused"] = await _until(lambda: _sample(metrics, "enrich_paused_partitions") == 2)
+        await asyncio.to_thread(produce_records, bootstrap, topics[0], sample_listings(9, id_prefix="C"))
+        seen["lag"] = await _until(lambda: sum(_lags(metrics).values()) == 15)
+        seen["lags"], seen["in"] = _lags(metrics), counter(blocked, "enrich_events_in")
+        seen["still paused"] = _sample(metrics, "enrich_paused_partitions")
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert seen["paused"] and seen["lag"], seen
+    assert seen["in"] == 6 and seen["still paused"] == 2, seen
+    assert _sample(metrics, "enrich_circuit_state") == 2
+
+
+@pytest.mark.services
+def test_a_real_run_exports_freshness_model_and_process_metrics(
+    kafka, tiny_model_dir: Path, new_topic: Callable[..., str]
+) -> None:
+    topics = (new_topic(prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
+    produce_records(kafka.bootstrap_servers, topics[0], sample_listings(20, id_prefix="F"))
+    worker = build_worker(make_config(kafka.bootstrap_servers, tiny_model_dir, topics, "g-fresh"))
+    asyncio.run(run_until([worker], lambda: counter(worker, "enrich_events_out") >= 20))
+    metrics = worker.metrics
+    # sample_listings stamps event_time at production: every output is seconds fresh at most.
+    assert _sample(metrics, "enrich_freshness_seconds_count") == 20
+    assert 0 < _sample(metrics, "enrich_freshness_seconds_sum") < 20 * 60
+    assert _sample(metrics, "enrich_freshness_seconds_bucket", le="+Inf") == 20
+    info = json.loads((tiny_model_dir / "model_info.json").read_text())
+    assert _sample(metrics, "enrich_model_info", name=info["name"], version=info["version"]) == 1
+    assert _sample(metrics, "process_resident_memory_bytes") > 0
+    assert _sample(metrics, "python_gc_collections_total", generation="0") >= 0
+    assert metrics.registry.get_sample_value("python_info", {**_python_info_labels()}) == 1
+    assert _sample(metrics, "enrich_commit_failures_total", kind="offsets") == 0
+    assert _sample(metrics, "enrich_rebalances_total", event="assigned") == 1
+
+
+def _python_info_labels() -> dict[str, str]:
+    import platform
+
+    major, minor, patchlevel = platform.python_version_tuple()
+    return {"implementation": platform.python_implementation(), "major": major, "minor": minor,
+            "patchlevel": patchlevel, "version": platform.python_version()}  # fmt: skip

@@ -55,9 +55,8 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     kafka, batch = config.kafka, config.batch
     tracker = OffsetTracker()  # offsets consumed -> finished (acknowledged output) -> committed
     broker = BrokerHealth()  # /readyz: does the consumer reach a broker now
-    consumer = make_consumer(
-        kafka, config.worker_id, on_commit=commit_reporter(tracker), extra=broker.client_settings()
-    )
+    on_commit = commit_reporter(tracker, metrics.commit_failed)
+    consumer = make_consumer(kafka, config.worker_id, on_commit=on_commit, extra=broker.client_settings())
     producer = make_producer(kafka, config.worker_id)
     delivery = AsyncProducer(producer)
 
@@ -90,7 +89,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
 
     commits = make_commit_policy(  # its consumer calls go through the source (see KafkaSource)
         exactly_once=kafka.exactly_once, consumer=source, producer=producer, tracker=tracker,
-        renew=renew_producer,
+        renew=renew_producer, on_failure=metrics.commit_failed,
     )  # fmt: skip
     return StreamWorker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,

@@ -1,30 +1,43 @@
 """Prometheus metrics of one worker, and the HTTP endpoint serving /metrics, /healthz and /readyz.
 
 Every metric lives on the worker's own ``CollectorRegistry`` (not the global default one), so several
-workers in one process — as in the tests — never collide.
+workers in one process — as in the tests — never collide; the process, GC and platform collectors that
+the default registry would carry are registered on it too. docs/operations.md lists every metric, and the
+dashboard and alert rules in deploy/ use only these names (tests/test_dashboards.py checks them against a
+real run's /metrics).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 
+from workers.contract.errors import ReasonCode
+
 __all__ = [
     "CIRCUIT_STATE_VALUES",
+    "COMMIT_FAILURE_KINDS",
+    "REBALANCE_EVENTS",
     "MetricsServer",
     "WorkerMetrics",
+    "event_epoch",
     "start_http_endpoint",
 ]
 
@@ -34,6 +47,22 @@ CIRCUIT_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Event time to acknowledged output: tens of milliseconds when the worker keeps up (the demo's p50 on a
+# laptop), minutes to an hour while a backlog is worked off after an outage.
+_FRESH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)  # fmt: skip
+REBALANCE_EVENTS = ("assigned", "revoked", "lost")
+COMMIT_FAILURE_KINDS = ("offsets", "transaction")
+
+
+def event_epoch(event_time: str) -> float | None:
+    """UNIX seconds of a listing's RFC 3339 `event_time` (no offset: UTC); None when it cannot be read."""
+    try:
+        parsed = datetime.fromisoformat(event_time)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 class WorkerMetrics:
@@ -65,8 +94,25 @@ class WorkerMetrics:
         )
         self.in_flight_batches = Gauge("enrich_in_flight_batches", "Batches inside the pipeline", registry=r)
         self.consumer_lag = Gauge(
-            "enrich_consumer_lag", "Messages behind the high watermark", ["topic", "partition"], registry=r
+            "enrich_consumer_lag",
+            "Records between the group's committed offset and the high watermark (queried from the broker)",
+            ["topic", "partition"],
+            registry=r,
         )
+        self._lag_series: set[tuple[str, int]] = set()
+        self.paused_partitions = Gauge(
+            "enrich_paused_partitions", "Assigned partitions paused (inference backend blocked)", registry=r
+        )
+        self.rebalances = Counter(
+            "enrich_rebalances", "Rebalances that moved partitions of this worker", ["event"], registry=r
+        )
+        self.commit_failures = Counter(
+            "enrich_commit_failures", "Offset or transaction commits that failed", ["kind"], registry=r
+        )
+        stale_help = "Outputs not sent: a newer listing_version was already emitted"
+        self.stale_dropped = Counter("enrich_stale_dropped", stale_help, registry=r)
+        about = "Listing event_time to its attribute event acknowledged by the broker"
+        self.freshness_s = Histogram("enrich_freshness_seconds", about, buckets=_FRESH_BUCKETS, registry=r)
         self.backend_failures = Counter(
             "enrich_backend_failures", "Failed inference calls (retried)", registry=r
         )
@@ -76,6 +122,42 @@ class WorkerMetrics:
         self.circuit_state = Gauge(
             "enrich_circuit_state", "Inference circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )
+        # Every label value exported from the start: rate() over a series that appears at its first
+        # increment misses that increment, and an alert on a series that does not exist never fires.
+        for code in (v for k, v in vars(ReasonCode).items() if not k.startswith("_")):
+            self.dlq.labels(code=code)
+        for event in REBALANCE_EVENTS:
+            self.rebalances.labels(event=event)
+        for kind in COMMIT_FAILURE_KINDS:
+            self.commit_failures.labels(kind=kind)
+        if r is not REGISTRY:
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
+            PlatformCollector(registry=r)
+
+    def commit_failed(self, kind: str) -> None:
+        """Suitable as the commit policy's and `commit_reporter`'s `on_failure`."""
+        self.commit_failures.labels(kind=kind).inc()
+
+    def set_lags(self, lags: dict[tuple[str, int], int]) -> None:
+        """Replace the lag series by `lags`: a partition not in it (no longer assigned) loses its series."""
+        self.forget_partitions(self._lag_series - lags.keys())
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        self._lag_series = set(lags)
+
+    def forget_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop the lag series of partitions revoked or lost: their new owner reports them."""
+        for topic, partition in list(partitions):
+            if (topic, partition) in self._lag_series:
+                self._lag_series.discard((topic, partition))
+                self.consumer_lag.remove(topic, str(partition))
+
+    def observe_freshness(self, event_times: Iterable[float], now: float) -> None:
+        """`now - t` for each event time (UNIX seconds); a clock ahead of ours counts as 0."""
+        observe = self.freshness_s.observe
+        for event_time in event_times:
+            observe(max(now - event_time, 0.0))
 
     def set_circuit_state(self, state: str) -> None:
         """Suitable as ``CircuitBreaker(on_state_change=...)``."""

@@ -132,9 +132,12 @@ class OffsetTracker:
         self.epoch += 1
 
 
-def commit_reporter(tracker: OffsetTracker) -> Callable[[Any, list[Any]], None]:
+def commit_reporter(
+    tracker: OffsetTracker, on_failure: Callable[[str], None] | None = None
+) -> Callable[[Any, list[Any]], None]:
     """The consumer's `on_commit` callback: librdkafka serves it in `consume()` (the consume thread) with
-    the answer to every commit; it reaches `tracker` as `report_commit`."""
+    the answer to every commit; it reaches `tracker` as `report_commit`, and a failed one `on_failure`
+    ("offsets")."""
 
     def on_commit(error: Any, partitions: list[Any]) -> None:
         ok: dict[TopicPartitionKey, int] = {}
@@ -145,6 +148,8 @@ def commit_reporter(tracker: OffsetTracker) -> Callable[[Any, list[Any]], None]:
         if failed:
             log.warning("offset commit failed (committed again at the next commit): %s %s", error, failed)
             tracker.report_commit(failed, ok=False)
+            if on_failure is not None:
+                on_failure("offsets")
         if ok:
             tracker.report_commit(ok, ok=True)
 

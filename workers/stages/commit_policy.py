@@ -26,12 +26,29 @@ from workers.stages.commit import (
     failure_kind,
 )
 
-__all__ = ["AtLeastOnceCommits", "CommitPolicy", "ExactlyOnceCommits", "Settle", "make_commit_policy"]
+__all__ = [
+    "ABORT_TIMEOUT_S",
+    "AtLeastOnceCommits",
+    "CommitPolicy",
+    "ExactlyOnceCommits",
+    "Settle",
+    "make_commit_policy",
+]
 
 log = logging.getLogger(__name__)
 
 _MAX_RECOVERIES = 3
 _RECOVERY_WINDOW_S = 60.0
+# The longest wait for the broker to abort an open transaction (a failed shutdown, lost partitions).
+ABORT_TIMEOUT_S = 30.0
+
+
+# Hears each failed commit: "offsets" or "transaction" (the worker counts them, enrich_commit_failures).
+OnFailure = Callable[[str], None]
+
+
+def _ignore(kind: str) -> None:
+    return None
 
 
 # A callable that releases every open batch and waits (bounded) until the tracked offsets of
@@ -72,8 +89,10 @@ class AtLeastOnceCommits:
     between output and commit re-processes (duplicates), never skips.
     """
 
-    def __init__(self, consumer: CommittingConsumer, tracker: OffsetTracker) -> None:
-        self._consumer, self.tracker = consumer, tracker
+    def __init__(
+        self, consumer: CommittingConsumer, tracker: OffsetTracker, on_failure: OnFailure = _ignore
+    ) -> None:
+        self._consumer, self.tracker, self._on_failure = consumer, tracker, on_failure
 
     async def begin(self) -> None:
         return None
@@ -82,6 +101,7 @@ class AtLeastOnceCommits:
         try:
             commit_offsets(self._consumer, self.tracker, asynchronous=True)
         except KafkaOperationFailed as exc:
+            self._on_failure("offsets")
             log.warning("%s; retried at the next commit", exc)
 
     async def drain(self, partitions: list[TopicPartitionKey], settle: Settle) -> None:
@@ -91,6 +111,7 @@ class AtLeastOnceCommits:
             commit = partial(commit_offsets, self._consumer, self.tracker, partitions=partitions)
             await asyncio.to_thread(commit, asynchronous=False)
         except KafkaOperationFailed as exc:
+            self._on_failure("offsets")
             log.warning("commit on revoke failed (the new owner re-processes from earlier): %s", exc)
         self.tracker.forget(partitions)
 
@@ -137,9 +158,10 @@ class ExactlyOnceCommits:
         tracker: OffsetTracker,
         *,
         renew: Callable[[], TransactionalProducer] | None = None,
+        on_failure: OnFailure = _ignore,
     ) -> None:
         self._consumer, self._producer, self.tracker = consumer, producer, tracker
-        self._renew = renew
+        self._renew, self._on_failure = renew, on_failure
         self._recoveries: list[float] = []
 
     async def begin(self) -> None:
@@ -208,6 +230,7 @@ class ExactlyOnceCommits:
         try:
             await asyncio.to_thread(commit, begin_next=begin_next)
         except KafkaOperationFailed as exc:
+            self._on_failure("transaction")
             if not begin_next:
                 raise
             if exc.retriable:
@@ -226,7 +249,7 @@ class ExactlyOnceCommits:
 
     async def _abort(self) -> None:
         try:
-            await asyncio.to_thread(self._producer.abort_transaction, 30)
+            await asyncio.to_thread(self._producer.abort_transaction, ABORT_TIMEOUT_S)
         except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
             log.warning("abort_transaction failed: %s", exc)
 
@@ -238,8 +261,9 @@ def make_commit_policy(
     producer: TransactionalProducer,
     tracker: OffsetTracker,
     renew: Callable[[], TransactionalProducer] | None = None,
+    on_failure: OnFailure = _ignore,
 ) -> CommitPolicy:
     """The policy the configuration asks for (`ENRICH_EXACTLY_ONCE`)."""
     if exactly_once:
-        return ExactlyOnceCommits(consumer, producer, tracker, renew=renew)
-    return AtLeastOnceCommits(consumer, tracker)
+        return ExactlyOnceCommits(consumer, producer, tracker, renew=renew, on_failure=on_failure)
+    return AtLeastOnceCommits(consumer, tracker, on_failure)

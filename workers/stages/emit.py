@@ -11,11 +11,9 @@ import asyncio
 import time
 from functools import partial
 
-from prometheus_client import Counter
-
 from workers.contract.events import attribute_event, utc_now_iso
 from workers.contract.results import ListingResult
-from workers.runtime.metrics import WorkerMetrics
+from workers.runtime.metrics import WorkerMetrics, event_epoch
 from workers.runtime.producer import AsyncProducer
 from workers.stages.commit import OffsetTracker, TopicPartitionKey
 from workers.stages.guard import StaleUpdateGuard
@@ -44,11 +42,6 @@ class AttributeEmitter:
         self._model = {"name": model_name, "version": model_version, "digest": model_digest}
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
-        self._stale = Counter(
-            "enrich_stale_dropped",
-            "Outputs not sent: a newer listing_version was already emitted",
-            registry=metrics.registry,
-        )
 
     async def emit(self, items: list[WorkItem], results: list[ListingResult], *, cache_hit: bool) -> None:
         """Produce one attribute event per admitted item; stale items finish without output."""
@@ -63,19 +56,23 @@ class AttributeEmitter:
             epoch = tracker.epoch
             records: list[tuple[bytes, bytes]] = []
             finished: dict[TopicPartitionKey, list[int]] = {}
+            event_times: list[float] = []  # of the records produced: freshness once acknowledged
             latency_ms: dict[float, float] = {}  # items consumed together share it
             for item, result, ok in zip(items, results, admitted, strict=True):
                 if item.epoch != epoch:
                     continue  # read again from the committed offset
                 source = item.source
                 if not ok:
-                    self._stale.inc()
+                    self._metrics.stale_dropped.inc()
                     tracker.finish((source.topic, source.partition), source.offset, epoch)
                     continue
                 latency = latency_ms.get(item.consumed_at)
                 if latency is None:
                     latency = latency_ms[item.consumed_at] = round(max(now - item.consumed_at, 0.0) * 1000, 3)
                 listing = item.listing
+                event_time = event_epoch(listing.event_time)
+                if event_time is not None:
+                    event_times.append(event_time)
                 records.append((
                     listing.listing_id.encode(),
                     attribute_event(
@@ -89,13 +86,17 @@ class AttributeEmitter:
                     offsets = finished[(source.topic, source.partition)] = []
                 offsets.append(source.offset)
             await self._producer.produce_batch(
-                self._topic, records, partial(self._delivered, finished, epoch),
+                self._topic, records, partial(self._delivered, finished, event_times, epoch),
                 current=lambda: tracker.epoch == epoch,
             )  # fmt: skip
 
-    def _delivered(self, finished: dict[TopicPartitionKey, list[int]], epoch: int) -> None:
+    def _delivered(
+        self, finished: dict[TopicPartitionKey, list[int]], event_times: list[float], epoch: int
+    ) -> None:
         if epoch != self._tracker.epoch:
             return  # acknowledged into a transaction aborted since: not an output
         for tp, offsets in finished.items():
             self._tracker.finish_many(tp, offsets, epoch)
         self._metrics.events_out.inc(sum(len(offsets) for offsets in finished.values()))
+        # Acknowledged, not yet committed: in exactly-once mode readers see it after the commit interval.
+        self._metrics.observe_freshness(event_times, time.time())
