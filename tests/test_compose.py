@@ -214,7 +214,8 @@ def test_compose_builds_exist_with_allow_listed_contexts(compose: dict[str, Any]
 def test_compose_topic_partitions_match_keda_and_the_views(compose: dict[str, Any]) -> None:
     script = "\n".join(compose["services"]["kafka-init"]["command"])
     partitions = {topic: int(n) for topic, n in re.findall(r"--topic (\S+) --partitions (\d+)", script)}
-    scaled = yaml.safe_load((ROOT / "deploy" / "k8s" / "keda-scaledobject.yaml").read_text())
+    keda = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "keda-scaledobject.yaml").read_text())
+    scaled = next(doc for doc in keda if doc["kind"] == "ScaledObject")
     maximum = scaled["spec"]["maxReplicaCount"]
     assert partitions["listings.new"] == partitions["listings.attributes"] == maximum
     views = compose["services"]["views"]["command"]
@@ -279,4 +280,4 @@ def test_compose_services_of_the_worker_image_run_its_commands(compose: dict[str
     for name, service in image_services.items():
         command = service.get("command", ["worker"])  # the image's CMD
         assert command[0] in _worker_image_commands(), f"{name} runs `enrich {command[0]}`: not in the image"
-    assert _worker_image_commands() == {"worker", "tail"}
+    assert _worker_image_commands() == {"worker", "tail", "dlq", "predict"}

@@ -6,7 +6,6 @@ the code: settings, ports, probes, grace period, stable transactional ids, model
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +15,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from workers.runtime import assembly
 from workers.runtime import config as worker_config
 from workers.runtime.worker import SHUTDOWN_FLUSH_S
 from workers.stages.commit_policy import ABORT_TIMEOUT_S
@@ -274,11 +272,12 @@ def test_grace_period_covers_drain_flush_and_abort(k8s: Objects) -> None:
 
 
 def test_startup_probe_waits_for_the_backend_check(k8s: Objects) -> None:
-    """/readyz: the model loaded, the backend checked it (up to wait_for_backend's timeout), loop running."""
+    """/readyz: the broker and topics checked, the model loaded, the backend checked it, loop running; each
+    check waits up to ENRICH_STARTUP_TIMEOUT_S."""
     probe = _pod(k8s, "StatefulSet", "enrich-worker")["containers"][0]["startupProbe"]
     assert probe["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    backend_wait = inspect.signature(assembly.wait_for_backend).parameters["timeout_s"].default
-    assert probe["periodSeconds"] * probe["failureThreshold"] > backend_wait
+    start_wait = 2 * _config(k8s).startup_timeout_s  # check_broker, then wait_for_backend
+    assert probe["periodSeconds"] * probe["failureThreshold"] > start_wait
 
 
 def test_model_reaches_workers_and_triton_without_volume_claims(k8s: Objects) -> None:
