@@ -26,6 +26,7 @@ from devtools.harness.producer import produce_records
 from devtools.harness.reader import read_events
 from devtools.services.kafka import KafkaCluster
 from tests.test_pipeline import make_config
+from training.export import record_digest
 from workers.cli import build_parser, main
 from workers.contract.errors import ExitCode
 from workers.runtime.assembly import run_worker
@@ -102,6 +103,7 @@ def test_worker_exits_3_without_model_onnx_or_with_labels_of_another_export(
     dropped = labels["categories"].pop()
     labels["attributes_by_category"].pop(dropped)
     (other / "labels.json").write_text(json.dumps(labels))
+    record_digest(other)  # a consistent-looking export of a wrong pairing (else: "a file was replaced")
     code, err = enrich(*worker_args(kafka.bootstrap_servers, other, topics))
     assert code == ExitCode.CONFIG
     assert_one_line(err, ExitCode.CONFIG, "category_probs", "different exports", "ENRICH_MODEL_DIR")

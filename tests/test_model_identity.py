@@ -163,5 +163,5 @@ def test_labels_that_do_not_fit_the_graph_are_refused_at_start(
     record_digest(mismatched)  # a consistent-looking export of a wrong pairing
     topics = (new_topic(prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
     config = make_config(kafka.bootstrap_servers, mismatched, topics, "g-labels")
-    with pytest.raises(ModelMismatch, match=r"category probabilities but labels\.json has"):
+    with pytest.raises(ModelMismatch, match=r"but labels\.json has"):
         asyncio.run(run_worker(config, asyncio.Event()))
