@@ -98,3 +98,4 @@ class AttributeEmitter:
         for tp, offsets in finished.items():
             self._tracker.finish_many(tp, offsets, epoch)
         self._metrics.events_out.inc(sum(len(offsets) for offsets in finished.values()))
+        self._metrics.last_output_at.set(time.time())
