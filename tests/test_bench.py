@@ -96,3 +96,17 @@ def test_steady_rate_counts_the_millisecond_outputs_share() -> None:
     assert steady_rate([5_000] * 100, skip_fraction=0.0) == pytest.approx(99_000)
     assert steady_rate([0, 1_000], skip_fraction=0.0) == pytest.approx(1 / 1.001)
     assert steady_rate([7]) == 0.0
+
+
+def test_gpu_script_cpu_parts_score_a_served_model_against_onnx(
+    tiny_model_dir: Path, tiny_triton_repo: Path, triton_factory: Callable[..., Any]
+) -> None:
+    """The GPU script's accuracy check, pointed at the CPU Triton (same ONNX model): no F1 lost."""
+    from devtools.bench.gpu.run import accuracy_delta, triton_runner, trtexec_command
+
+    server = triton_factory(tiny_triton_repo)
+    accuracy = accuracy_delta(tiny_model_dir, triton_runner(server.grpc_url, "attribute_extractor"))
+    assert accuracy["dev_offers"] > 0 and accuracy["f1_onnx"] > 0
+    assert abs(accuracy["f1_delta"]) < 0.005, accuracy
+    command = trtexec_command("trtexec", Path("m.onnx"), Path("p.plan"))
+    assert "--fp16" in command and "--optShapes=input_ids:32x16,attention_mask:32x16" in command

@@ -25,7 +25,7 @@ from devtools.bench.steps import CACHE_OFF, CACHE_ON, STEPS, BenchRun
 from devtools.harness.titles import fixture_titles
 from devtools.paths import FIXTURE_OFFERS, MODELS_DIR, REPO_ROOT, TRITON_CPU_REPO
 
-__all__ = ["BenchOptions", "choose_model", "run_bench"]
+__all__ = ["BenchOptions", "choose_model", "run_bench", "vocab_size"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _triton_threads(repo: Path, model: str) -> int:
 
 def _raw_ceilings(options: BenchOptions, model_dir: Path, triton_url: str, seq_len: int,
                   in_flight: int) -> dict[str, list[BackendThroughput]]:  # fmt: skip
-    vocab = _vocab_size(model_dir)
+    vocab = vocab_size(model_dir)
     raw: dict[str, list[BackendThroughput]] = {"triton": [], "onnxruntime": []}
     timing = {"duration_s": options.raw_duration_s, "warmup_s": min(1.0, options.raw_duration_s)}
     for batch_size in options.batch_sizes:
@@ -129,10 +129,10 @@ def _raw_ceilings(options: BenchOptions, model_dir: Path, triton_url: str, seq_l
     return raw
 
 
-def _vocab_size(model_dir: Path) -> int:
+def vocab_size(model_dir: Path) -> int:
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab_size()
+    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).getvocab_size()
 
 
 def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
@@ -191,7 +191,7 @@ def _measure(options: BenchOptions, services: Any, model_dir: Path, titles: list
     shutil.rmtree(logs, ignore_errors=True)
     bench = BenchRun(options, BenchContext(services.kafka, base_env, logs, pids), titles, config, model_dir,
                      triton_url, _triton_threads(options.triton_repo, options.triton_model),
-                     _vocab_size(model_dir), services.redis.url)  # fmt: skip
+                     vocab_size(model_dir), services.redis.url)  # fmt: skip
     print("worker passes (`enrich worker` subprocesses):", flush=True)
     for measure, step in STEPS:
         if measure in options.measures:
