@@ -65,13 +65,12 @@ class WorkerMetrics:
         )
         # Wall-clock stamps (Unix seconds) of the first record consumed and the last attribute event the
         # broker acknowledged: a pass's duration from the worker's own clock, not from a poll loop.
-        self.first_consumed_at = Gauge(
-            "enrich_first_consumed_timestamp_seconds", "When the first record was consumed", registry=r
-        )
-        self.last_output_at = Gauge(
-            "enrich_last_output_acked_timestamp_seconds",
-            "When the broker last acknowledged attribute events",
-            registry=r,
+        self.first_consumed_at, self.last_output_at = (
+            Gauge(name, what, registry=r)
+            for name, what in (
+                ("enrich_first_consumed_timestamp_seconds", "When the first record was consumed"),
+                ("enrich_last_output_acked_timestamp_seconds", "When attribute events were last acked"),
+            )
         )
         self.inference_latency_s = Histogram(
             "enrich_inference_latency_seconds",
