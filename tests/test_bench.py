@@ -61,10 +61,9 @@ def test_bench_runs_every_measure_at_a_tiny_size(
                     "at 50 % of max", "at 90 % of max", "(e) scaling", "(f)"):  # fmt: skip
         assert measure in table, measure
     assert "n/a" not in table
-    # Efficiency is at most 1 by construction: the replay is the worker's own batches without the worker.
-    for name in ("triton-model", "onnx-model"):
-        replay = saved["replays"][name]
-        assert passes[name]["events_per_s"] <= passes[name]["events"] / replay["seconds"]
+    # Efficiency <= 1 holds by construction (the replay is the worker's own calls, checked above), not as a
+    # number: on a loaded machine a 200-event replay lasting 0.09 s once ran slower than the worker's
+    # steady span (3,780/s vs 2,176/s), so comparing the figures here would assert speed. The table says so.
 
 
 def test_mix_is_read_from_the_workers_metrics_text() -> None:

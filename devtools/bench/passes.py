@@ -117,6 +117,9 @@ class BenchContext:
         cpu["workers"] = _cpu_seconds(worker_pids)
         if len(worker_pids) > 1:  # the split between worker processes (the scaling curve)
             cpu.update({f"worker-{i}": _cpu_seconds([pid]) for i, pid in enumerate(worker_pids)})
+        # Every process of the machine (others' work included): names what took the cores when ours did not.
+        times = psutil.cpu_times()
+        cpu["machine"] = sum(getattr(times, k) for k in times._fields if k not in ("idle", "iowait"))
         own = psutil.Process().cpu_times()
         cpu["bench"] = own.user + own.system  # this process only: services and workers are its children
         return cpu

@@ -58,12 +58,13 @@ def write_input_data(path: Path, seq_len: int, vocab_size: int) -> Path:
 def perf_analyzer_command(binary: Path, url: str, model: str, *, batch_size: int, seq_len: int,
                           concurrency: int, data: Path, csv_path: Path,
                           window_ms: int) -> list[str]:  # fmt: skip
-    # --stability-percentage 50: on a shared 2-core machine three windows within the default 10 % are
-    # rare, and perf_analyzer would give up after --max-trials without a figure.
+    # --stability-percentage 999: on the shared 2-core machine (load average 17 at the time) three windows
+    # within 10 % or even 50 % never came, and perf_analyzer gave up without a figure; the figure is the
+    # mean of the last three windows, as loaded as every other figure of the run.
     return [str(binary), "-m", model, "-u", url, "-i", "grpc", "-b", str(batch_size),
             "--shape", f"input_ids:{seq_len}", "--shape", f"attention_mask:{seq_len}",
             "--input-data", str(data), "--concurrency-range", str(concurrency),
-            "--measurement-interval", str(window_ms), "--stability-percentage", "50",
+            "--measurement-interval", str(window_ms), "--stability-percentage", "999",
             "--max-trials", "5", "-f", str(csv_path)]  # fmt: skip
 
 

@@ -132,7 +132,7 @@ def _raw_ceilings(options: BenchOptions, model_dir: Path, triton_url: str, seq_l
 def vocab_size(model_dir: Path) -> int:
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).getvocab_size()
+    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab_size()
 
 
 def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
