@@ -57,6 +57,9 @@ def test_metrics_endpoint_serves_every_metric(endpoint: tuple[WorkerMetrics, Met
     metrics.consumer_lag.labels(topic="listings.new", partition="0").set(17)
     metrics.backend_failures.inc()
     metrics.model_info.labels(name="m", version="v1", digest="sha256:ab").set(1)
+    metrics.batch_shapes.labels(rows="32", seq="16").inc()
+    metrics.first_consumed_at.set(1_700_000_000.5)
+    metrics.last_output_at.set(1_700_000_002.0)
     CircuitBreaker(1, 60.0, on_state_change=metrics.set_circuit_state).record_failure()
 
     status, body = _get(server.url + "/metrics")
@@ -75,6 +78,9 @@ def test_metrics_endpoint_serves_every_metric(endpoint: tuple[WorkerMetrics, Met
         "enrich_backend_failures_total 1.0",
         "enrich_circuit_state 2.0",
         'enrich_model_info{digest="sha256:ab",name="m",version="v1"} 1.0',
+        'enrich_inference_batches_total{rows="32",seq="16"} 1.0',
+        "enrich_first_consumed_timestamp_seconds 1.7000000005e+09",
+        "enrich_last_output_acked_timestamp_seconds 1.700000002e+09",
     ):
         assert line in body.splitlines(), line
 

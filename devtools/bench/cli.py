@@ -12,7 +12,7 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = subparsers.add_parser(
         "bench",
-        help="benchmark: efficiency vs raw Triton, batching, cache hits, latency, scale-out, backends",
+        help="benchmark: efficiency vs matched raw replays, batching, cache hits, latency, scaling, backends",
         description="Starts its own Kafka, Redis and Triton, runs `enrich worker` subprocesses against them "
         "and prints one table (measure, figures, target, ratio); writes results.json and PNG plots.",
     )
@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--peers", choices=("also", "only"), default=None,
                        help="also (after the measures) or only: our worker vs the same job on Quix Streams, "
                             "Faust and Bytewax (devtools/bench/peers)")
+    bench.add_argument("--no-perf-analyzer", action="store_true",
+                       help="skip the perf_analyzer check (else fetched into ENRICH_CACHE_DIR on first use)")
+    bench.add_argument("--distinct-titles", type=int, default=None,
+                       help="size of the all-distinct cache-hit pass (default: as the repeated one, 100,000)")
+    bench.add_argument("--max-workers", type=int, default=None,
+                       help="scaling curve 1..N worker processes (default: the machine's cores)")
     bench.set_defaults(func=_bench)  # fmt: skip
 
 
@@ -58,6 +64,9 @@ def _bench(args: argparse.Namespace) -> int:
         latency_duration_s=5.0 if quick else 20.0,
         measures=frozenset(args.measures) | {"a"},
         command=" ".join(["enrich", *sys.argv[1:]]),
+        perf_analyzer=not args.no_perf_analyzer,
+        distinct_titles=args.distinct_titles,
+        **({"max_workers": args.max_workers} if args.max_workers else {}),
     )
     if args.peers != "only":
         run_bench(options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any
 
 import psutil
 
+from devtools.bench.mix import Shape, mix_from_labels, mix_labels, scrape_mix
 from devtools.harness.listings import expect_output, listing_records
 from devtools.harness.producer import PacedProducer, produce_records
 from devtools.harness.reader import OutputCollector
 from devtools.harness.worker_process import WorkerPool
+from devtools.services.ports import free_ports
 
 __all__ = ["BenchContext", "PassResult", "percentile", "steady_rate"]
 
@@ -59,6 +62,10 @@ class PassResult:
     cpu_s: dict[str, float]
     settings: dict[str, str]
     latencies_ms: list[float] = field(default_factory=list)
+    batch_mix: dict[str, int] = field(default_factory=dict)  # "rows x seq" -> inference calls (/metrics)
+
+    def mix(self) -> Counter[Shape]:
+        return mix_from_labels(self.batch_mix)
 
     def summary(self) -> dict[str, Any]:
         row = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
@@ -108,6 +115,11 @@ class BenchContext:
     def _cpu(self, worker_pids: list[int]) -> dict[str, float]:
         cpu = {name: _cpu_seconds(pids) for name, pids in self.service_pids.items()}
         cpu["workers"] = _cpu_seconds(worker_pids)
+        if len(worker_pids) > 1:  # the split between worker processes (the scaling curve)
+            cpu.update({f"worker-{i}": _cpu_seconds([pid]) for i, pid in enumerate(worker_pids)})
+        # Every process of the machine (others' work included): names what took the cores when ours did not.
+        times = psutil.cpu_times()
+        cpu["machine"] = sum(getattr(times, k) for k in times._fields if k not in ("idle", "iowait"))
         own = psutil.Process().cpu_times()
         cpu["bench"] = own.user + own.system  # this process only: services and workers are its children
         return cpu
@@ -129,18 +141,19 @@ class BenchContext:
         self._backlog(topics[0], name, titles, count)
         collector = OutputCollector(self.kafka.bootstrap_servers, topics[1])
         env = self._env(topics, f"bench-{name}-{self._serial}", overrides)
-        pool = WorkerPool(workers, env, self.run_dir / name, profile_to)
+        pool = WorkerPool(workers, env, self.run_dir / name, profile_to, metrics_ports=free_ports(workers))
         try:
             self._await(collector, pool, 1, name)
             cpu_before, started = self._cpu(pool.pids), time.perf_counter()
             self._await(collector, pool, count, name)
             seconds = time.perf_counter() - started
             cpu = {k: round(v - cpu_before[k], 2) for k, v in self._cpu(pool.pids).items()}
+            mix = scrape_mix(pool.metrics_urls)
         finally:
             pool.stop()
             collector.close()
         return PassResult(name, count, workers, steady_rate(collector.times_ms), round(seconds, 3),
-                          collector.hits, cpu, dict(overrides))  # fmt: skip
+                          collector.hits, cpu, dict(overrides), batch_mix=mix_labels(mix))  # fmt: skip
 
     def paced_pass(self, name: str, titles: list[str], rate: float, duration_s: float,
                    overrides: Mapping[str, str]) -> PassResult:  # fmt: skip

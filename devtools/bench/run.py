@@ -11,20 +11,21 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devtools.bench.backends import BackendThroughput, measure_ort_throughput, measure_triton_throughput
-from devtools.bench.passes import BenchContext, PassResult
+from devtools.bench.passes import BenchContext
+from devtools.bench.steps import CACHE_OFF, CACHE_ON, STEPS, BenchRun
 from devtools.harness.titles import fixture_titles
 from devtools.paths import FIXTURE_OFFERS, MODELS_DIR, REPO_ROOT, TRITON_CPU_REPO
 
-__all__ = ["BenchOptions", "choose_model", "run_bench"]
+__all__ = ["BenchOptions", "choose_model", "run_bench", "vocab_size"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class BenchOptions:
     latency_duration_s: float = 20.0
     measures: frozenset[str] = field(default_factory=lambda: frozenset("abcdef"))
     command: str = "enrich bench"
+    perf_analyzer: bool = True  # the outside check of raw Triton (fetched on first use)
+    distinct_titles: int | None = None  # all-distinct hit pass size; None: as many as the repeated one
+    latency_loads: tuple[float, ...] = (0.25, 0.5, 0.9)  # fractions of the measured maximum
+    max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # scaling curve: 1..N
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -88,21 +93,29 @@ def _newest_exported(model_root: Path, base: str) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _typical_seq_len(model_dir: Path, titles: list[str], batch: int) -> int:
-    """The sequence bucket most of the worker's batches get when it batches these titles in order."""
+def _typical_seq_len(model_dir: Path, titles: list[str]) -> int:
+    """The sequence bucket most titles fall in: the worker batches each bucket apart, so this is the
+    width most of its batches have (the raw sweep's shape; the efficiency uses the recorded mix)."""
     from workers.model.encode import TitleEncoder
 
     encoder = TitleEncoder.from_model_dir(model_dir)
-    encoded = encoder.encode(titles * max(1, (batch * 20) // len(titles) + 1))
-    buckets = Counter(
-        encoder.pad_to_bucket(encoded[i : i + batch])[0].shape[1] for i in range(0, len(encoded), batch)
-    )
+    buckets = Counter(encoder.pad_to_bucket([enc])[0].shape[1] for enc in encoder.encode(titles))
     return buckets.most_common(1)[0][0]
+
+
+def _triton_threads(repo: Path, model: str) -> int:
+    """intra_op_num_threads of the Triton model's instances (its config.pbtxt); 1 when not stated."""
+    try:
+        text = (repo / model / "config.pbtxt").read_text()
+    except OSError:
+        return 1
+    found = re.search(r'"intra_op_num_threads".*?string_value:\s*"(\d+)"', text, re.S)
+    return int(found.group(1)) if found else 1
 
 
 def _raw_ceilings(options: BenchOptions, model_dir: Path, triton_url: str, seq_len: int,
                   in_flight: int) -> dict[str, list[BackendThroughput]]:  # fmt: skip
-    vocab = _vocab_size(model_dir)
+    vocab = vocab_size(model_dir)
     raw: dict[str, list[BackendThroughput]] = {"triton": [], "onnxruntime": []}
     timing = {"duration_s": options.raw_duration_s, "warmup_s": min(1.0, options.raw_duration_s)}
     for batch_size in options.batch_sizes:
@@ -111,63 +124,15 @@ def _raw_ceilings(options: BenchOptions, model_dir: Path, triton_url: str, seq_l
             **timing, vocab_size=vocab))  # fmt: skip
         if "f" in options.measures:
             raw["onnxruntime"].append(measure_ort_throughput(
-                model_dir / "model.onnx", batch_size=batch_size, seq_len=seq_len, concurrency=in_flight,
+                model_dir / "model.onnx", batch_size=batch_size, seq_len=seq_len, concurrency=1,
                 **timing, vocab_size=vocab))  # fmt: skip
     return raw
 
 
-def _vocab_size(model_dir: Path) -> int:
+def vocab_size(model_dir: Path) -> int:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab_size()
-
-
-def _worker_passes(options: BenchOptions, ctx: BenchContext, titles: list[str],
-                   config: Any) -> tuple[dict[str, PassResult], dict[str, Any]]:  # fmt: skip
-    """The end-to-end passes; returns them by name plus notes."""
-    n = options.events or 2000
-    cache_off = {"ENRICH_REDIS_URL": "", "ENRICH_BACKEND": "triton"}
-    cache_on = {"ENRICH_BACKEND": "triton"}
-    passes: dict[str, PassResult] = {}
-    notes: dict[str, Any] = {}
-    # The hit path runs ~100x the model's pace: 2n hits would be over in a fraction of a second.
-    hit_events = n * 2 if options.quick else max(n * 2, 100_000)
-
-    def run(name: str, count: int, overrides: dict[str, str], **kwargs: Any) -> PassResult:
-        print(f"  pass {name}: {count} events {overrides} ...", flush=True)
-        started = time.perf_counter()
-        result = ctx.backlog_pass(name, titles, count, overrides, **kwargs)
-        print(f"    {result.events_per_s:,.0f} events/s (pass took {time.perf_counter() - started:.1f} s)",
-              flush=True)  # fmt: skip
-        passes[name] = result
-        return result
-
-    # The broker's JVM compiles its hot paths during the first few thousand records: without this warm-up
-    # the first pass paid ~2 broker CPU-seconds more, taken from the worker and Triton on these 2 cores.
-    run("warm-up", min(n, 3000), cache_off)
-    run("triton-model", n, cache_off)
-    if "b" in options.measures:
-        run("triton-batch1", max(200, n // 10), {**cache_off, "ENRICH_MAX_BATCH": "1"})
-    if "c" in options.measures:
-        run("cache-warm", len(titles), cache_on)
-        run("cache-hit", hit_events, cache_on)
-    if "d" in options.measures:
-        rate = passes["triton-model"].events_per_s / 2
-        print(f"  pass latency: {rate:,.0f} events/s for {options.latency_duration_s:.0f} s ...", flush=True)
-        passes["latency"] = ctx.paced_pass("latency", titles, rate, options.latency_duration_s, cache_off)
-    if "e" in options.measures:
-        run("triton-2workers", n, cache_off, workers=2)
-    if "f" in options.measures:
-        run("onnx-model", n, {"ENRICH_REDIS_URL": "", "ENRICH_BACKEND": "onnx"})
-    if options.profile:
-        profiles = {}
-        profiled = (("profile-model", cache_off, n), ("profile-cache-hit", cache_on, hit_events))
-        for name, overrides, count in profiled:
-            path = options.out / f"{name}.{'pstats' if options.profiler == 'cprofile' else 'txt'}"
-            run(name, count, overrides, profile_to=path)
-            profiles[name] = str(path)
-        notes["profiles"] = profiles
-    return passes, notes
 
 
 def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
@@ -176,7 +141,7 @@ def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
     `services`: running Kafka/Redis/Triton to use (anything with `.kafka`, `.redis`, `.triton` like a
     `LocalStack`, e.g. the test suite's fixtures); by default a fresh stack is started and stopped.
     """
-    from devtools.bench.report import build_results, print_table, write_plots
+    from devtools.bench.report import build_results, print_table, write_results
     from devtools.harness.stack import LocalStack
     from workers.runtime.config import load_config
 
@@ -185,7 +150,7 @@ def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
     model_dir, reason = choose_model(options)
     print(f"model: {reason}: {model_dir}", flush=True)
     titles = fixture_titles(distinct=True)  # the cache-warm pass produces each title once
-    seq_len = _typical_seq_len(model_dir, titles, config.batch.max_batch)
+    seq_len = _typical_seq_len(model_dir, titles)
     work_dir = Path(tempfile.mkdtemp(prefix="enrich-bench-"))
     try:
         with contextlib.ExitStack() as exits:
@@ -195,17 +160,17 @@ def run_bench(options: BenchOptions, services: Any = None) -> dict[str, Any]:
                 stack = LocalStack(work_dir / "services", options.triton_repo if triton else None,
                                    triton_model_dir=model_dir if triton else None)  # fmt: skip
                 services = exits.enter_context(stack).start()
-            raw, passes, notes = _measure(options, services, model_dir, titles, seq_len, config)
+            raw, bench = _measure(options, services, model_dir, titles, seq_len, config)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    results = build_results(options, config, model_dir, reason, seq_len, raw, passes, notes)
-    write_plots(results, options.out)
+    results = build_results(options, config, model_dir, reason, seq_len, raw, bench)
+    write_results(results, options.out)
     print_table(results)
     return results
 
 
 def _measure(options: BenchOptions, services: Any, model_dir: Path, titles: list[str], seq_len: int,
-             config: Any) -> tuple[dict[str, list[BackendThroughput]], dict[str, PassResult], dict[str, Any]]:
+             config: Any) -> tuple[dict[str, list[BackendThroughput]], BenchRun]:  # fmt: skip
     triton_url = options.triton_url or services.triton.grpc_url
     pids = {"kafka": [n.process.pid for n in services.kafka.nodes.values() if n.process],
             "redis": [services.redis.process.pid] if services.redis.process else []}
@@ -224,8 +189,25 @@ def _measure(options: BenchOptions, services: Any, model_dir: Path, titles: list
         print(f"events per throughput pass: {options.events}", flush=True)
     logs = options.out / "logs"  # every worker's log, kept for reading after the run
     shutil.rmtree(logs, ignore_errors=True)
-    ctx = BenchContext(services.kafka, base_env, logs, pids)
+    bench = BenchRun(options, BenchContext(services.kafka, base_env, logs, pids), titles, config, model_dir,
+                     triton_url, _triton_threads(options.triton_repo, options.triton_model),
+                     vocab_size(model_dir), services.redis.url)  # fmt: skip
     print("worker passes (`enrich worker` subprocesses):", flush=True)
-    passes, notes = _worker_passes(options, ctx, titles, config)
-    notes["events"] = options.events
-    return raw, passes, notes
+    for measure, step in STEPS:
+        if measure in options.measures:
+            step(bench)
+    if options.profile:
+        _profiles(bench)
+    bench.extra["events"] = options.events
+    return raw, bench
+
+
+def _profiles(bench: BenchRun) -> None:
+    options, profiles = bench.options, {}
+    hit_events = bench.events * 2 if options.quick else max(bench.events * 2, 100_000)
+    for name, overrides, count in (("profile-model", CACHE_OFF, bench.events),
+                                   ("profile-cache-hit", CACHE_ON, hit_events)):  # fmt: skip
+        path = options.out / f"{name}.{'pstats' if options.profiler == 'cprofile' else 'txt'}"
+        bench.run(name, count, overrides, profile_to=path)
+        profiles[name] = str(path)
+    bench.extra["profiles"] = profiles

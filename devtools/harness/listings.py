@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from devtools.harness.titles import fixture_titles
+from devtools.harness.titles import fixture_titles, lot_title
 
 __all__ = [
     "FIXED_EVENT_TIME",
@@ -86,7 +86,7 @@ def listing_records(
         listing_id = f"{prefix}-{index:0{digits}d}"
         title = rng.choice(titles) if rng is not None else titles[index % len(titles)]
         if unique_titles:
-            title += f" lot {index}"
+            title = lot_title(title, index)
         key = listing_id.encode()
         stamp = event_time
         if stamp is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from devtools.paths import FIXTURE_OFFERS
 
-__all__ = ["fixture_offers", "fixture_titles"]
+__all__ = ["distinct_titles", "fixture_offers", "fixture_titles", "lot_title"]
 
 
 def fixture_offers(path: Path = FIXTURE_OFFERS) -> list[dict[str, Any]]:
@@ -27,3 +27,15 @@ def fixture_titles(*, distinct: bool, path: Path = FIXTURE_OFFERS) -> list[str]:
     """The offers' titles in file order: each once with `distinct`, else one per offer line."""
     titles = [offer["input"] for offer in fixture_offers(path)]
     return list(dict.fromkeys(titles)) if distinct else titles
+
+
+def lot_title(title: str, index: int) -> str:
+    """`title` made unique by its index: no two share a cache entry (the key hashes the exact title)."""
+    return f"{title} lot {index}"
+
+
+def distinct_titles(count: int, *, path: Path = FIXTURE_OFFERS) -> list[str]:
+    """`count` different titles: the distinct fixture titles in turn, each made unique with `lot_title`
+    (the bench's all-distinct cache-hit pass: every lookup carries a different key)."""
+    base = fixture_titles(distinct=True, path=path)
+    return [lot_title(base[i % len(base)], i) for i in range(count)]

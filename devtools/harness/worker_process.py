@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -174,10 +174,19 @@ class WorkerPool:
     `log_dir`, worker ids `<group>-<i>`; stopped together with SIGTERM."""
 
     def __init__(self, count: int, env: Mapping[str, str], log_dir: Path,
-                 profile_to: Path | None = None) -> None:  # fmt: skip
+                 profile_to: Path | None = None, metrics_ports: Sequence[int] = ()) -> None:  # fmt: skip
+        """`metrics_ports`: one per worker, each serving /metrics on 127.0.0.1 (the bench reads the batch
+        mix there); without them the workers keep the environment's ENRICH_METRICS_PORT."""
+        def own(i: int) -> dict[str, str]:
+            mine = {"ENRICH_WORKER_ID": f"{env['ENRICH_GROUP_ID']}-{i}"}
+            if metrics_ports:
+                mine.update(ENRICH_METRICS_PORT=str(metrics_ports[i]), ENRICH_METRICS_HOST="127.0.0.1")
+            return mine
+
+        self.metrics_urls = [f"http://127.0.0.1:{port}" for port in metrics_ports]
         self.workers = [
-            WorkerProcess({**env, "ENRICH_WORKER_ID": f"{env['ENRICH_GROUP_ID']}-{i}"},
-                          log_dir / f"worker-{i}.log", profile_to=profile_to, sample_rss=False).start()
+            WorkerProcess({**env, **own(i)}, log_dir / f"worker-{i}.log", profile_to=profile_to,
+                          sample_rss=False).start()
             for i in range(count)
         ]  # fmt: skip
 

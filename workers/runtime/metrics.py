@@ -86,6 +86,21 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "enrich_batch_size", "Rows per inference batch", buckets=_BATCH_SIZE_BUCKETS, registry=r
         )
+        # The (rows, sequence bucket) shape of every inference call: `enrich bench` replays exactly this mix
+        # against the raw backends, so its efficiency compares equal work (issue 13). Bounded labels:
+        # rows <= max_batch, seq is one of the model's few buckets.
+        self.batch_shapes = Counter(
+            "enrich_inference_batches", "Inference calls by shape", ["rows", "seq"], registry=r
+        )
+        # Wall-clock stamps (Unix seconds) of the first record consumed and the last attribute event the
+        # broker acknowledged: a pass's duration from the worker's own clock, not from a poll loop.
+        self.first_consumed_at, self.last_output_at = (
+            Gauge(name, what, registry=r)
+            for name, what in (
+                ("enrich_first_consumed_timestamp_seconds", "When the first record was consumed"),
+                ("enrich_last_output_acked_timestamp_seconds", "When attribute events were last acked"),
+            )
+        )
         self.inference_latency_s = Histogram(
             "enrich_inference_latency_seconds",
             "Wall time of one inference call (one batch)",

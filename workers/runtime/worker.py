@@ -85,6 +85,7 @@ class StreamWorker:
         self._producer, self._tracker, self._commits = producer, tracker, commits
         self.model, self.metrics = enricher.model, metrics
         self.broker = broker if broker is not None else BrokerHealth()
+        self._consumed_any = False  # the first consumed chunk stamps metrics.first_consumed_at
         # Released batches queue here rather than all awaiting Redis at once: with a backlog, ~100 batches
         # in flight made each MGET wait behind the others' decoding past the cache's socket timeout, and
         # exhausted redis-py's connection pool (MaxConnectionsError): the cache and the shared stale-update
@@ -227,6 +228,9 @@ class StreamWorker:
             except ValidationFailed as exc:
                 await self._dead_letters.write(source, value, exc, epoch, msg.headers())
         self.metrics.events_in.inc(consumed)
+        if consumed and not self._consumed_any:
+            self._consumed_any = True
+            self.metrics.first_consumed_at.set(time.time())
         if valid:
             await self._lookup_slots.acquire()
             self._start(self._lookup(valid))

@@ -99,4 +99,6 @@ class AttributeEmitter:
             self._tracker.finish_many(tp, offsets, epoch)
         self._metrics.events_out.inc(sum(len(offsets) for offsets in finished.values()))
         # Acknowledged, not yet committed: in exactly-once mode readers see it after the commit interval.
-        self._metrics.observe_freshness(event_times, time.time())
+        now = time.time()
+        self._metrics.observe_freshness(event_times, now)
+        self._metrics.last_output_at.set(now)

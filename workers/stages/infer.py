@@ -25,6 +25,7 @@ class BatchEnricher:
         self, model: ServedModel, backend: InferenceBackend, flow: FlowConfig, metrics: WorkerMetrics
     ) -> None:
         self.model, self.backend = model, backend
+        self._shapes = metrics.batch_shapes
         self.breaker = CircuitBreaker(
             flow.failure_threshold, flow.reset_after_s, on_state_change=metrics.set_circuit_state
         )
@@ -57,6 +58,7 @@ class BatchEnricher:
             on_blocked=self._blocked,
             on_unblocked=self._unblocked,
         )
+        self._shapes.labels(rows=str(input_ids.shape[0]), seq=str(input_ids.shape[1])).inc()
         return decode_batch(items, outputs, self.model.labels)
 
     def _blocked(self) -> None:
