@@ -1,4 +1,4 @@
-"""The runtime's subcommands of `enrich`: worker and tail (heavy imports inside handlers)."""
+"""The runtime's subcommands of `enrich`: worker, tail and replay (heavy imports inside handlers)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tail.add_argument("--timeout", type=float, default=3600.0, help="stop after this many seconds")
     tail.add_argument("--json", action="store_true", help="print the raw JSON events")
     tail.set_defaults(func=_tail)
+
+    from workers.runtime.replay import register as register_replay
+
+    register_replay(subparsers)
 
 
 def add_kafka_target(parser: argparse.ArgumentParser, topic_env: str, default_topic: str) -> None:

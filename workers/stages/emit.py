@@ -38,9 +38,14 @@ class AttributeEmitter:
         producer: AsyncProducer,
         tracker: OffsetTracker,
         metrics: WorkerMetrics,
+        model_rank: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        """`model_rank` orders models for the guard (`ServedModel.rank`); `headers` go on every event
+        (replay marks its events with them)."""
         self._topic, self._worker_id = topic, worker_id
         self._model = {"name": model_name, "version": model_version}
+        self._model_rank, self._headers = model_rank, headers
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
         self._stale = Counter(
@@ -53,7 +58,7 @@ class AttributeEmitter:
         """Produce one attribute event per admitted item; stale items finish without output."""
         async with self._lock:
             admitted = await self._guard.admit(
-                [(item.listing.listing_id, item.listing.listing_version) for item in items]
+                [(item.listing.listing_id, item.listing.listing_version) for item in items], self._model_rank
             )
             now, processed_at = time.monotonic(), utc_now_iso()
             model, worker_id, tracker = self._model, self._worker_id, self._tracker
@@ -88,7 +93,7 @@ class AttributeEmitter:
                     offsets = finished[(source.topic, source.partition)] = []
                 offsets.append(source.offset)
             await self._producer.produce_batch(
-                self._topic, records, partial(self._delivered, finished, epoch),
+                self._topic, records, partial(self._delivered, finished, epoch), self._headers,
                 current=lambda: tracker.epoch == epoch,
             )  # fmt: skip
 
