@@ -148,8 +148,7 @@ class BoundedSource(KafkaSource):
         return messages
 
     async def _tokens(self) -> int:
-        """Listings intake may take now; waits for at least one. The budget holds at most a tenth of a
-        second's worth, so a pause (a blocked backend) is not followed by a burst."""
+        """Listings intake may take now (at least one: waits for it); at most 0.1 s worth, no burst."""
         assert self._rate is not None
         while True:
             now = self._clock()
@@ -184,22 +183,16 @@ class BoundedSource(KafkaSource):
 
 @dataclasses.dataclass
 class ReplayCounts:
-    group: str
-    total: int
-    counts: dict[str, int]
-    complete: bool = False
-
-    def line(self) -> str:
-        return ", ".join(f"{name} {value}" for name, value in self.counts.items())
+    group: str  # the replay's consumer group, also the value of its events' enrich-replay header
+    counts: dict[str, int]  # read, enriched, cache hits, dead-lettered, superseded by guard
+    complete: bool  # false: stopped early
 
 
 def _counts(worker: StreamWorker) -> dict[str, int]:
     sums = dict.fromkeys(_COUNTS.values(), 0.0)
-    for metric in worker.metrics.registry.collect():
-        for sample in metric.samples:
-            name = sample.name.removeprefix("enrich_").removesuffix("_total")
-            if sample.name.endswith("_total") and name in sums:
-                sums[name] += sample.value
+    for sample in (s for metric in worker.metrics.registry.collect() for s in metric.samples):
+        if (name := sample.name.removeprefix("enrich_").removesuffix("_total")) in sums:
+            sums[name] += sample.value if sample.name.endswith("_total") else 0
     return {label: int(sums[name]) for label, name in _COUNTS.items()}
 
 
@@ -255,7 +248,7 @@ async def run_replay(
             finished.set()
         await asyncio.wait({task}, timeout=0.25)
     await task  # a failure of the worker is the replay's
-    result = ReplayCounts(group, total, _counts(worker), complete=not stop.is_set())
+    result = ReplayCounts(group, _counts(worker), complete=not stop.is_set())
     if progress is not None:
         _progress(result.counts, total, progress)
         progress.write("\n")
@@ -303,5 +296,5 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"enrich replay: {exc}", file=sys.stderr)
         return 2
     state = "done" if result.complete else "stopped early (run the same command again to resume)"
-    print(f"replay {result.group} {state}: {result.line()}")
+    print(f"replay {result.group} {state}: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
     return 0 if result.complete else 1
