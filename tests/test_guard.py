@@ -22,10 +22,12 @@ from devtools.harness.producer import produce_records
 from devtools.harness.reader import read_events
 from tests.service_fixtures import redis_target
 from tests.test_pipeline import counter, finished, make_config, run_until
+from workers.contract.errors import ConfigError
+from workers.model.served import model_rank
 from workers.runtime.assembly import build_worker
 from workers.runtime.metrics import WorkerMetrics
 from workers.stages.cache import make_redis_client
-from workers.stages.guard import StaleUpdateGuard
+from workers.stages.guard import StaleUpdateGuard, update_order
 
 T = TypeVar("T")
 
@@ -66,6 +68,61 @@ def test_older_versions_are_refused_equal_ones_admitted(version_store: tuple[str
     assert with_store(version_store, scenario) == [[True, True], [False, True, True, False], [True, False]]
 
 
+def test_the_ordering_rule_listing_version_first_then_model_rank(
+    version_store: tuple[str, bool] | None,
+) -> None:
+    """The rule replay relies on, the same in memory, on one Redis and on a cluster."""
+    old_model, new_model = 1_700_000_000_000, 1_800_000_000_000
+
+    async def scenario(client: Any) -> list[list[bool]]:
+        namespace = f"test-rank-{uuid.uuid4().hex[:8]}"
+        guard = StaleUpdateGuard(store=client, namespace=namespace)
+        calls = [
+            ([("a", 2), ("b", 2)], old_model),
+            ([("a", 2)], new_model),  # same listing_version, newer model: replaces the old result
+            ([("a", 2)], new_model),  # same version, same model: a re-delivery, admitted
+            ([("a", 2), ("b", 1)], old_model),  # same version, older model; an older version: refused
+            ([("a", 1)], new_model + 1),  # an older listing_version never overtakes, whatever the model
+            ([("a", 3)], old_model),  # a newer listing_version wins from any model
+            ([("a", 3), ("b", 3)], 0),  # an unranked model is the oldest
+        ]
+        # With a store, a fresh guard (empty memory) per call: every decision is the store's.
+        fresh = (lambda: StaleUpdateGuard(store=client, namespace=namespace)) if client else (lambda: guard)
+        return [await fresh().admit(updates, rank) for updates, rank in calls]
+
+    assert with_store(version_store, scenario) == [
+        [True, True], [True], [True], [False, False], [False], [True], [False, True],
+    ]  # fmt: skip
+
+
+def test_update_order_is_listing_version_then_rank_in_one_int() -> None:
+    pairs = [(1, 0), (1, 5), (1, 2**64 - 1), (2, 0), (2, 3), (10**15, 1)]
+    assert sorted(pairs, key=lambda p: update_order(*p)) == sorted(pairs)
+    with pytest.raises(ValueError, match="model rank"):
+        update_order(1, -1)
+
+
+def test_model_rank_is_the_creation_time_in_milliseconds() -> None:
+    assert model_rank({"created_at": "2025-01-02T03:04:05+00:00"}) == 1_735_787_045_000
+    assert model_rank({"created_at": "2025-01-02T03:04:05"}) == 1_735_787_045_000  # naive: UTC
+    assert model_rank({}) == 0
+    with pytest.raises(ConfigError, match="created_at"):
+        model_rank({"created_at": "yesterday"})
+
+
+@pytest.mark.services
+def test_a_version_stored_before_ranks_reads_as_rank_zero(redis_server: Any) -> None:
+    namespace = f"test-legacy-{uuid.uuid4().hex[:8]}"
+    redis_server.client().set(f"{namespace}:old", "5")
+
+    async def scenario(client: Any) -> list[list[bool]]:
+        guard = StaleUpdateGuard(store=client, namespace=namespace)
+        return [await guard.admit([("old", 4)], 9), await guard.admit([("old", 5)], 1)]
+
+    assert with_store((redis_server.url, False), scenario) == [[False], [True]]
+    assert redis_server.client().get(f"{namespace}:old") == b"5:1"
+
+
 def test_lru_capacity_bounds_memory() -> None:
     guard = StaleUpdateGuard(capacity=2)
     admit(guard, [("a", 5), ("b", 5), ("c", 5)])
@@ -74,18 +131,20 @@ def test_lru_capacity_bounds_memory() -> None:
 
 
 class FlakyStore:
-    """A version store that raises ConnectionError while `down`, else admits everything."""
+    """A version store that raises ConnectionError while `down` (or for its first `down_calls` calls),
+    else answers `answer` (1: admit) for every key."""
 
-    def __init__(self) -> None:
-        self.down = True
+    def __init__(self, down_calls: int | None = None, answer: int = 1) -> None:
+        self.down = down_calls is None
+        self.down_calls, self.answer = down_calls, answer
         self.calls = 0
 
     def register_script(self, script: str) -> object:
         async def run(keys: list[str], args: list[object]) -> object:
             self.calls += 1
-            if self.down:
+            if self.down or (self.down_calls is not None and self.calls <= self.down_calls):
                 raise ConnectionError("redis down")
-            return [1] * len(keys)
+            return [self.answer] * len(keys)
 
         return run
 
@@ -112,6 +171,24 @@ def test_store_failure_falls_back_to_local_memory_counted_and_logged_once_per_ch
     assert store.calls == 3
     assert len(errors) == 1
     assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 3  # a@2, b, c
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "version store failed",
+        "version store answers again",
+    ]
+
+
+def test_waiting_for_the_store_never_decides_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """Replay's guard: a failed store is asked again until it answers; memory alone never admits."""
+    store = FlakyStore(down_calls=3, answer=0)
+    errors: list[BaseException] = []
+    metrics = WorkerMetrics()
+    guard = StaleUpdateGuard(
+        store=store, on_store_error=errors.append, metrics=metrics, retry_after_s=0.001, wait_for_store=True
+    )
+    with caplog.at_level(logging.WARNING, logger="workers.stages.guard"):
+        assert admit(guard, [("a", 2)]) == [False]  # the store's answer, after it came back
+    assert store.calls == 4 and len(errors) == 3
+    assert metrics.registry.get_sample_value("enrich_guard_local_only_total") == 0
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "version store failed",
         "version store answers again",

@@ -1,4 +1,5 @@
-"""The runtime's subcommands of `enrich`: worker, tail and predict (heavy imports inside handlers)."""
+"""The runtime's subcommands of `enrich`: worker, tail, dlq, predict and replay (heavy imports inside
+handlers)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     redrive.add_argument("--group", default=None, help="reader group (default enrich-redrive.<reason|all>)")
     redrive.add_argument("--to", default=None, help="publish here instead of the record's source topic")
     redrive.set_defaults(func=_redrive)
+
+    from workers.runtime.replay import register as register_replay
+
+    register_replay(subparsers)
+
 
     predict = subparsers.add_parser(
         "predict",

@@ -1,9 +1,14 @@
 """The served-model contract: what the worker and training read from an exported model directory.
 
-A model directory holds `model_info.json` (name, version, digest), `labels.json` (tag and category maps)
-and `tokenizer.json`; `model.onnx` next to them is the backend's business. The digest (see
+A model directory holds `model_info.json` (name, version, digest, created_at), `labels.json` (tag and
+category maps) and `tokenizer.json`; `model.onnx` next to them is the backend's business. The digest (see
 `workers.model.identity`) is the model's identity; a directory exported before digests existed gets it
 computed from its files on load.
+
+`rank` orders models for the stale-update guard (`workers.stages.guard`): a result of a higher-ranked
+model replaces a lower-ranked one's for the same listing_version. It is the model's creation time
+(`model_info.json` "created_at", written by training) in epoch milliseconds, 0 when absent. The digest
+(model identity) cannot order models; a rollout sequence from the control topic could replace this here.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from workers.contract.errors import ModelMismatch
+from workers.contract.errors import ConfigError, ModelMismatch
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 from workers.model.identity import compute_digest, is_digest, short_digest
 
-__all__ = ["ServedModel", "check_output_dims", "read_digest"]
+__all__ = ["ServedModel", "check_output_dims", "model_rank", "read_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,7 @@ class ServedModel:
     digest: str
     labels: ModelLabels
     encoder: TitleEncoder
+    rank: int = 0
 
     @property
     def short_digest(self) -> str:
@@ -46,6 +53,7 @@ class ServedModel:
             read_digest(model_dir, info.get("digest")),
             ModelLabels.from_file(model_dir / "labels.json"),
             TitleEncoder.from_model_dir(model_dir),
+            rank=model_rank(info),
         )
 
 
@@ -82,3 +90,17 @@ def check_output_dims(labels: ModelLabels, tag_dim: int, category_dim: int, wher
             f"{len(labels.tags)} tags and {len(labels.categories)} categories: the label maps belong to "
             "another model; use the model directory exported with this graph"
         )
+
+
+def model_rank(info: dict[str, object]) -> int:
+    """`created_at` of a model_info.json as epoch milliseconds (naive times read as UTC); 0 when absent."""
+    created = info.get("created_at")
+    if not isinstance(created, str) or not created:
+        return 0
+    try:
+        moment = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"model_info.json: created_at {created!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0, int(moment.timestamp() * 1000))

@@ -13,9 +13,10 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from workers.backends import make_backend
 from workers.contract.errors import BackendUnavailable, ConfigError, ServiceUnreachable
@@ -38,13 +39,35 @@ from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
 from workers.stages.validate import ListingValidator
 
-__all__ = ["build_worker", "check_broker", "check_model_dir", "run_worker", "serve", "wait_for_backend"]
+__all__ = [
+    "REPLAY_HEADER",
+    "build_worker",
+    "check_broker",
+    "check_model_dir",
+    "run_worker",
+    "serve",
+    "wait_for_backend",
+]
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) -> StreamWorker:
-    """Every collaborator of a `StreamWorker`, built from `config`, in the order the data flows."""
+REPLAY_HEADER = "enrich-replay"
+
+
+def build_worker(
+    config: WorkerConfig,
+    *,
+    metrics: WorkerMetrics | None = None,
+    make_source: Callable[[Consumer, str], KafkaSource] = KafkaSource,
+    replay_id: str | None = None,
+) -> StreamWorker:
+    """Every collaborator of a `StreamWorker`, built from `config`, in the order the data flows.
+
+    Replay (`workers.runtime.replay`) passes its bounded source (`make_source`) and a `replay_id`: every
+    event then carries the header `enrich-replay: <replay_id>`, and the guard waits for Redis rather than
+    decide alone.
+    """
     model_dir = check_model_dir(config)
     try:
         model = ServedModel.load(model_dir)  # tokenizer (batch buckets) + label maps (decode)
@@ -60,7 +83,7 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
     producer = make_producer(kafka, config.worker_id)
     delivery = AsyncProducer(producer)
 
-    source = KafkaSource(consumer, kafka.input_topic)
+    source = make_source(consumer, kafka.input_topic)
     validator = ListingValidator()
     dead_letters = DeadLetterWriter(
         topic=kafka.dlq_topic, worker_id=config.worker_id, producer=delivery, tracker=tracker, metrics=metrics
@@ -75,11 +98,13 @@ def build_worker(config: WorkerConfig, *, metrics: WorkerMetrics | None = None) 
         namespace=f"enrich:version:{kafka.output_topic}",
         on_store_error=lambda _: metrics.cache_errors.inc(),
         metrics=metrics,
+        wait_for_store=replay_id is not None,
     )
     emitter = AttributeEmitter(
         topic=kafka.output_topic, model_name=model.name, model_version=model.version,
         model_digest=model.digest, worker_id=config.worker_id, guard=guard, producer=delivery,
-        tracker=tracker, metrics=metrics,
+        tracker=tracker, metrics=metrics, model_rank=model.rank,
+        headers=None if replay_id is None else [(REPLAY_HEADER, replay_id.encode())],
     )  # fmt: skip
 
     def renew_producer() -> Producer:  # exactly-once, after a fatal producer error (see the policy)

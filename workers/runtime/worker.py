@@ -116,6 +116,11 @@ class StreamWorker:
         return set(self._source.assigned)
 
     @property
+    def unfinished(self) -> int:
+        """Listings consumed whose output (event, dead letter or stale drop) is not acknowledged yet."""
+        return self._tracker.unfinished()
+
+    @property
     def paused(self) -> bool:
         """Whether intake is paused (backend blocked or too much unfinished work)."""
         return self._source.paused

@@ -37,9 +37,14 @@ class AttributeEmitter:
         producer: AsyncProducer,
         tracker: OffsetTracker,
         metrics: WorkerMetrics,
+        model_rank: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
+        """`model_rank` orders models for the guard (`ServedModel.rank`); `headers` go on every event
+        (replay marks its events with them)."""
         self._topic, self._worker_id = topic, worker_id
         self._model = {"name": model_name, "version": model_version, "digest": model_digest}
+        self._model_rank, self._headers = model_rank, headers
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
 
@@ -47,7 +52,7 @@ class AttributeEmitter:
         """Produce one attribute event per admitted item; stale items finish without output."""
         async with self._lock:
             admitted = await self._guard.admit(
-                [(item.listing.listing_id, item.listing.listing_version) for item in items]
+                [(item.listing.listing_id, item.listing.listing_version) for item in items], self._model_rank
             )
             now, processed_at = time.monotonic(), utc_now_iso()
             model, worker_id, tracker = self._model, self._worker_id, self._tracker
@@ -86,7 +91,7 @@ class AttributeEmitter:
                     offsets = finished[(source.topic, source.partition)] = []
                 offsets.append(source.offset)
             await self._producer.produce_batch(
-                self._topic, records, partial(self._delivered, finished, event_times, epoch),
+                self._topic, records, partial(self._delivered, finished, event_times, epoch), self._headers,
                 current=lambda: tracker.epoch == epoch,
             )  # fmt: skip
 

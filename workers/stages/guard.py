@@ -1,9 +1,19 @@
 """Stale-update guard: the output never shows an older `listing_version` after a newer one of a listing.
 
 Batches finish out of order, and a listing can be updated while its older version is still in flight;
-the guard is asked right before an attribute event is produced. An update is admitted when its version is
->= the highest version already admitted for that listing (equal versions are re-deliveries, allowed under
-at-least-once). Rejected updates are finished without output: a newer version is already downstream.
+the guard is asked right before an attribute event is produced.
+
+The ordering rule, in one place (`_admit_locally` and `_ADMIT_SCRIPT` implement the same comparison): an
+update is the pair (listing_version, model rank), and it is admitted when that pair is >= the highest
+pair already admitted for the listing, compared listing_version first. So
+- an older listing_version is always refused, whatever model produced it;
+- the same listing_version from a newer model (higher `ServedModel.rank`: a replay with the active model)
+  is admitted and replaces the older model's result downstream;
+- the same listing_version from the same model is admitted: a re-delivery under at-least-once. The pair
+  is stored before the broker acknowledged the event, so refusing it could lose the only copy after a
+  crash between the two;
+- the same listing_version from an older model is refused: a newer model's result is already downstream.
+Refused updates are finished without output.
 
 Two memories: a bounded in-process map, least recently updated forgotten first (always), and optionally
 Redis, shared by all workers of the group, so a partition that moves to another worker or a restart after
@@ -18,11 +28,16 @@ The atomic unit is one listing's compare-and-set: one script call checks and sto
 decision depends on another listing's key. On a Redis Cluster, where a script may only name keys of one
 hash slot, keys carry a bucket tag (see `workers.stages.cache`) and each call sends one script per bucket
 present, pipelined (one round trip per node); a listing always falls in the same bucket, and its updates
-keep their order inside it.
+keep their order inside it. Redis holds "version:rank" (a bare "version", written before ranks
+existed, reads as rank 0).
+
+`wait_for_store` (replay): a replay re-emits old listing versions, so a decision from this process's
+memory alone would let them overtake what the live workers emitted; it waits for Redis instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -36,21 +51,44 @@ from workers.stages.cache import bucket_tag, check_key_prefix
 if TYPE_CHECKING:
     from workers.runtime.metrics import WorkerMetrics
 
-__all__ = ["StaleUpdateGuard"]
+__all__ = ["StaleUpdateGuard", "update_order"]
 
 log = logging.getLogger(__name__)
 
-# In order, per update: admit when no version is stored or the stored one is <= ARGV[i]; then store it.
+_RANK_BITS = 64  # a rank (a model's creation time in ms, see ServedModel.rank) fits with room to spare
+
+
+def update_order(version: int, model_rank: int) -> int:
+    """The rule's order of (listing_version, model rank) as one int, listing_version first: the in-process
+    map keeps one int per listing (a tuple would cost ~56 bytes more each, at 200,000 listings)."""
+    if not 0 <= model_rank < 1 << _RANK_BITS:
+        raise ValueError(f"model rank must be in [0, 2**{_RANK_BITS}), got {model_rank}")
+    return (version << _RANK_BITS) | model_rank
+
+
+# In order, per update: admit when nothing is stored or the stored (version, rank) is <= (ARGV[i+2], ARGV[2]);
+# then store it. ARGV[1] is the TTL, ARGV[2] the model rank (one model per call).
 _ADMIT_SCRIPT = """
 local ttl = tonumber(ARGV[1])
+local rank = tonumber(ARGV[2])
 local result = {}
 for i, key in ipairs(KEYS) do
-  local version = tonumber(ARGV[i + 1])
+  local version = tonumber(ARGV[i + 2])
   local stored = redis.call('GET', key)
-  if stored and tonumber(stored) > version then
+  local newer = false
+  if stored then
+    local colon = string.find(stored, ':', 1, true)
+    local stored_version, stored_rank = tonumber(stored), 0
+    if colon then
+      stored_version = tonumber(string.sub(stored, 1, colon - 1))
+      stored_rank = tonumber(string.sub(stored, colon + 1))
+    end
+    newer = stored_version > version or (stored_version == version and stored_rank > rank)
+  end
+  if newer then
     result[i] = 0
   else
-    redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+    redis.call('SET', key, ARGV[i + 2] .. ':' .. ARGV[2], 'EX', ttl)
     result[i] = 1
   end
 end
@@ -82,10 +120,11 @@ class StaleUpdateGuard:
         metrics: WorkerMetrics | None = None,
         retry_after_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        wait_for_store: bool = False,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self._latest: dict[str, int] = {}  # insertion order = age: the oldest are forgotten first
+        self._latest: dict[str, int] = {}  # update_order(); insertion order = age: oldest forgotten first
         self._capacity = capacity
         self._cluster = store if isinstance(store, RedisCluster) else None
         plain = store is not None and self._cluster is None
@@ -98,19 +137,21 @@ class StaleUpdateGuard:
         self._metrics = metrics
         self._local_only = False  # the last store call failed: logged when it changes
         self._retry_after_s, self._clock, self._skip_until = retry_after_s, clock, 0.0
+        self._wait_for_store = wait_for_store and (store is not None)
 
-    def _admit_locally(self, updates: list[tuple[str, int]]) -> list[bool]:
+    def _admit_locally(self, updates: list[tuple[str, int]], model_rank: int) -> list[bool]:
         latest, admitted = self._latest, []
         for listing_id, version in updates:
+            order = update_order(version, model_rank)
             stored = latest.get(listing_id)
             if stored is None:
-                latest[listing_id] = version
-            elif stored > version:
+                latest[listing_id] = order
+            elif stored > order:
                 admitted.append(False)
                 continue
             else:
                 del latest[listing_id]  # re-inserted as the youngest
-                latest[listing_id] = version
+                latest[listing_id] = order
             admitted.append(True)
         excess = len(latest) - self._capacity
         if excess > 0:
@@ -118,9 +159,10 @@ class StaleUpdateGuard:
                 del latest[listing_id]
         return admitted
 
-    async def admit(self, updates: list[tuple[str, int]]) -> list[bool]:
-        """One flag per update, in order (a later update in the same call sees the earlier ones)."""
-        admitted = self._admit_locally(updates)
+    async def admit(self, updates: list[tuple[str, int]], model_rank: int = 0) -> list[bool]:
+        """One flag per (listing_id, listing_version) update of a result from the model of `model_rank`,
+        in order (a later update in the same call sees the earlier ones)."""
+        admitted = self._admit_locally(updates, model_rank)
         if self._script is None and self._cluster is None:
             return admitted
         candidates = [i for i, ok in enumerate(admitted) if ok]
@@ -129,19 +171,22 @@ class StaleUpdateGuard:
         if self._clock() < self._skip_until:  # Redis failed a moment ago: leave it alone for now
             self._count_local_only(len(candidates))
             return admitted
-        try:
-            if self._cluster is not None:
-                shared = await self._admit_on_cluster(self._cluster, [updates[i] for i in candidates])
-            else:
-                shared = await self._admit_shared([updates[i] for i in candidates])
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            self._store_failed(exc, len(candidates))
-            return admitted
-        except Exception as exc:  # redis.exceptions.RedisError (RedisClusterException is not one)
-            if type(exc).__module__.split(".")[0] != "redis":
-                raise
-            self._store_failed(exc, len(candidates))
-            return admitted
+        while True:
+            try:
+                shared = await self._admit_in_store([updates[i] for i in candidates], model_rank)
+                break
+            except Exception as exc:
+                if not _is_store_failure(exc):
+                    raise
+                if not self._wait_for_store:
+                    self._store_failed(exc, len(candidates))
+                    return admitted
+                if self._on_store_error is not None:
+                    self._on_store_error(exc)
+                if not self._local_only:
+                    self._local_only = True
+                    log.warning("version store failed: waiting for it (replay never guards alone): %r", exc)
+                await asyncio.sleep(self._retry_after_s)
         if self._local_only:
             self._local_only = False
             log.warning("version store answers again: guarding through it")
@@ -150,12 +195,16 @@ class StaleUpdateGuard:
                 admitted[i] = False
         return admitted
 
-    async def _admit_shared(self, updates: list[tuple[str, int]]) -> list[int]:
+    async def _admit_in_store(self, updates: list[tuple[str, int]], model_rank: int) -> list[int]:
+        if self._cluster is not None:
+            return await self._admit_on_cluster(self._cluster, updates, model_rank)
         assert self._script is not None
         keys = [f"{self._namespace}:{listing_id}" for listing_id, _ in updates]
-        return list(await self._script(keys=keys, args=[self._ttl_s, *(v for _, v in updates)]))
+        return list(await self._script(keys=keys, args=[self._ttl_s, model_rank, *(v for _, v in updates)]))
 
-    async def _admit_on_cluster(self, cluster: RedisCluster, updates: list[tuple[str, int]]) -> list[int]:
+    async def _admit_on_cluster(
+        self, cluster: RedisCluster, updates: list[tuple[str, int]], model_rank: int
+    ) -> list[int]:
         """One EVAL per bucket (one hash slot), pipelined; the flags come back in the order of `updates`.
 
         EVAL, not EVALSHA: a node that never saw the script (new, or promoted after a failover) cannot
@@ -169,7 +218,8 @@ class StaleUpdateGuard:
             for tag, positions in buckets.items():
                 keys = [f"{self._namespace}:{tag}:{updates[p][0]}" for p in positions]
                 versions = [updates[p][1] for p in positions]
-                pipe.execute_command("EVAL", _ADMIT_SCRIPT, len(keys), *keys, self._ttl_s, *versions)
+                args = (self._ttl_s, model_rank, *versions)
+                pipe.execute_command("EVAL", _ADMIT_SCRIPT, len(keys), *keys, *args)
             replies = await pipe.execute()
         shared = [0] * len(updates)
         for positions, reply in zip(buckets.values(), replies, strict=True):
@@ -193,3 +243,11 @@ class StaleUpdateGuard:
             )
         if self._on_store_error is not None:
             self._on_store_error(exc)
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """A connection failure or a redis.exceptions.RedisError (RedisClusterException is not one)."""
+    return (
+        isinstance(exc, (OSError, ConnectionError, TimeoutError))
+        or type(exc).__module__.split(".")[0] == "redis"
+    )
