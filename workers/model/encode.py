@@ -30,6 +30,15 @@ class EncodedText:
     length: int
 
 
+def _unknown_token_id(tokenizer: Tokenizer) -> int | None:
+    """The id of the tokenizer's unknown token ([UNK] for WordPiece, <unk> for a Unigram/BPE vocabulary)."""
+    model = json.loads(tokenizer.to_str())["model"]
+    if model.get("unk_id") is not None:  # Unigram stores the id
+        return int(model["unk_id"])
+    token = model.get("unk_token")
+    return tokenizer.token_to_id(token) if token else None
+
+
 class TitleEncoder:
     """Tokenizes titles with the model's own ``tokenizer.json`` and pads batches to the smallest bucket."""
 
@@ -46,6 +55,7 @@ class TitleEncoder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
         self.pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+        self.unk_id = _unknown_token_id(self._tokenizer)
 
     @classmethod
     def from_model_dir(cls, model_dir: Path | str) -> TitleEncoder:

@@ -57,7 +57,7 @@ class BatchEnricher:
             on_blocked=self._blocked,
             on_unblocked=self._unblocked,
         )
-        return decode_batch(items, outputs, self.model.labels)
+        return decode_batch(items, outputs, self.model.labels, self.model.coverage)
 
     def _blocked(self) -> None:
         self.blocked += 1
