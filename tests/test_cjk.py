@@ -15,7 +15,7 @@ from training.tiny import train_wordpiece_tokenizer
 from workers.contract.results import ListingResult
 from workers.model.coverage import FULL_COVERAGE, Coverage, CoverageCheck
 from workers.model.decode import Attribute, ModelLabels, decode_attributes
-from workers.model.encode import TitleEncoder
+from workers.model.encode import EncodedText, TitleEncoder
 from workers.model.scripts import joins_word, letter_scripts, script_of, script_shares, seen_share
 
 TITLE = "三只松鼠 每日坚果 750g/30包 混合果仁"
@@ -44,7 +44,7 @@ def test_minilm_offsets_map_back_to_exact_characters(minilm: TitleEncoder) -> No
     assert content[8:13] == [(10, 13), (13, 14), (14, 15), (15, 17), (17, 18)]
     # MiniLM's English WordPiece vocabulary has few Han characters: 只 鼠 每 坚 果 包 混 果 are [UNK]
     unknown = int(np.count_nonzero(encoded.ids == minilm.unk_id))
-    assert minilm.unk_id is not None and unknown == 8
+    assert minilm.unk_id is not None and unknown == encoded.unknown == 8
 
 
 def test_tiny_tokenizer_folds_full_width_and_splits_symbols(tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -136,8 +136,8 @@ def test_coverage_flags_a_chinese_title_for_an_english_model(minilm: TitleEncode
     assert check.seen_scripts == frozenset({"Latin"})  # Greek under 1% of the letters: not seen
     english = "Lavazza Dark Roast Whole Bean Coffee, 2 lb"
     encoded = minilm.encode([english, TITLE])
-    assert check.measure(english, encoded[0].ids, encoded[0].offsets) == FULL_COVERAGE
-    coverage = check.measure(TITLE, encoded[1].ids, encoded[1].offsets)
+    assert check.measure(english, encoded[0]) == FULL_COVERAGE
+    coverage = check.measure(TITLE, encoded[1])
     assert coverage.script_share == pytest.approx(1 / 14)
     assert coverage.known_share == pytest.approx(1 - 8 / 17)
     fields = coverage.category_fields()
@@ -151,9 +151,8 @@ def test_coverage_without_recorded_scripts_judges_only_tokens() -> None:
     assert CoverageCheck.from_model_info({}, 1).seen_scripts is None
     assert CoverageCheck.from_model_info({"training_scripts": {}}, 1).seen_scripts is None
     check = CoverageCheck(None, 1)
-    assert check.measure(TITLE, np.array([2, 1, 5, 3]), [(0, 0), (0, 1), (1, 2), (0, 0)]) == Coverage(
-        1.0, 0.5
-    )
+    encoded = EncodedText(np.array([2, 1, 5, 3]), [(0, 0), (0, 1), (1, 2), (0, 0)], 4, unknown=1)
+    assert check.measure(TITLE, encoded) == Coverage(1.0, 0.5)
     assert Coverage(1.0, 0.5).category_fields() == {"coverage": 0.5}
     assert FULL_COVERAGE.category_fields() == {} and FULL_COVERAGE.cap(0.7, []) == (0.7, [])
 

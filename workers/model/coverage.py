@@ -15,9 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from workers.model.decode import Attribute
+from workers.model.encode import EncodedText
 from workers.model.scripts import seen_share
 
 __all__ = ["FULL_COVERAGE", "Coverage", "CoverageCheck"]
@@ -81,12 +80,11 @@ class CoverageCheck:
         seen = frozenset(name for name, share in scripts.items() if share >= SEEN_SCRIPT_MIN_SHARE)
         return cls(seen, unk_id)
 
-    def measure(self, text: str, ids: np.ndarray, offsets: Sequence[tuple[int, int]]) -> Coverage:
+    def measure(self, text: str, encoded: EncodedText) -> Coverage:
+        """``text``'s coverage; ``encoded`` is its tokenization (its ``unknown`` count of [UNK] tokens)."""
         script = 1.0 if self.seen_scripts is None else seen_share(text, self.seen_scripts)
         known = 1.0
-        if self.unk_id is not None:
-            unknown = int(np.count_nonzero(ids == self.unk_id))
-            if unknown:
-                content = sum(1 for start, end in offsets if end > start)
-                known = 1.0 - unknown / max(content, unknown)
+        if encoded.unknown and self.unk_id is not None:
+            content = sum(1 for start, end in encoded.offsets if end > start)
+            known = 1.0 - encoded.unknown / max(content, encoded.unknown)
         return Coverage(script, known)

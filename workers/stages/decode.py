@@ -35,7 +35,7 @@ def decode_batch(
         if coverage is None:
             results.append(ListingResult.from_decoded(category, confidence, attributes))
             continue
-        measured = coverage.measure(title, encoded.ids, encoded.offsets)
+        measured = coverage.measure(title, encoded)
         confidence, attributes = measured.cap(confidence, attributes)
         results.append(
             ListingResult.from_decoded(category, confidence, attributes, measured.category_fields())
