@@ -19,6 +19,7 @@ import numpy as np
 
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
+from workers.model.scripts import joins_word
 
 __all__ = [
     "IGNORE_INDEX",
@@ -167,8 +168,8 @@ def _occurrences(text: str, value: str) -> list[int]:
 
     def cuts_a_word(start: int) -> bool:
         end = start + len(value)
-        before = start > 0 and text[start - 1].isalnum() and value[0].isalnum()
-        after = end < len(text) and text[end].isalnum() and value[-1].isalnum()
+        before = start > 0 and joins_word(text[start - 1], value[0])
+        after = end < len(text) and joins_word(value[-1], text[end])
         return before or after
 
     return sorted(starts, key=lambda s: (cuts_a_word(s), s))

@@ -1,5 +1,8 @@
 """`enrich export`: model directory -> model.onnx (parity-checked against torch) -> Triton repositories.
 
+The exported ``model_info.json`` carries ``training_scripts`` (each script's share of the training titles'
+letters), which the worker uses to cap confidences on titles in scripts the model never read.
+
 ONNX contract: inputs input_ids/attention_mask int64 [B,S], outputs tag_probs float32 [B,S,T] and
 category_probs float32 [B,C], batch and sequence dynamic, opset >= 17.
 """
@@ -14,9 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.data import load_offers, split_offers
 from training.model import ProbabilityOutputs, load_model
 from workers.model.encode import TitleEncoder
 from workers.model.identity import compute_digest
+from workers.model.scripts import script_shares
 
 __all__ = [
     "DEFAULT_TRITON_CPU_REPO",
@@ -25,6 +30,7 @@ __all__ = [
     "fill_triton_repo",
     "parity_check",
     "record_digest",
+    "record_training_scripts",
     "write_digest_parameters",
 ]
 
@@ -113,6 +119,25 @@ def write_digest_parameters(model_root: Path) -> dict[int, str]:
     return digests
 
 
+def record_training_scripts(model_dir: Path) -> dict[str, float] | None:
+    """``training_scripts`` of ``model_info.json``: as `enrich train` wrote it, or, for a model trained
+    before it was recorded, computed from the training side of the file and split named in metrics.json.
+    None when neither is there (the worker then does not judge scripts)."""
+    info_path = model_dir / "model_info.json"
+    info = json.loads(info_path.read_text())
+    if info.get("training_scripts"):
+        return dict(info["training_scripts"])
+    metrics_path = model_dir / "metrics.json"
+    config = json.loads(metrics_path.read_text()).get("config", {}) if metrics_path.is_file() else {}
+    data_path = Path(config.get("data_path") or "")
+    if not data_path.is_file():
+        return None
+    train_offers, _ = split_offers(load_offers(data_path), config["dev_fraction"], config["split_salt"])
+    info["training_scripts"] = script_shares(offer.text for offer in train_offers)
+    info_path.write_text(json.dumps(info, indent=2))
+    return dict(info["training_scripts"])
+
+
 def fill_triton_repo(model_dir: Path, cpu_repo: Path = DEFAULT_TRITON_CPU_REPO) -> Path:
     """Copy the served files into a NEW numbered version directory ``<cpu_repo>/attribute_extractor/<N>/``
     (with the backend's model.py from version 1) and record the digests in config.pbtxt; returns it.
@@ -169,6 +194,7 @@ def export_model(
     }
     if difference > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX parity check failed: max abs diff {difference:.3g} > {PARITY_TOLERANCE}")
+    report["training_scripts"] = record_training_scripts(model_dir)  # before the digest and the copy
     report["digest"] = record_digest(model_dir)
     if cpu_repo is not None:
         report["triton_cpu_model"] = str(fill_triton_repo(model_dir, Path(cpu_repo)))

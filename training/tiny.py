@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
@@ -25,10 +25,22 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """An uncased BERT-style WordPiece tokenizer (offsets refer to the original, un-normalised text)."""
+    """An uncased BERT-style WordPiece tokenizer (offsets refer to the original, un-normalised text).
+
+    NFKC first: full-width digits and letters of Chinese titles (``７５０ｇ``, ``ＸＬ``) read as ``750g`` and
+    ``XL``, one vocabulary for both forms, while offsets still point at the full-width characters. Each
+    Han character is its own word (BertNormalizer's ``handle_chinese_chars``), so spans cut between
+    characters, never inside one. Every symbol is a word of its own too: the BERT pre-tokenizer splits
+    punctuation but not symbols, so "550ml×24瓶" made a word piece "×24" straddling the net content and
+    the pack ("24瓶"), and no span could start at "24".
+    """
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.BertNormalizer(lowercase=True, strip_accents=True)]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Split(Regex(r"[^\w\s]"), "isolated")]
+    )
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
     tokenizer.train_from_iterator(list(texts), trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")

@@ -40,6 +40,7 @@ from training.model import AttributeModel, new_model, save_model, torch_runner
 from training.model_card import write_model_card
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
+from workers.model.scripts import script_shares
 
 __all__ = ["FitResult", "prepare", "train"]
 
@@ -228,7 +229,12 @@ def model_directory(config: TrainConfig) -> Path:
 
 
 def write_model_dir(
-    model_dir: Path, config: TrainConfig, base_dir: Path, labels: ModelLabels, metrics: dict[str, Any]
+    model_dir: Path,
+    config: TrainConfig,
+    base_dir: Path,
+    labels: ModelLabels,
+    metrics: dict[str, Any],
+    training_titles: Sequence[str] = (),
 ) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
@@ -242,6 +248,8 @@ def write_model_dir(
         "seq_buckets": sorted(config.seq_buckets),
         "base_model": config.base_model,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        # which scripts the model has read: the worker caps confidences on titles mostly in others
+        "training_scripts": script_shares(training_titles),
     }
     (model_dir / "model_info.json").write_text(json.dumps(info, indent=2))
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
@@ -306,5 +314,5 @@ def train(config: TrainConfig) -> Path:
         baseline = fit(config, base_dir, labels, encoder, train_offers, dev_offers, None)
         metrics["without_augmentation"] = _summary(baseline)
     save_model(result.model, model_dir)
-    write_model_dir(model_dir, config, base_dir, labels, metrics)
+    write_model_dir(model_dir, config, base_dir, labels, metrics, [offer.text for offer in fit_offers])
     return model_dir

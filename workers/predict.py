@@ -96,8 +96,9 @@ async def _predict_window(
         for row, i in enumerate(batch):
             index, title = titles[i]
             result = decode_title(
-                title, encoded[i].offsets, outputs.tag_probs[row], outputs.category_probs[row], model.labels
-            )
+                title, encoded[i], outputs.tag_probs[row], outputs.category_probs[row], model.labels,
+                model.coverage,
+            )  # fmt: skip
             rows[index]["category"], rows[index]["attributes"] = result.category, result.attributes
     return rows, len(titles)
 

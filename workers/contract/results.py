@@ -11,7 +11,7 @@ written by something else — is a miss, never output.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,17 @@ class ListingResult:
 
     @classmethod
     def from_decoded(
-        cls, category: str, category_confidence: float, attributes: Sequence[Attribute]
+        cls,
+        category: str,
+        category_confidence: float,
+        attributes: Sequence[Attribute],
+        category_fields: Mapping[str, Any] | None = None,
     ) -> ListingResult:
+        """``category_fields``: extra keys of the category object (``coverage``, ``unsupported_script``,
+        ``unknown_tokens`` for a title the model cannot read; see ``workers.model.coverage``)."""
+        label = {"label": category, "confidence": round(float(category_confidence), 6)}
         return cls(
-            orjson.dumps({"label": category, "confidence": round(float(category_confidence), 6)}),
+            orjson.dumps({**label, **category_fields} if category_fields else label),
             orjson.dumps(
                 [
                     {

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from workers.model.scripts import joins_word
+
 __all__ = ["Attribute", "ModelLabels", "decode_attributes", "decode_category"]
 
 _NEG_INF = -1e30
@@ -317,10 +319,11 @@ def decode_attributes(
 
 
 def _snap(text: str, attribute: Attribute) -> Attribute:
+    """Widen to whole words; a Han ideograph is a word of its own (see ``workers.model.scripts``)."""
     start, end = attribute.start, attribute.end
-    while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+    while start > 0 and joins_word(text[start - 1], text[start]):
         start -= 1
-    while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+    while end < len(text) and joins_word(text[end - 1], text[end]):
         end += 1
     if (start, end) == (attribute.start, attribute.end):
         return attribute

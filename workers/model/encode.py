@@ -20,7 +20,8 @@ __all__ = ["EncodedText", "TitleEncoder"]
 
 @dataclass(frozen=True)
 class EncodedText:
-    """One tokenized title: token ids, each token's (start, end) character span in the title, token count.
+    """One tokenized title: token ids, each token's (start, end) character span in the title, token count,
+    and how many of its tokens are the unknown token (a Chinese title read with an English vocabulary).
 
     Special tokens ([CLS], [SEP]) have the empty span (0, 0).
     """
@@ -28,6 +29,16 @@ class EncodedText:
     ids: np.ndarray
     offsets: list[tuple[int, int]]
     length: int
+    unknown: int = 0
+
+
+def _unknown_token_id(tokenizer: Tokenizer) -> int | None:
+    """The id of the tokenizer's unknown token ([UNK] for WordPiece, <unk> for a Unigram/BPE vocabulary)."""
+    model = json.loads(tokenizer.to_str())["model"]
+    if model.get("unk_id") is not None:  # Unigram stores the id
+        return int(model["unk_id"])
+    token = model.get("unk_token")
+    return tokenizer.token_to_id(token) if token else None
 
 
 class TitleEncoder:
@@ -46,6 +57,7 @@ class TitleEncoder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
         self.pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+        self.unk_id = _unknown_token_id(self._tokenizer)
 
     @classmethod
     def from_model_dir(cls, model_dir: Path | str) -> TitleEncoder:
@@ -65,8 +77,16 @@ class TitleEncoder:
         lengths = [len(ids) for ids in ids_per_text]
         ends = list(accumulate(lengths))
         flat = np.fromiter(chain.from_iterable(ids_per_text), dtype=np.int64, count=ends[-1] if ends else 0)
+        # [UNK] counts per title from one comparison over the batch (a per-title `ids == unk` costs ~5 us)
+        is_unknown = flat == self.unk_id if self.unk_id is not None else np.zeros(len(flat), dtype=bool)
+        unknown_before = np.concatenate(([0], np.cumsum(is_unknown))).tolist()
         return [
-            EncodedText(ids=flat[end - length : end], offsets=enc.offsets, length=length)
+            EncodedText(
+                ids=flat[end - length : end],
+                offsets=enc.offsets,
+                length=length,
+                unknown=unknown_before[end] - unknown_before[end - length],
+            )
             for enc, length, end in zip(encodings, lengths, ends, strict=True)
         ]  # enc.offsets is already a fresh list of (int, int) tuples
 

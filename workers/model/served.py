@@ -1,9 +1,9 @@
 """The served-model contract: what the worker and training read from an exported model directory.
 
-A model directory holds `model_info.json` (name, version, digest, created_at), `labels.json` (tag and
-category maps) and `tokenizer.json`; `model.onnx` next to them is the backend's business. The digest (see
-`workers.model.identity`) is the model's identity; a directory exported before digests existed gets it
-computed from its files on load.
+A model directory holds `model_info.json` (name, version, digest, created_at, the scripts of its training
+titles), `labels.json` (tag and category maps) and `tokenizer.json`; `model.onnx` next to them is the
+backend's business. The digest (see `workers.model.identity`) is the model's identity; a directory exported
+before digests existed gets it computed from its files on load.
 
 `rank` orders models for the stale-update guard (`workers.stages.guard`): a result of a higher-ranked
 model replaces a lower-ranked one's for the same listing_version. It is the model's creation time
@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from workers.contract.errors import ConfigError, ModelMismatch
+from workers.model.coverage import CoverageCheck
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 from workers.model.identity import compute_digest, is_digest, short_digest
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the worker needs of a model directory: identity, tokenizer and label maps."""
+    """What the worker needs of a model directory: identity, tokenizer, label maps, and the coverage check
+    (scripts seen in training, the unknown token) that caps confidences on titles it cannot read."""
 
     name: str
     version: str
@@ -39,6 +41,7 @@ class ServedModel:
     labels: ModelLabels
     encoder: TitleEncoder
     rank: int = 0
+    coverage: CoverageCheck | None = None
 
     @property
     def short_digest(self) -> str:
@@ -47,13 +50,15 @@ class ServedModel:
     @classmethod
     def load(cls, model_dir: Path) -> ServedModel:
         info = json.loads((model_dir / "model_info.json").read_text(encoding="utf-8"))
+        encoder = TitleEncoder.from_model_dir(model_dir)
         return cls(
             str(info["name"]),
             str(info["version"]),
             read_digest(model_dir, info.get("digest")),
             ModelLabels.from_file(model_dir / "labels.json"),
-            TitleEncoder.from_model_dir(model_dir),
+            encoder,
             rank=model_rank(info),
+            coverage=CoverageCheck.from_model_info(info, encoder.unk_id),
         )
 
 

@@ -59,7 +59,7 @@ class BatchEnricher:
             on_unblocked=self._unblocked,
         )
         self._shapes.labels(rows=str(input_ids.shape[0]), seq=str(input_ids.shape[1])).inc()
-        return decode_batch(items, outputs, self.model.labels)
+        return decode_batch(items, outputs, self.model.labels, self.model.coverage)
 
     def _blocked(self) -> None:
         self.blocked += 1

@@ -71,12 +71,13 @@ class EnrichJob:
         outputs = await self.backend().infer(*encoder.pad_to_bucket([i.encoded for i in items]))  # type: ignore[misc]
         model = {"name": self.served.name, "version": self.served.version}
         processed_at = utc_now_iso()
+        results = decode_batch(items, outputs, self.served.labels, self.served.coverage)  # as the worker does
         return [
             (item.listing.listing_id.encode(), attribute_event(
                 item.listing, model=model, category_json=result.category_json,
                 attributes_json=result.attributes_json, cache_hit=False, latency_ms=0.0,
                 worker_id=self.worker_id, processed_at=processed_at))
-            for item, result in zip(items, decode_batch(items, outputs, self.served.labels), strict=True)
+            for item, result in zip(items, results, strict=True)
         ]  # fmt: skip
 
     def enrich_blocking(self, listings: Sequence[Mapping[str, Any]]) -> list[tuple[bytes, bytes]]:
