@@ -19,6 +19,7 @@ import pytest
 from devtools.harness.listings import sample_listings
 from devtools.harness.producer import produce_records
 from tests.test_pipeline import _closed_port, counter, make_config, run_until
+from workers.model.served import ServedModel
 from workers.runtime.assembly import build_worker
 from workers.runtime.logs import configure_json_logging
 from workers.runtime.metrics import MetricsServer, WorkerMetrics, start_http_endpoint
@@ -250,7 +251,9 @@ def test_a_real_run_exports_freshness_model_and_process_metrics(
     assert 0 < _sample(metrics, "enrich_freshness_seconds_sum") < 20 * 60
     assert _sample(metrics, "enrich_freshness_seconds_bucket", le="+Inf") == 20
     info = json.loads((tiny_model_dir / "model_info.json").read_text())
-    assert _sample(metrics, "enrich_model_info", name=info["name"], version=info["version"]) == 1
+    digest = ServedModel.load(tiny_model_dir).digest
+    model = {"name": info["name"], "version": info["version"], "digest": digest}
+    assert _sample(metrics, "enrich_model_info", **model) == 1
     assert _sample(metrics, "process_resident_memory_bytes") > 0
     assert _sample(metrics, "python_gc_collections_total", generation="0") >= 0
     assert metrics.registry.get_sample_value("python_info", {**_python_info_labels()}) == 1

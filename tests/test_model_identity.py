@@ -92,6 +92,8 @@ def test_two_models_on_one_redis_never_serve_each_others_results(
 ) -> None:
     bootstrap = kafka.bootstrap_servers
     listings = sample_listings(30, id_prefix="M")
+    # Other tests of the session cached these titles under the first model: start from an empty cache.
+    redis_server.client().flushdb()
     runs = {}
     for label, model_dir in (("a", tiny_model_dir), ("b", other_tiny_model_dir), ("a-again", tiny_model_dir)):
         topics = (new_topic(prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))

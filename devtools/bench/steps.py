@@ -166,7 +166,7 @@ def prewarm_distinct(redis_url: str, model_dir: Path, titles: list[str]) -> int:
     from workers.model.served import ServedModel
     from workers.stages.cache import ResultCache
 
-    keys = ResultCache(None, ServedModel.load(model_dir).version, ttl_s=3600)
+    keys = ResultCache(None, ServedModel.load(model_dir).digest, ttl_s=3600)
     client = redis.Redis.from_url(redis_url)
     try:
         bases = sorted({t.rsplit(" lot ", 1)[0] for t in titles})
