@@ -20,6 +20,7 @@ from workers.runtime.producer import AsyncProducer
 from workers.stages.commit import OffsetTracker, TopicPartitionKey
 from workers.stages.guard import StaleUpdateGuard
 from workers.stages.item import WorkItem
+from workers.stages.review import ReviewTap
 
 __all__ = ["AttributeEmitter"]
 
@@ -39,8 +40,9 @@ class AttributeEmitter:
         producer: AsyncProducer,
         tracker: OffsetTracker,
         metrics: WorkerMetrics,
+        review: ReviewTap | None = None,
     ) -> None:
-        self._topic, self._worker_id = topic, worker_id
+        self._topic, self._worker_id, self._review = topic, worker_id, review
         self._model = {"name": model_name, "version": model_version, "digest": model_digest}
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
@@ -61,6 +63,11 @@ class AttributeEmitter:
             # Checked here, after the guard's round trip: items consumed before the tracker was reset
             # (exactly-once: partitions lost, transaction aborted) must not reach the next transaction.
             epoch = tracker.epoch
+
+            def current() -> bool:
+                return tracker.epoch == epoch
+
+            review = self._review.batch(current) if self._review is not None else None
             records: list[tuple[bytes, bytes]] = []
             finished: dict[TopicPartitionKey, list[int]] = {}
             latency_ms: dict[float, float] = {}  # items consumed together share it
@@ -76,22 +83,26 @@ class AttributeEmitter:
                 if latency is None:
                     latency = latency_ms[item.consumed_at] = round(max(now - item.consumed_at, 0.0) * 1000, 3)
                 listing = item.listing
-                records.append((
-                    listing.listing_id.encode(),
-                    attribute_event(
-                        listing, model=model, category_json=result.category_json,
-                        attributes_json=result.attributes_json, cache_hit=cache_hit, latency_ms=latency,
-                        worker_id=worker_id, processed_at=processed_at,
-                    ),
-                ))  # fmt: skip
+                flagged = review.flag(listing.title, result) if review is not None else None
+                key = listing.listing_id.encode()
+                event = attribute_event(
+                    listing, model=model, category_json=result.category_json,
+                    attributes_json=result.attributes_json, cache_hit=cache_hit, latency_ms=latency,
+                    worker_id=worker_id, processed_at=processed_at, review=flagged,
+                )  # fmt: skip
+                records.append((key, event))
+                if flagged is not None and review is not None:
+                    review.copy(key, event)  # the same event, to the review topic
                 offsets = finished.get((source.topic, source.partition))
                 if offsets is None:
                     offsets = finished[(source.topic, source.partition)] = []
                 offsets.append(source.offset)
-            await self._producer.produce_batch(
-                self._topic, records, partial(self._delivered, finished, epoch),
-                current=lambda: tracker.epoch == epoch,
-            )  # fmt: skip
+            on_delivered = partial(self._delivered, finished, epoch)
+            if review is not None:  # offsets finish once the events and their review copies are acked
+                on_delivered = review.after_both(on_delivered)
+            await self._producer.produce_batch(self._topic, records, on_delivered, current=current)
+            if review is not None:
+                await review.produce()
 
     def _delivered(self, finished: dict[TopicPartitionKey, list[int]], epoch: int) -> None:
         if epoch != self._tracker.epoch:
