@@ -1,4 +1,5 @@
-"""The runtime's subcommands of `enrich`: worker, tail and predict (heavy imports inside handlers)."""
+"""The runtime's subcommands of `enrich`: worker, tail, dlq, review and predict (heavy imports inside
+handlers)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     redrive.add_argument("--group", default=None, help="reader group (default enrich-redrive.<reason|all>)")
     redrive.add_argument("--to", default=None, help="publish here instead of the record's source topic")
     redrive.set_defaults(func=_redrive)
+
+    review_parser = subparsers.add_parser("review", help="low-confidence review operations")
+    review = review_parser.add_subparsers(dest="review", required=True)
+    export = review.add_parser(
+        "export", help="write the review topic as OA-Mine lines to correct (then `enrich train --extra-data`)"
+    )
+    add_kafka_target(export, "ENRICH_REVIEW_TOPIC", "listings.review")
+    export.add_argument("--out", required=True, help="OA-Mine JSON-lines file to write (replaced whole)")
+    export.set_defaults(func=_review_export)
 
     predict = subparsers.add_parser(
         "predict",
@@ -140,6 +150,19 @@ def _redrive(args: argparse.Namespace) -> int:
         print(f"enrich dlq redrive: {exc}", file=sys.stderr)
         return exc.exit_code
     print(("dry run, nothing changed: " if args.dry_run else "") + orjson.dumps(counts.as_dict()).decode())
+    return 0
+
+
+def _review_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import orjson
+
+    from workers.review_export import export_review
+
+    check_kafka_target(args)
+    counts = export_review(args.kafka_bootstrap, args.topic, Path(args.out))
+    print(orjson.dumps(counts.as_dict()).decode() + f" -> {args.out}")
     return 0
 
 
