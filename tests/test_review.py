@@ -49,28 +49,30 @@ def reasons(label: str, confidence: float, *attributes: tuple[str, float], data:
     return [(r["kind"], r["name"], r["confidence"], r["threshold"]) for r in found]
 
 
-def test_category_and_attributes_below_their_thresholds_are_the_reasons() -> None:
-    assert reasons("Shoes", 0.59, ("Brand", 0.69), ("Color", 0.49)) == [
-        ("category", "Shoes", 0.59, 0.6),
-        ("attribute", "Brand", 0.69, 0.7),
-        ("attribute", "Color", 0.49, 0.5),
-    ]  # fmt: skip
-    assert reasons("Shoes", 0.6, ("Brand", 0.7), ("Color", 0.5)) == []  # equal to the threshold passes
-
-
-def test_the_most_specific_threshold_wins() -> None:
-    # Coffee: its own category and Brand thresholds; other attributes keep the default "*".
-    assert reasons("Coffee", 0.79, ("Brand", 0.89), ("Roast", 0.49)) == [
-        ("category", "Coffee", 0.79, 0.8),
-        ("attribute", "Brand", 0.89, 0.9),
-        ("attribute", "Roast", 0.49, 0.5),
-    ]  # fmt: skip
-    # Tea: one number for all its attributes replaces the default's per-name Brand threshold too.
-    assert reasons("Tea", 0.61, ("Brand", 0.3), ("Color", 0.19)) == [("attribute", "Color", 0.19, 0.2)]
-    # No file: the two minimums alone.
-    assert reasons("Tea", 0.4, ("Brand", 0.45), data=None) == [
-        ("category", "Tea", 0.4, 0.5), ("attribute", "Brand", 0.45, 0.5),
-    ]  # fmt: skip
+@pytest.mark.parametrize(
+    ("result", "data", "expected"),
+    [
+        pytest.param(("Shoes", 0.59, ("Brand", 0.69), ("Color", 0.49)), FILE, [
+            ("category", "Shoes", 0.59, 0.6), ("attribute", "Brand", 0.69, 0.7),
+            ("attribute", "Color", 0.49, 0.5),
+        ], id="below-the-defaults"),
+        pytest.param(("Shoes", 0.6, ("Brand", 0.7), ("Color", 0.5)), FILE, [], id="equal-passes"),
+        pytest.param(("Coffee", 0.79, ("Brand", 0.89), ("Roast", 0.49)), FILE, [
+            ("category", "Coffee", 0.79, 0.8), ("attribute", "Brand", 0.89, 0.9),
+            ("attribute", "Roast", 0.49, 0.5),
+        ], id="category-own-thresholds-others-keep-the-default-star"),
+        pytest.param(("Tea", 0.61, ("Brand", 0.3), ("Color", 0.19)), FILE, [
+            ("attribute", "Color", 0.19, 0.2),
+        ], id="one-number-for-a-category-replaces-the-default-names-too"),
+        pytest.param(("Tea", 0.4, ("Brand", 0.45)), None, [
+            ("category", "Tea", 0.4, 0.5), ("attribute", "Brand", 0.45, 0.5),
+        ], id="no-file-the-two-minimums"),
+    ],
+)  # fmt: skip
+def test_the_most_specific_threshold_decides_and_below_it_is_a_reason(
+    result: tuple, data: Any, expected: list[tuple]
+) -> None:
+    assert reasons(*result, data=data) == expected
 
 
 @pytest.mark.parametrize(
