@@ -121,3 +121,32 @@ def test_evaluate_counts_gold_it_cannot_get_as_misses_and_goes_on(
     assert metrics["per_attribute"]["Roast type"]["fn"] >= 1  # at most one of the two values is predicted
     assert metrics["category_report"]["Cereal"]["recall"] == 0.0
     assert metrics["literature"]["micro"]["vn"] + metrics["literature"]["micro"]["vw"] >= 1  # Origin
+
+
+def test_train_takes_review_corrections_as_extra_data_for_the_training_split_only(tmp_path: Path) -> None:
+    """`enrich review export` lines (with their `review` context) feed `enrich train --extra-data`; a
+    correction whose title is in the dev split stays out of training, and both counts are printed."""
+    from workers.review_export import correction_line
+
+    dev_title = split_offers(load_offers(FIXTURE_OFFERS), 0.2, "oa-mine-dev-v1")[1][0].text
+    titles = ["Acme Midnight Roast Whole Bean Coffee, 2 lb", "Acme Decaf Ground Coffee, 12 oz", dev_title]
+    corrections = tmp_path / "corrections.jsonl"
+    with corrections.open("wb") as handle:
+        for number, title in enumerate(titles):
+            event = {
+                "listing_id": f"R-{number}", "listing_version": 1, "model": {"name": "tiny", "version": "v1"},
+                "category": {"label": "Coffee", "confidence": 0.4},
+                "attributes": [{"name": "Brand", "value": title.split()[0], "confidence": 0.3}],
+                "review": {"title": title, "reasons": []},
+            }  # fmt: skip
+            handle.write(json.dumps(correction_line(event)).encode() + b"\n")
+    stdout = enrich(
+        "train", "--data-path", str(FIXTURE_OFFERS), "--base-model", "tiny", "--epochs", "1",
+        "--dev-fraction", "0.2", "--learning-rate", "3e-3", "--head-learning-rate", "3e-3", "--no-progress",
+        "--no-save-checkpoints", "--output-root", str(tmp_path / "models"), "--extra-data", str(corrections),
+    )  # fmt: skip
+    assert "extra data: 2 of 3 offers from 1 file(s) added to the training split (1 left out" in stdout
+    [metrics_path] = (tmp_path / "models").glob("*/*/metrics.json")
+    data = json.loads(metrics_path.read_text())["data"]
+    assert data["extra"] == {"files": 1, "offers": 3, "added": 2, "held_out_titles": 1}
+    assert data["train"] + data["dev"] == data["offers"] + 2  # the two corrections joined training only

@@ -70,6 +70,12 @@ def _train(args: argparse.Namespace) -> int:
     model_dir = train(config_from_args(args))
     metrics = json.loads((model_dir / "metrics.json").read_text())
     print(f"model directory: {model_dir}")
+    extra = metrics["data"]["extra"]
+    if extra["files"]:
+        print(
+            f"extra data: {extra['added']} of {extra['offers']} offers from {extra['files']} file(s) added to"
+            f" the training split ({extra['held_out_titles']} left out: title in the dev split)"
+        )
     alignment = metrics["data"]["alignment"]
     print(
         f"training values placed as spans: {alignment['placed']} of {alignment['values']} "

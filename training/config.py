@@ -30,6 +30,9 @@ class TrainConfig:
     name: str = _opt("attribute-extractor", "model name (first path level under output_root)")
     version: str = _opt("", "model version string; empty = UTC timestamp")
     base_model: str = _opt("minilm", "'minilm' (packaged all-MiniLM-L6-v2), 'tiny' (from scratch), or a path")
+    extra_data_paths: list[str] = _opt(  # noqa: RUF009
+        [], "more OA-Mine files (e.g. reviewed corrections) added to the training split only, never to dev"
+    )
     dev_fraction: float = _opt(0.15, "fraction of offers held out as dev set (hash of the title)")
     split_salt: str = _opt("oa-mine-dev-v1", "salt of the hash split; change it for another split")
     max_length: int = _opt(64, "maximum tokens per title (special tokens included)")
@@ -81,6 +84,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif spec.type == "list[int]":
             parser.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
+        elif spec.type == "list[str]":  # repeatable; --extra-data is the short spelling
+            flags = [flag, flag.removesuffix("-paths")] if flag.endswith("-paths") else [flag]
+            parser.add_argument(*flags, dest=spec.name, nargs="+", action="extend", default=None,
+                                metavar="PATH", help=help_text)  # fmt: skip
         else:
             kind = {"int": int, "float": float, "str": str}[str(spec.type)]
             parser.add_argument(flag, type=kind, default=None, help=help_text)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig
-from training.data import Offer, load_offers, split_offers
+from training.data import Offer, add_extra_offers, load_offers, split_offers
 from training.metrics import data_issues
 
 __all__ = ["assign_folds", "format_markdown", "run_cv", "summarise"]
@@ -65,6 +65,7 @@ def _fold_metrics(
     fit_train, fit_dev = split_offers(train_offers, config.dev_fraction, config.split_salt)
     if not fit_train or not fit_dev:
         raise ValueError(f"the early-stopping split of {len(train_offers)} offers left an empty side")
+    fit_train, _ = add_extra_offers(fit_train, [*fit_dev, *test_offers], config.extra_data_paths)
     base_dir, labels, encoder, fit_offers = prepare(config, fit_train, run_dir)
     result = fit(config, base_dir, labels, encoder, fit_offers, fit_dev, None)
     predictions = predict(

@@ -27,6 +27,7 @@ __all__ = [
     "EncodedOffer",
     "Offer",
     "Span",
+    "add_extra_offers",
     "alignment_report",
     "build_labels",
     "encode_offers",
@@ -137,6 +138,22 @@ def split_offers(offers: Sequence[Offer], dev_fraction: float, salt: str) -> tup
         fraction = int.from_bytes(digest[:8], "big") / 2**64
         (dev if fraction < dev_fraction else train).append(offer)
     return train, dev
+
+
+def add_extra_offers(
+    train: Sequence[Offer], held_out: Sequence[Offer], paths: Sequence[Path | str]
+) -> tuple[list[Offer], dict[str, int]]:
+    """`train` plus the offers of `paths` (e.g. corrections from `enrich review export`), and a count.
+
+    Extra offers go to training only. One whose title is also held out (dev or test) is left out: it would
+    put a labelled copy of a scored title into training and lift the score without the model generalising.
+    """
+    held_titles = {offer.text for offer in held_out}
+    extra = [offer for path in paths for offer in load_offers(path)]
+    added = [offer for offer in extra if offer.text not in held_titles]
+    report = {"files": len(paths), "offers": len(extra), "added": len(added),
+              "held_out_titles": len(extra) - len(added)}  # fmt: skip
+    return [*train, *added], report
 
 
 def build_labels(offers: Sequence[Offer]) -> ModelLabels:

@@ -29,6 +29,7 @@ from training.data import (
     IGNORE_INDEX,
     EncodedOffer,
     Offer,
+    add_extra_offers,
     alignment_report,
     build_labels,
     encode_offers,
@@ -290,6 +291,7 @@ def train(config: TrainConfig) -> Path:
     train_offers, dev_offers = split_offers(offers, config.dev_fraction, config.split_salt)
     if not train_offers or not dev_offers:
         raise ValueError(f"split of {len(offers)} offers left an empty side; adjust dev_fraction")
+    train_offers, extra = add_extra_offers(train_offers, dev_offers, config.extra_data_paths)
     model_dir = model_directory(config)
     run_dir = Path(config.output_root) / ".runs" / config.name / model_dir.name  # checkpoints, tiny base
     base_dir, labels, encoder, fit_offers = prepare(config, train_offers, run_dir)
@@ -302,6 +304,7 @@ def train(config: TrainConfig) -> Path:
             "offers": len(offers),
             "train": len(train_offers),
             "dev": len(dev_offers),
+            "extra": extra,  # added to train (counted in it), never to dev
             "categories": len(labels.categories),
             "attributes": (len(labels.tags) - 1) // 2,
             # gold values training could not place as spans (not in the title, or under a longer value)

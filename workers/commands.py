@@ -1,5 +1,5 @@
-"""The runtime's subcommands of `enrich`: worker, tail, dlq, predict and replay (heavy imports inside
-handlers)."""
+"""The runtime's subcommands of `enrich`: worker, tail, dlq, review, predict and replay (heavy imports
+inside handlers)."""
 
 from __future__ import annotations
 
@@ -32,12 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tail.add_argument("--json", action="store_true", help="print the raw JSON events")
     tail.set_defaults(func=_tail)
 
-    dlq_parser = subparsers.add_parser("dlq", help="dead-letter operations")
-    dlq = dlq_parser.add_subparsers(dest="dlq", required=True)
-    redrive = dlq.add_parser(
-        "redrive", help="re-publish dead letters to their input topic after a fix (see docs/lifecycle.md)"
-    )
-    add_kafka_target(redrive, "ENRICH_DLQ_TOPIC", "listings.dlq")
+    redrive_help = "re-publish dead letters to their input topic after a fix (see docs/lifecycle.md)"
+    redrive = _operation(subparsers, ("dlq", "dead-letter operations"), "redrive", redrive_help,
+                         ("ENRICH_DLQ_TOPIC", "listings.dlq"))  # fmt: skip
     redrive.add_argument("--reason", default=None, help="only dead letters with this error code")
     redrive.add_argument("--since", default=None, help="only those failed since: RFC 3339 time or 30m/2h/7d")
     redrive.add_argument("--dry-run", action="store_true", help="count what would be done; change nothing")
@@ -45,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     redrive.add_argument("--group", default=None, help="reader group (default enrich-redrive.<reason|all>)")
     redrive.add_argument("--to", default=None, help="publish here instead of the record's source topic")
     redrive.set_defaults(func=_redrive)
+
+    export_help = "write the review topic as OA-Mine lines to correct (then `enrich train --extra-data`)"
+    export = _operation(subparsers, ("review", "low-confidence review operations"), "export", export_help,
+                        ("ENRICH_REVIEW_TOPIC", "listings.review"))  # fmt: skip
+    export.add_argument("--out", required=True, help="OA-Mine JSON-lines file to write (replaced whole)")
+    export.set_defaults(func=_review_export)
 
     from workers.runtime.replay import register as register_replay
 
@@ -64,6 +67,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     predict.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: 2)")
     predict.set_defaults(func=_predict)
 
+
+
+def _operation(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], group: tuple[str, str], name: str,
+    help_text: str, topic: tuple[str, str],
+) -> argparse.ArgumentParser:  # fmt: skip
+    """`enrich <group> <name>`, reading `--topic` (`topic`: its env var and default) from the broker."""
+    group_name, group_help = group
+    members = subparsers.add_parser(group_name, help=group_help)
+    operation = members.add_subparsers(dest=group_name, required=True).add_parser(name, help=help_text)
+    add_kafka_target(operation, *topic)
+    return operation
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -146,6 +161,19 @@ def _redrive(args: argparse.Namespace) -> int:
         print(f"enrich dlq redrive: {exc}", file=sys.stderr)
         return exc.exit_code
     print(("dry run, nothing changed: " if args.dry_run else "") + orjson.dumps(counts.as_dict()).decode())
+    return 0
+
+
+def _review_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import orjson
+
+    from workers.review_export import export_review
+
+    check_kafka_target(args)
+    counts = export_review(args.kafka_bootstrap, args.topic, Path(args.out))
+    print(orjson.dumps(counts.as_dict()).decode() + f" -> {args.out}")
     return 0
 
 

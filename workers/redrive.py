@@ -30,12 +30,12 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from workers.contract.errors import ConfigError, KafkaOperationFailed
 from workers.contract.events import REDRIVE_ATTEMPT_HEADER
+from workers.runtime.topic_range import read_to_end
 
 __all__ = ["RedriveCounts", "RedriveOptions", "parse_since", "redrive"]
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -230,26 +230,13 @@ def redrive(options: RedriveOptions) -> RedriveCounts:
         ends = {tp.partition: high for tp, high in plan.items()}
         if plan:
             consumer.assign(list(plan))
-        while ends:
-            messages = consumer.consume(_CHUNK, min(options.timeout_s, 5.0))
-            if not messages:
-                raise KafkaOperationFailed("redrive read", f"no records within 5 s; still to read: {ends}")
+        for chunk in read_to_end(consumer, ends, "redrive read", options.timeout_s):
             done: dict[int, int] = {}  # partition -> next offset, for the records handled in this chunk
             outgoing: list[_Original] = []
-            for msg in messages:
-                partition, error = msg.partition(), msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaOperationFailed("redrive read", str(error))
-                    ends.pop(partition, None)  # the end (a transaction marker may sit at high - 1)
-                    continue
-                if partition not in ends or msg.offset() >= ends[partition]:
-                    continue  # dead-lettered after the run started: the next run's
+            for msg in chunk:
                 if (found := redriver.handle(msg)) is not None:
                     outgoing.append(found)
-                done[partition] = msg.offset() + 1
-                if done[partition] >= ends[partition]:
-                    ends.pop(partition)
+                done[msg.partition()] = msg.offset() + 1
             _publish(producer, outgoing, options, consumer, done)
     finally:
         redriver.close()

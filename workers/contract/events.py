@@ -93,24 +93,27 @@ def attribute_event(
     latency_ms: float,
     worker_id: str,
     processed_at: str | None = None,
+    review: bytes | None = None,
 ) -> bytes:
     """A listing-attributes v1 event; `model`: {"name", "version", "digest"}; the category object and the
     attribute list come already serialised (`workers.contract.results.ListingResult`) and are embedded as
-    they are; `latency_ms` is written as given (callers round it)."""
-    return orjson.dumps(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "listing_id": listing.listing_id,
-            "listing_version": listing.listing_version,
-            "model": model,
-            "category": orjson.Fragment(category_json),
-            "attributes": orjson.Fragment(attributes_json),
-            "cache_hit": cache_hit,
-            "processed_at": processed_at or utc_now_iso(),
-            "latency_ms": latency_ms,
-            "worker_id": worker_id,
-        }
-    )
+    they are; `latency_ms` is written as given (callers round it); `review`: the serialised review object
+    of a low-confidence result (`workers.stages.review`), left out when None."""
+    event: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "listing_id": listing.listing_id,
+        "listing_version": listing.listing_version,
+        "model": model,
+        "category": orjson.Fragment(category_json),
+        "attributes": orjson.Fragment(attributes_json),
+        "cache_hit": cache_hit,
+        "processed_at": processed_at or utc_now_iso(),
+        "latency_ms": latency_ms,
+        "worker_id": worker_id,
+    }
+    if review is not None:
+        event["review"] = orjson.Fragment(review)
+    return orjson.dumps(event)
 
 
 # Base64 grows 4/3 and the rest of the record is small: stays well under librdkafka's and the broker's

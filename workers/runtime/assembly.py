@@ -37,6 +37,7 @@ from workers.stages.emit import AttributeEmitter
 from workers.stages.guard import StaleUpdateGuard
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
+from workers.stages.review import ReviewTap, load_thresholds, unknown_names
 from workers.stages.validate import ListingValidator
 
 __all__ = [
@@ -105,6 +106,7 @@ def build_worker(
         model_digest=model.digest, worker_id=config.worker_id, guard=guard, producer=delivery,
         tracker=tracker, metrics=metrics, model_rank=model.rank,
         headers=None if replay_id is None else [(REPLAY_HEADER, replay_id.encode())],
+        review=review_tap(config, model, delivery, metrics),
     )  # fmt: skip
 
     def renew_producer() -> Producer:  # exactly-once, after a fatal producer error (see the policy)
@@ -121,6 +123,25 @@ def build_worker(
         dead_letters=dead_letters, cache=cache, batcher=batcher, enricher=enricher, emitter=emitter,
         producer=delivery, tracker=tracker, commits=commits, metrics=metrics, broker=broker,
     )  # fmt: skip
+
+
+def review_tap(
+    config: WorkerConfig, model: ServedModel, producer: AsyncProducer, metrics: WorkerMetrics
+) -> ReviewTap | None:
+    """Emit's low-confidence review hook (None: ENRICH_REVIEW_TOPIC is empty); ConfigError for a bad
+    thresholds file. Names the model does not know are logged, not refused: a later model may have them."""
+    review = config.review
+    if not review.topic:
+        return None
+    thresholds = load_thresholds(
+        review.thresholds_file, category_min=review.category_min, attribute_min=review.attribute_min
+    )
+    labels = model.labels
+    unknown = unknown_names(thresholds, labels.categories, {a for a in labels.tag_attributes if a})
+    if unknown:
+        log.warning("review thresholds name what model %s does not know: %s", model.short_digest,
+                    ", ".join(unknown))  # fmt: skip
+    return ReviewTap(topic=review.topic, thresholds=thresholds, producer=producer, counter=metrics.review)
 
 
 def check_model_dir(config: WorkerConfig) -> Path:
@@ -144,7 +165,8 @@ def check_model_dir(config: WorkerConfig) -> Path:
 
 
 def check_broker(config: WorkerConfig) -> dict[str, int]:
-    """Start-up check: the broker answers within ENRICH_STARTUP_TIMEOUT_S and the three topics exist;
+    """Start-up check: the broker answers within ENRICH_STARTUP_TIMEOUT_S and the topics exist (the review
+    topic too when set);
     ServiceUnreachable / TopicMissing (exit codes 4 / 5) otherwise. Partitions per topic."""
     kafka = config.kafka
     topics = {
@@ -152,6 +174,8 @@ def check_broker(config: WorkerConfig) -> dict[str, int]:
         kafka.output_topic: "ENRICH_OUTPUT_TOPIC / --output-topic",
         kafka.dlq_topic: "ENRICH_DLQ_TOPIC / --dlq-topic",
     }
+    if config.review.topic:
+        topics[config.review.topic] = "ENRICH_REVIEW_TOPIC / --review-topic"
     return check_kafka(consumer_settings(kafka, config.worker_id), topics, timeout_s=config.startup_timeout_s)
 
 

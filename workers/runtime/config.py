@@ -31,6 +31,7 @@ __all__ = [
     "FlowConfig",
     "KafkaConfig",
     "MetricsConfig",
+    "ReviewConfig",
     "WorkerConfig",
     "add_config_arguments",
     "load_config",
@@ -188,6 +189,26 @@ class MetricsConfig:
     host: str = setting("0.0.0.0", "ENRICH_METRICS_HOST", "address the metrics endpoint binds")
 
 
+@dataclass(frozen=True)
+class ReviewConfig:
+    topic: str = setting(
+        "", "ENRICH_REVIEW_TOPIC", "topic for copies of low-confidence events to label; empty: no review"
+    )
+    # 0.5: below it the model puts more probability on other categories (tags) than on the one it names.
+    category_min: float = setting(
+        0.5, "ENRICH_REVIEW_CATEGORY_MIN", "review a listing whose category confidence is below this", float
+    )
+    attribute_min: float = setting(
+        0.5, "ENRICH_REVIEW_ATTRIBUTE_MIN", "review a listing with an attribute confidence below this", float
+    )
+    thresholds_file: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
+        None,
+        "ENRICH_REVIEW_THRESHOLDS_FILE",
+        "JSON: per-category and per-attribute thresholds over the two above (docs/lifecycle.md)",
+        _parse_optional_path,
+    )
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -200,6 +221,7 @@ class WorkerConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     worker_id: str = setting(
         "", "ENRICH_WORKER_ID", "stable worker name (logs, DLQ, transactional.id); empty: host-pid"
     )
@@ -240,6 +262,7 @@ _SECTIONS: dict[str, type] = {
     "backend": BackendConfig,
     "flow": FlowConfig,
     "metrics": MetricsConfig,
+    "review": ReviewConfig,
 }
 
 

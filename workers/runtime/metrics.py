@@ -134,6 +134,9 @@ class WorkerMetrics:
         self.model_info = Gauge(  # 1 for the model this worker serves; the digest is its identity
             "enrich_model_info", "The served model", ["name", "version", "digest"], registry=r
         )
+        self.review = Counter(  # a listing with reasons of both kinds counts under each
+            "enrich_review", "Listings copied to the review topic, by kind of reason", ["kind"], registry=r
+        )
         self.circuit_state = Gauge(
             "enrich_circuit_state", "Inference circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )

@@ -18,6 +18,7 @@ from workers.runtime.producer import AsyncProducer
 from workers.stages.commit import OffsetTracker, TopicPartitionKey
 from workers.stages.guard import StaleUpdateGuard
 from workers.stages.item import WorkItem
+from workers.stages.review import ReviewTap
 
 __all__ = ["AttributeEmitter"]
 
@@ -39,10 +40,11 @@ class AttributeEmitter:
         metrics: WorkerMetrics,
         model_rank: int = 0,
         headers: list[tuple[str, bytes]] | None = None,
+        review: ReviewTap | None = None,
     ) -> None:
         """`model_rank` orders models for the guard (`ServedModel.rank`); `headers` go on every event
-        (replay marks its events with them)."""
-        self._topic, self._worker_id = topic, worker_id
+        (replay marks its events with them); `review` copies low-confidence events to the review topic."""
+        self._topic, self._worker_id, self._review = topic, worker_id, review
         self._model = {"name": model_name, "version": model_version, "digest": model_digest}
         self._model_rank, self._headers = model_rank, headers
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
@@ -59,6 +61,11 @@ class AttributeEmitter:
             # Checked here, after the guard's round trip: items consumed before the tracker was reset
             # (exactly-once: partitions lost, transaction aborted) must not reach the next transaction.
             epoch = tracker.epoch
+
+            def current() -> bool:
+                return tracker.epoch == epoch
+
+            review = self._review.batch(current) if self._review is not None else None
             records: list[tuple[bytes, bytes]] = []
             finished: dict[TopicPartitionKey, list[int]] = {}
             event_times: list[float] = []  # of the records produced: freshness once acknowledged
@@ -78,22 +85,28 @@ class AttributeEmitter:
                 event_time = event_epoch(listing.event_time)
                 if event_time is not None:
                     event_times.append(event_time)
-                records.append((
-                    listing.listing_id.encode(),
-                    attribute_event(
-                        listing, model=model, category_json=result.category_json,
-                        attributes_json=result.attributes_json, cache_hit=cache_hit, latency_ms=latency,
-                        worker_id=worker_id, processed_at=processed_at,
-                    ),
-                ))  # fmt: skip
+                flagged = review.flag(listing.title, result) if review is not None else None
+                key = listing.listing_id.encode()
+                event = attribute_event(
+                    listing, model=model, category_json=result.category_json,
+                    attributes_json=result.attributes_json, cache_hit=cache_hit, latency_ms=latency,
+                    worker_id=worker_id, processed_at=processed_at, review=flagged,
+                )  # fmt: skip
+                records.append((key, event))
+                if flagged is not None and review is not None:
+                    review.copy(key, event)  # the same event, to the review topic
                 offsets = finished.get((source.topic, source.partition))
                 if offsets is None:
                     offsets = finished[(source.topic, source.partition)] = []
                 offsets.append(source.offset)
+            on_delivered = partial(self._delivered, finished, event_times, epoch)
+            if review is not None:  # offsets finish once the events and their review copies are acked
+                on_delivered = review.after_both(on_delivered)
             await self._producer.produce_batch(
-                self._topic, records, partial(self._delivered, finished, event_times, epoch), self._headers,
-                current=lambda: tracker.epoch == epoch,
-            )  # fmt: skip
+                self._topic, records, on_delivered, self._headers, current=current
+            )
+            if review is not None:
+                await review.produce()
 
     def _delivered(
         self, finished: dict[TopicPartitionKey, list[int]], event_times: list[float], epoch: int
