@@ -159,3 +159,24 @@ def test_a_tiny_student_learns_from_the_teacher_alone_across_tokenizers(
     enrich("predict", str(student), str(FIXTURE_OFFERS), str(out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 300 and sum(bool(row["attributes"]) for row in rows) > 250
+
+
+def test_cv_trains_a_teacher_per_fold_and_reports_it_next_to_the_student(tmp_path: Path) -> None:
+    teacher_config = tmp_path / "teacher.json"
+    teacher_config.write_text(
+        json.dumps(
+            {"base_model": "tiny", "tiny_hidden_size": 96, "learning_rate": 3e-3, "head_learning_rate": 3e-3}
+        )
+    )
+    out = tmp_path / "cv"
+    printed = enrich(
+        "cv", "--data-path", str(FIXTURE_OFFERS), "--base-model", "tiny", "--tiny-vocab-size", "300",
+        "--folds", "2", "--max-epochs", "4", "--learning-rate", "3e-3", "--head-learning-rate", "3e-3",
+        "--no-progress", "--no-save-checkpoints", "--teacher-config", str(teacher_config), "--out", str(out),
+    )  # fmt: skip
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["teacher_config"]["tiny_hidden_size"] == 96 and summary["teacher_config"]["epochs"] == 4
+    assert all(m["teacher"]["offers"] == m["test_offers"] for m in summary["per_fold"])
+    assert 0.3 < summary["teacher_strict_micro_f1"]["mean"] <= 1.0
+    assert 0.3 < summary["strict_micro_f1"]["mean"] <= 1.0
+    assert "teacher (trained per fold): micro-F1, strict" in printed and "trained per fold" in printed

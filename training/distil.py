@@ -16,13 +16,14 @@ the soft term's gradient scale independent of T (Hinton et al. 2015). Steps:
    is renormalised), then give each student token a distribution by the character rule below;
 4. fit, with :func:`distillation_objective` in place of the gold loss.
 
-**Aligning two tokenizers** (mpnet's and MiniLM's WordPiece split "Samsung" or "16oz" differently): a
-student token gets the distribution of the teacher token that covers the student token's *first
-character*. When that character is not the teacher token's first, a value cannot begin there (it began
-earlier, inside the same teacher token), so the mass the teacher gave to B-X moves to I-X. A student token
-whose first character no teacher token covers (the teacher truncated the title) has no soft target and
-learns from the gold tags only. Reading it per character rather than per whitespace word keeps the teacher's
-own split of "16oz" into a number and a unit.
+**Aligning two tokenizers** (mpnet and MiniLM happen to share one WordPiece vocabulary, so for them this is
+the identity; any other teacher splits "Samsung" or "16oz" its own way): a student token gets the
+distribution of the teacher token that covers the student token's *first character*. When that character
+is not the teacher token's first, a value cannot begin there (it began earlier, inside the same teacher
+token), so the mass the teacher gave to B-X moves to I-X. A student token whose first character no teacher
+token covers (the teacher truncated the title) has no soft target and learns from the gold tags only.
+Reading it per character rather than per whitespace word keeps a teacher's own split of "16oz" into a
+number and a unit.
 """
 
 from __future__ import annotations
