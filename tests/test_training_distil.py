@@ -4,16 +4,13 @@ teacher distilled into a tiny student with another tokenizer end to end (train -
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.model_fixtures import FIXTURE_OFFERS
+from tests.model_fixtures import FIXTURE_OFFERS, enrich
 from training.distil import (
     SoftTargets,
     align_to_student,
@@ -119,17 +116,6 @@ def test_loss_is_the_gold_loss_when_the_student_already_matches_the_teacher() ->
     assert shuffled([0, 1], batch, tag_logits.flip(-1), category_logits).item() > 0.8
     with pytest.raises(ValueError, match="alpha"):
         distillation_objective(gold, targets, 1.5, 2.0, 0.5)
-
-
-def enrich(*args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    ).stdout
 
 
 def test_a_tiny_student_learns_from_the_teacher_alone_across_tokenizers(

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.nn import functional
 
 from training.data import Offer
@@ -42,6 +43,7 @@ from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 
 __all__ = [
+    "Batch",
     "Objective",
     "SoftTargets",
     "Teacher",
@@ -52,8 +54,9 @@ __all__ = [
     "soft_targets",
 ]
 
+Batch = dict[str, Tensor]  # train.collate's: input_ids, attention_mask, tags, categories
 # (example indices of the batch, the collated batch, tag logits [B,S,T], category logits [B,C]) -> loss
-Objective = Callable[[Sequence[int], dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+Objective = Callable[[Sequence[int], Batch, Tensor, Tensor], Tensor]
 
 _TEACHER_BATCH = 64
 
@@ -196,12 +199,7 @@ def distillation_objective(
             f"distillation needs 0 <= alpha <= 1 and temperature > 0, got {alpha}, {temperature}"
         )
 
-    def loss(
-        indices: Sequence[int],
-        batch: dict[str, torch.Tensor],
-        tag_logits: torch.Tensor,
-        category_logits: torch.Tensor,
-    ) -> torch.Tensor:
+    def loss(indices: Sequence[int], batch: Batch, tag_logits: Tensor, category_logits: Tensor) -> Tensor:
         width, num_tags = tag_logits.shape[1], tag_logits.shape[2]
         tag_targets = torch.zeros((len(indices), width, num_tags))
         mask = torch.zeros((len(indices), width), dtype=torch.bool)

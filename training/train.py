@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from training.augment import augment_offers
@@ -35,7 +35,7 @@ from training.data import (
     load_offers,
     split_offers,
 )
-from training.distil import Objective, Teacher, distillation_objective, soft_targets
+from training.distil import Batch, Objective, Teacher, distillation_objective, soft_targets
 from training.evaluate import predict, score
 from training.model import AttributeModel, new_model, save_model, torch_runner
 from training.model_card import write_model_card
@@ -164,12 +164,7 @@ def gold_objective(config: TrainConfig) -> Objective:
     tag_loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     category_loss = nn.CrossEntropyLoss()
 
-    def loss(
-        indices: Sequence[int],
-        batch: dict[str, torch.Tensor],
-        tag_logits: torch.Tensor,
-        category_logits: torch.Tensor,
-    ) -> torch.Tensor:
+    def loss(indices: Sequence[int], batch: Batch, tag_logits: Tensor, category_logits: Tensor) -> Tensor:
         gold = tag_loss(tag_logits.flatten(0, 1), batch["tags"].flatten())
         return gold + config.category_loss_weight * category_loss(category_logits, batch["categories"])
 
