@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,18 @@ from devtools.fixtures import DEFAULT_FIXTURE_PATH
 __all__ = ["FIXTURE_OFFERS", "other_tiny_model_dir", "tiny_model_dir", "tiny_triton_repo"]
 
 FIXTURE_OFFERS = DEFAULT_FIXTURE_PATH
+
+
+def enrich(*args: str, timeout: float = 600) -> str:
+    """Run an `enrich` subcommand in a subprocess (offline, as a user would); its stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
 
 
 @pytest.fixture(scope="session")

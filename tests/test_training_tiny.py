@@ -4,31 +4,16 @@ model on the held-out fixture offers."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from tests.model_fixtures import FIXTURE_OFFERS
+from tests.model_fixtures import FIXTURE_OFFERS, enrich
 from training.data import load_offers, split_offers
 from training.evaluate import predict, score
 from training.model import new_model, torch_runner
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
-
-
-def enrich(*args: str) -> str:
-    """Run an `enrich` subcommand in a subprocess (offline, as a user would); its stdout."""
-    return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    ).stdout
 
 
 def test_model_directory_follows_the_contract(tiny_model_dir: Path) -> None:

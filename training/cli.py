@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cv.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
     cv.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
     cv.add_argument("--max-epochs", type=int, help="maximum epochs per fold (same as --epochs)")
+    cv.add_argument(
+        "--teacher-config",
+        type=Path,
+        help="JSON training options of a teacher trained per fold (on that fold's training side) and "
+        "distilled into the configured student; its own fold metrics are reported too",
+    )
     cv.add_argument("--out", type=Path, help="report folder (default: <output_root>/cv/<name>-<UTC time>)")
     cv.set_defaults(func=_cv)
 
@@ -96,13 +102,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _cv(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from training.config import config_from_args
+    from training.config import TrainConfig, config_from_args
     from training.cv import run_cv
 
     config = config_from_args(args)
+    teacher = None
+    if args.teacher_config is not None:
+        teacher = TrainConfig.from_json(args.teacher_config).replace(progress=config.progress)
     if args.max_epochs is not None:
         config = config.replace(epochs=args.max_epochs)
-    out_dir = run_cv(config, folds=args.folds, out_dir=args.out, fold_seed=args.fold_seed)
+        teacher = teacher.replace(epochs=args.max_epochs) if teacher else None
+    out_dir = run_cv(config, args.folds, args.out, args.fold_seed, teacher_config=teacher)
     print((out_dir / "cv.md").read_text())
     print(f"written: {out_dir / 'cv.json'}, {out_dir / 'cv.md'}")
     return 0

@@ -29,7 +29,11 @@ class TrainConfig:
     output_root: str = _opt("models", "where model directories <name>/<version>/ are written")
     name: str = _opt("attribute-extractor", "model name (first path level under output_root)")
     version: str = _opt("", "model version string; empty = UTC timestamp")
-    base_model: str = _opt("minilm", "'minilm' (packaged all-MiniLM-L6-v2), 'tiny' (from scratch), or a path")
+    base_model: str = _opt(
+        "minilm",
+        "'minilm' (packaged all-MiniLM-L6-v2), 'mpnet' (all-mpnet-base-v2, fetched once into the cache: the "
+        "teacher's base), 'tiny' (from scratch), or a path",
+    )
     extra_data_paths: list[str] = _opt(  # noqa: RUF009
         [], "more OA-Mine files (e.g. reviewed corrections) added to the training split only, never to dev"
     )
@@ -51,6 +55,11 @@ class TrainConfig:
     augment: bool = _opt(False, "add augmented copies of the training offers")
     augment_copies: int = _opt(1, "augmented copies per training offer")
     compare_without_augmentation: bool = _opt(False, "also train without augmentation and report both")
+    distil_from: str = _opt(
+        "", "teacher model directory (written by `enrich train`) to distil from; empty: none"
+    )
+    distil_alpha: float = _opt(0.5, "distillation: weight of the gold loss; 1 - alpha goes to the teacher's")
+    distil_temperature: float = _opt(2.0, "distillation: softmax temperature of teacher and student")
     decode_method: str = _opt("viterbi", "BIO decoding: 'viterbi' (valid BIO) or 'argmax'")
     restrict_to_category: bool = _opt(True, "only keep attributes valid for the predicted category")
     tiny_hidden_size: int = _opt(64, "tiny model: hidden size")

