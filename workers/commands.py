@@ -1,4 +1,4 @@
-"""The runtime's subcommands of `enrich`: worker and tail (heavy imports inside handlers)."""
+"""The runtime's subcommands of `enrich`: worker, tail, dlq redrive, rollout (heavy imports in handlers)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     redrive.add_argument("--to", default=None, help="publish here instead of the record's source topic")
     redrive.set_defaults(func=_redrive)
 
+    rollout_parser = subparsers.add_parser(
+        "rollout", help="hot swap: the model each consumer group runs (see docs/lifecycle.md)"
+    )
+    rollout = rollout_parser.add_subparsers(dest="rollout", required=True)
+    set_parser = rollout.add_parser("set", help="set the desired model of a group; its workers switch to it")
+    set_parser.add_argument("model", metavar="MODEL_DIR|DIGEST", help="exported model, or its digest (store)")
+    status = rollout.add_parser("status", help="print the desired model and what each worker runs")
+    for sub in (set_parser, status):
+        add_kafka_target(sub, "ENRICH_CONTROL_TOPIC", "enrich.control")
+        group = os.environ.get("ENRICH_GROUP_ID", "listing-enrichment") if sub is set_parser else None
+        sub.add_argument("--group", default=group, help="consumer group [env ENRICH_GROUP_ID]")
+        sub.add_argument("--stale-after", type=float, default=120.0,
+                         help="a worker that has not reported for this long (s) counts as gone")  # fmt: skip
+        sub.set_defaults(func=_rollout)
+    set_parser.add_argument("--store", default=os.environ.get("ENRICH_MODEL_STORE"),
+                            help="model store folder, for a DIGEST [env ENRICH_MODEL_STORE]")  # fmt: skip
+    set_parser.add_argument("--wait", type=float, default=120.0,
+                            help="wait this long for every worker to switch (0: don't), then unload old "
+                            "Triton versions")  # fmt: skip
+    set_parser.add_argument("--backend", default=os.environ.get("ENRICH_BACKEND", "onnx"),
+                            choices=("onnx", "triton"), help="the group's backend [env ENRICH_BACKEND]")
+    set_parser.add_argument("--triton-url", default=os.environ.get("ENRICH_TRITON_URL", "127.0.0.1:8001"))
+    set_parser.add_argument("--triton-model",
+                            default=os.environ.get("ENRICH_TRITON_MODEL", "attribute_extractor"))  # fmt: skip
+    set_parser.add_argument("--triton-repo", default=os.environ.get("ENRICH_TRITON_REPO"),
+                            help="the model repository Triton serves [env ENRICH_TRITON_REPO]")  # fmt: skip
+
 
 def add_kafka_target(parser: argparse.ArgumentParser, topic_env: str, default_topic: str) -> None:
     parser.add_argument(
@@ -89,6 +116,30 @@ def _redrive(args: argparse.Namespace) -> int:
         print(f"enrich dlq redrive: {exc}", file=sys.stderr)
         return 2
     print(("dry run, nothing changed: " if args.dry_run else "") + orjson.dumps(counts.as_dict()).decode())
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workers.contract.errors import EnrichError
+    from workers.rollout import RolloutTarget, run_cli
+
+    is_set = args.rollout == "set"
+    triton = is_set and args.backend == "triton"
+    target = RolloutTarget(
+        args.kafka_bootstrap, args.topic, args.group or "",
+        store=Path(args.store) if is_set and args.store else None,
+        triton_url=args.triton_url if triton else "", triton_model=args.triton_model if is_set else "",
+        triton_repo=Path(args.triton_repo) if triton and args.triton_repo else None,
+    )  # fmt: skip
+    try:
+        lines = run_cli(args.rollout, target, args.model if is_set else None,
+                        args.wait if is_set else 0.0, args.stale_after)  # fmt: skip
+    except EnrichError as exc:
+        print(f"enrich rollout {args.rollout}: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
     return 0
 
 

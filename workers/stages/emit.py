@@ -31,9 +31,6 @@ class AttributeEmitter:
         self,
         *,
         topic: str,
-        model_name: str,
-        model_version: str,
-        model_digest: str,
         worker_id: str,
         guard: StaleUpdateGuard,
         producer: AsyncProducer,
@@ -41,7 +38,6 @@ class AttributeEmitter:
         metrics: WorkerMetrics,
     ) -> None:
         self._topic, self._worker_id = topic, worker_id
-        self._model = {"name": model_name, "version": model_version, "digest": model_digest}
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
         self._stale = Counter(
@@ -50,14 +46,17 @@ class AttributeEmitter:
             registry=metrics.registry,
         )
 
-    async def emit(self, items: list[WorkItem], results: list[ListingResult], *, cache_hit: bool) -> None:
-        """Produce one attribute event per admitted item; stale items finish without output."""
+    async def emit(
+        self, items: list[WorkItem], results: list[ListingResult], *, cache_hit: bool, model: dict[str, str]
+    ) -> None:
+        """Produce one attribute event per admitted item, with `model` (name, version, digest: the model
+        that produced `results`); stale items finish without output."""
         async with self._lock:
             admitted = await self._guard.admit(
                 [(item.listing.listing_id, item.listing.listing_version) for item in items]
             )
             now, processed_at = time.monotonic(), utc_now_iso()
-            model, worker_id, tracker = self._model, self._worker_id, self._tracker
+            worker_id, tracker = self._worker_id, self._tracker
             # Checked here, after the guard's round trip: items consumed before the tracker was reset
             # (exactly-once: partitions lost, transaction aborted) must not reach the next transaction.
             epoch = tracker.epoch
