@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +32,6 @@ from workers.runtime.control import (
 from workers.runtime.model_swap import check_serving
 
 __all__ = ["RolloutTarget", "live_reports", "resolve_model", "set_desired", "status_lines"]
-
-log = logging.getLogger(__name__)
 
 _TRITON_TIMEOUT_S = 60.0
 
