@@ -87,9 +87,12 @@ def test_compose_creates_the_worker_topics(compose: dict[str, Any]) -> None:
     created = set(re.findall(r"--topic (\S+)", script))
     env = compose["services"]["worker"]["environment"]
     config = worker_config.load_config(env={k: str(v) for k, v in env.items()})
-    defaults = worker_config.KafkaConfig()
-    topics = {config.kafka.input_topic, config.kafka.output_topic, config.kafka.dlq_topic}
-    assert topics == created == {defaults.input_topic, defaults.output_topic, defaults.dlq_topic}
+    kafka, defaults = config.kafka, worker_config.KafkaConfig()
+    topics = {kafka.input_topic, kafka.output_topic, kafka.dlq_topic, kafka.control_topic}
+    expected = {defaults.input_topic, defaults.output_topic, defaults.dlq_topic, defaults.control_topic}
+    assert topics == created == expected
+    control = f"--topic {kafka.control_topic} --partitions 1 --replication-factor 1"
+    assert f"{control} --config cleanup.policy=compact" in script  # the last record per key is the state
 
 
 def test_compose_worker_reaches_redis_and_triton(compose: dict[str, Any]) -> None:
@@ -280,4 +283,4 @@ def test_compose_services_of_the_worker_image_run_its_commands(compose: dict[str
     for name, service in image_services.items():
         command = service.get("command", ["worker"])  # the image's CMD
         assert command[0] in _worker_image_commands(), f"{name} runs `enrich {command[0]}`: not in the image"
-    assert _worker_image_commands() == {"worker", "tail", "dlq", "predict"}
+    assert _worker_image_commands() == {"worker", "tail", "dlq", "review", "predict", "replay", "rollout"}

@@ -19,8 +19,10 @@ from workers.model.served import ServedModel
 from workers.predict import parse_line
 from workers.runtime.config import FlowConfig
 from workers.runtime.metrics import WorkerMetrics
+from workers.stages.cache import ResultCache
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
+from workers.stages.serving import Serving
 
 
 def _worker_results(model_dir: Path, titles: list[str], batch_size: int = 16) -> list[ListingResult]:
@@ -28,9 +30,9 @@ def _worker_results(model_dir: Path, titles: list[str], batch_size: int = 16) ->
     model = ServedModel.load(model_dir)
 
     async def run() -> list[ListingResult]:
-        enricher = BatchEnricher(
-            model, OnnxRuntimeBackend(model_dir / "model.onnx"), FlowConfig(), WorkerMetrics()
-        )
+        backend = OnnxRuntimeBackend(model_dir / "model.onnx")
+        serving = Serving(model, backend, ResultCache(None, model.digest, ttl_s=60))
+        enricher = BatchEnricher(FlowConfig(), WorkerMetrics())
         results: list[ListingResult] = []
         try:
             for first in range(0, len(titles), batch_size):
@@ -44,9 +46,9 @@ def _worker_results(model_dir: Path, titles: list[str], batch_size: int = 16) ->
                     )
                     for i, (title, encoded) in enumerate(zip(chunk, model.encoder.encode(chunk), strict=True))
                 ]
-                results += await enricher.infer(items)
+                results += await enricher.infer(items, serving)
         finally:
-            await enricher.close()
+            await backend.close()
         return results
 
     return asyncio.run(run())

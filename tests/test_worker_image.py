@@ -160,7 +160,7 @@ sys.meta_path.insert(0, Block())
 from workers.cli import build_parser
 parser = build_parser()
 commands = next(a for a in parser._actions if a.dest == "command").choices
-assert set(commands) == {"worker", "tail", "dlq", "predict"}, sorted(commands)
+assert set(commands) == {"worker", "tail", "dlq", "review", "predict", "replay", "rollout"}, sorted(commands)
 import workers
 modules = [info.name for info in pkgutil.walk_packages(workers.__path__, "workers.")]
 for name in modules:

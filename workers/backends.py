@@ -72,7 +72,6 @@ _CHANNEL_ARGS = [
 ]
 
 
-
 @dataclass(frozen=True)
 class ModelOutputs:
     tag_probs: np.ndarray  # float32 [B,S,T]
@@ -434,6 +433,7 @@ def make_backend(
             config.triton_model,
             max_in_flight=max_in_flight,
             timeout_s=config.timeout_s,
+            model_version=config.triton_version,
             metrics=metrics,
         )
     if config.kind == "onnx":

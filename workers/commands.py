@@ -1,5 +1,5 @@
-"""The runtime's subcommands of `enrich`: worker, tail, dlq, review, predict and replay (heavy imports
-inside handlers)."""
+"""The runtime's subcommands of `enrich`: worker, tail, dlq, review, predict, replay and rollout (heavy
+imports inside handlers)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         ("ENRICH_REVIEW_TOPIC", "listings.review"))  # fmt: skip
     export.add_argument("--out", required=True, help="OA-Mine JSON-lines file to write (replaced whole)")
     export.set_defaults(func=_review_export)
+
+    rollout_parser = subparsers.add_parser(
+        "rollout", help="hot swap: the model each consumer group runs (see docs/lifecycle.md)"
+    )
+    rollout = rollout_parser.add_subparsers(dest="rollout", required=True)
+    set_parser = rollout.add_parser("set", help="set the desired model of a group; its workers switch to it")
+    set_parser.add_argument("model", metavar="MODEL_DIR|DIGEST", help="exported model, or its digest (store)")
+    status = rollout.add_parser("status", help="print the desired model and what each worker runs")
+    for sub in (set_parser, status):
+        add_kafka_target(sub, "ENRICH_CONTROL_TOPIC", "enrich.control")
+        group = os.environ.get("ENRICH_GROUP_ID", "listing-enrichment") if sub is set_parser else None
+        sub.add_argument("--group", default=group, help="consumer group [env ENRICH_GROUP_ID]")
+        sub.add_argument("--stale-after", type=float, default=120.0,
+                         help="a worker that has not reported for this long (s) counts as gone")  # fmt: skip
+        sub.set_defaults(func=_rollout)
+    set_parser.add_argument("--store", default=os.environ.get("ENRICH_MODEL_STORE"),
+                            help="model store folder, for a DIGEST [env ENRICH_MODEL_STORE]")  # fmt: skip
+    set_parser.add_argument("--wait", type=float, default=120.0,
+                            help="wait this long for every worker to switch (0: don't), then unload old "
+                            "Triton versions")  # fmt: skip
+    set_parser.add_argument("--backend", default=os.environ.get("ENRICH_BACKEND", "onnx"),
+                            choices=("onnx", "triton"), help="the group's backend [env ENRICH_BACKEND]")
+    set_parser.add_argument("--triton-url", default=os.environ.get("ENRICH_TRITON_URL", "127.0.0.1:8001"))
+    set_parser.add_argument("--triton-model",
+                            default=os.environ.get("ENRICH_TRITON_MODEL", "attribute_extractor"))  # fmt: skip
+    set_parser.add_argument("--triton-repo", default=os.environ.get("ENRICH_TRITON_REPO"),
+                            help="the model repository Triton serves [env ENRICH_TRITON_REPO]")  # fmt: skip
+
 
     from workers.runtime.replay import register as register_replay
 
@@ -188,6 +216,30 @@ def _predict(args: argparse.Namespace) -> int:
         f"predicted {report.titles} titles ({report.errors} lines without a title) in "
         f"{report.seconds:.1f} s: {report.titles_per_s:,.0f} titles/s -> {args.output}"
     )
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workers.contract.errors import EnrichError
+    from workers.rollout import RolloutTarget, run_cli
+
+    is_set = args.rollout == "set"
+    triton = is_set and args.backend == "triton"
+    target = RolloutTarget(
+        args.kafka_bootstrap, args.topic, args.group or "",
+        store=Path(args.store) if is_set and args.store else None,
+        triton_url=args.triton_url if triton else "", triton_model=args.triton_model if is_set else "",
+        triton_repo=Path(args.triton_repo) if triton and args.triton_repo else None,
+    )  # fmt: skip
+    try:
+        lines = run_cli(args.rollout, target, args.model if is_set else None,
+                        args.wait if is_set else 0.0, args.stale_after)  # fmt: skip
+    except EnrichError as exc:
+        print(f"enrich rollout {args.rollout}: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
     return 0
 
 

@@ -25,7 +25,7 @@ from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
 from workers.model.identity import compute_digest, is_digest, short_digest
 
-__all__ = ["ServedModel", "check_output_dims", "model_rank", "read_digest"]
+__all__ = ["ServedModel", "check_output_dims", "find_model_dir", "model_rank", "read_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +109,34 @@ def model_rank(info: dict[str, object]) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(0, int(moment.timestamp() * 1000))
+
+
+def _recorded_digest(model_dir: Path) -> str:
+    try:
+        info = json.loads((model_dir / "model_info.json").read_text(encoding="utf-8"))
+        return str(info.get("digest") or "")
+    except (OSError, ValueError):
+        return ""
+
+
+def find_model_dir(digest: str, hint: Path | str | None, store: Path | None) -> Path:
+    """The directory of the model `digest` (full, or a prefix such as the short form): `hint` when it
+    records that digest, else the model store folder's entry named by the digest (``sha256:<hex>``,
+    ``sha256-<hex>`` or ``<hex>``) or, failing that, the one whose model_info.json records it.
+    ConfigError when none does (the message names ENRICH_MODEL_STORE)."""
+    if hint and _recorded_digest(Path(hint)).startswith(digest):
+        return Path(hint)
+    if store is not None and store.is_dir():
+        hex_part = digest.removeprefix("sha256:")
+        for name in (f"sha256:{hex_part}", f"sha256-{hex_part}", hex_part):
+            if _recorded_digest(store / name).startswith(digest):
+                return store / name
+        found = sorted(d for d in store.iterdir() if _recorded_digest(d).startswith(digest))
+        if len({_recorded_digest(d) for d in found}) > 1:
+            raise ConfigError(f"{digest} is the prefix of several models in {store}: give more of it")
+        if found:
+            return found[0]
+    raise ConfigError(
+        f"model {short_digest(digest) if is_digest(digest) else digest} not found"
+        + (f" at {hint}" if hint else "") + f" nor in the model store {store or '(ENRICH_MODEL_STORE unset)'}"
+    )

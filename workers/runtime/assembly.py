@@ -20,11 +20,12 @@ from confluent_kafka import Consumer, Producer
 
 from workers.backends import make_backend
 from workers.contract.errors import BackendUnavailable, ConfigError, ServiceUnreachable
-from workers.model.served import ServedModel, check_output_dims
+from workers.model.served import ServedModel
 from workers.runtime.broker import BrokerHealth, check_kafka
 from workers.runtime.config import WorkerConfig
 from workers.runtime.kafka_security import check_kafka_security, is_secured
 from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
+from workers.runtime.model_swap import ModelFollower, check_serving, pin_triton_version
 from workers.runtime.producer import AsyncProducer, make_producer
 from workers.runtime.worker import StreamWorker
 from workers.stages.batch import MicroBatcher
@@ -38,6 +39,7 @@ from workers.stages.guard import StaleUpdateGuard
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
 from workers.stages.review import ReviewTap, load_thresholds, unknown_names
+from workers.stages.serving import Serving
 from workers.stages.validate import ListingValidator
 
 __all__ = [
@@ -93,7 +95,8 @@ def build_worker(
     cache = ResultCache(redis, model.digest, config.cache.ttl_s, metrics)
     batcher: MicroBatcher[WorkItem] = MicroBatcher(batch.max_batch, batch.max_wait_ms / 1000)
     backend = make_backend(config.backend, max_in_flight=batch.max_in_flight, metrics=metrics)
-    enricher = BatchEnricher(model, backend, config.flow, metrics)  # infer -> decode
+    serving = Serving(model, backend, cache, config.backend.triton_version)  # the model in force
+    enricher = BatchEnricher(config.flow, metrics)  # infer -> decode
     guard = StaleUpdateGuard(
         store=redis,
         namespace=f"enrich:version:{kafka.output_topic}",
@@ -102,9 +105,8 @@ def build_worker(
         wait_for_store=replay_id is not None,
     )
     emitter = AttributeEmitter(
-        topic=kafka.output_topic, model_name=model.name, model_version=model.version,
-        model_digest=model.digest, worker_id=config.worker_id, guard=guard, producer=delivery,
-        tracker=tracker, metrics=metrics, model_rank=model.rank,
+        topic=kafka.output_topic, worker_id=config.worker_id, guard=guard, producer=delivery,
+        tracker=tracker, metrics=metrics,
         headers=None if replay_id is None else [(REPLAY_HEADER, replay_id.encode())],
         review=review_tap(config, model, delivery, metrics),
     )  # fmt: skip
@@ -118,11 +120,14 @@ def build_worker(
         exactly_once=kafka.exactly_once, consumer=source, producer=producer, tracker=tracker,
         renew=renew_producer, on_failure=metrics.commit_failed,
     )  # fmt: skip
-    return StreamWorker(
+    worker = StreamWorker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,
-        dead_letters=dead_letters, cache=cache, batcher=batcher, enricher=enricher, emitter=emitter,
+        dead_letters=dead_letters, serving=serving, batcher=batcher, enricher=enricher, emitter=emitter,
         producer=delivery, tracker=tracker, commits=commits, metrics=metrics, broker=broker,
     )  # fmt: skip
+    if replay_id is None:  # a replay runs the model it was given
+        worker.control = ModelFollower(worker, config).run  # hot swap: follows the control topic
+    return worker
 
 
 def review_tap(
@@ -187,22 +192,16 @@ async def wait_for_backend(
     whose output widths must be the label maps' sizes. A mismatch is a ModelMismatch (`enrich worker`
     exits with the configuration code and the message, never a crash loop of IndexErrors inside decode);
     ServiceUnreachable after `timeout_s` (ENRICH_STARTUP_TIMEOUT_S)."""
-    backend, model = worker.enricher.backend, worker.model
+    serving, model = worker.serving, worker.model
     wait_s = config.startup_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + wait_s
-    labels = model.labels
     while True:
         try:
-            await backend.check_model(
-                batch_size=config.batch.max_batch, max_seq_len=model.encoder.seq_buckets[-1],
-                expected_digest=model.digest, label_counts=(len(labels.tags), len(labels.categories)),
-            )  # fmt: skip
-            input_ids, attention_mask = model.encoder.pad_to_bucket(model.encoder.encode(["probe"]))
-            outputs = await backend.infer(input_ids, attention_mask)
-            check_output_dims(
-                model.labels, outputs.tag_probs.shape[-1], outputs.category_probs.shape[-1],
-                f"the served model ({config.backend.kind})",
-            )  # fmt: skip
+            where = f"the served model ({config.backend.kind})"
+            await check_serving(model, serving.backend, max_batch=config.batch.max_batch, where=where)
+            # Triton: call the version that holds this model from now on, so that a newer version loaded
+            # for a rollout (`enrich rollout set`) is never called with this model's tokenizer and labels.
+            serving.triton_version = await pin_triton_version(serving.backend, model.digest)
             log.info("serving model %s %s (%s)", model.name, model.version, model.short_digest)
             return
         except BackendUnavailable as exc:

@@ -78,6 +78,14 @@ class KafkaConfig:
         "listings.attributes", "ENRICH_OUTPUT_TOPIC", "topic of listing-attributes v1 events"
     )
     dlq_topic: str = setting("listings.dlq", "ENRICH_DLQ_TOPIC", "dead-letter topic (dead-letter v1)")
+    control_topic: str = setting(
+        "enrich.control",
+        "ENRICH_CONTROL_TOPIC",
+        "compacted topic of desired models and worker reports (enrich rollout); empty: no hot swap",
+    )
+    control_report_s: float = setting(
+        30.0, "ENRICH_CONTROL_REPORT_S", "how often a worker reports its model on the control topic", float
+    )
     exactly_once: bool = setting(
         False,
         "ENRICH_EXACTLY_ONCE",
@@ -163,6 +171,15 @@ class BackendConfig:
     )
     triton_url: str = setting("127.0.0.1:8001", "ENRICH_TRITON_URL", "Triton gRPC address host:port")
     triton_model: str = setting("attribute_extractor", "ENRICH_TRITON_MODEL", "model name on Triton")
+    triton_version: str = setting(
+        "", "ENRICH_TRITON_VERSION", "Triton model version to call; empty: the newest one Triton serves"
+    )
+    model_store: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
+        None,
+        "ENRICH_MODEL_STORE",
+        "folder of exported models (named by digest, or any name with model_info.json) for hot swaps",
+        _parse_optional_path,
+    )
     timeout_s: float = setting(10.0, "ENRICH_INFER_TIMEOUT_S", "per-request inference timeout", float)
     intra_op_threads: int = setting(
         1, "ENRICH_ORT_THREADS", "ONNX Runtime intra-op threads (onnx backend)", int

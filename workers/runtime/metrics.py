@@ -137,6 +137,12 @@ class WorkerMetrics:
         self.review = Counter(  # a listing with reasons of both kinds counts under each
             "enrich_review", "Listings copied to the review topic, by kind of reason", ["kind"], registry=r
         )
+        self.model_swaps = Counter(  # outcome: done, failed (the worker keeps its model)
+            "enrich_model_swaps", "Hot swaps of the served model (enrich rollout)", ["outcome"], registry=r
+        )
+        self.mixed_batches = Counter(  # must stay 0: a batch holds one model's items (see switch_serving)
+            "enrich_mixed_batches", "Batches whose items were tokenized by different models", registry=r
+        )
         self.circuit_state = Gauge(
             "enrich_circuit_state", "Inference circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )

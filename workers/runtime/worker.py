@@ -9,6 +9,9 @@ length-bucketed micro-batches. Each released batch becomes a task: inference (re
 breaker while the partitions are paused), decoding, the cache write, then publishing. An input offset is
 finished when its output is acknowledged; every commit and transaction decision is the commit policy's
 (`workers.stages.commit`: at-least-once or exactly-once).
+
+The model in force is `serving` (model, backend, cache namespace: `workers.stages.serving`). A batch
+captures it when launched; `switch_serving` replaces it between batches (`workers.runtime.model_swap`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from confluent_kafka import Message
@@ -24,12 +27,12 @@ from confluent_kafka import Message
 from workers.contract.errors import KafkaOperationFailed, ValidationFailed
 from workers.contract.events import SourceRecord
 from workers.contract.results import ListingResult
+from workers.model.served import ServedModel
 from workers.runtime.broker import BrokerHealth
 from workers.runtime.config import BatchConfig, KafkaConfig
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.producer import AsyncProducer
 from workers.stages.batch import Batch, MicroBatcher
-from workers.stages.cache import ResultCache
 from workers.stages.commit import OffsetTracker, TopicPartitionKey
 from workers.stages.commit_policy import CommitPolicy
 from workers.stages.consume import KafkaSource
@@ -37,6 +40,7 @@ from workers.stages.dead_letter import DeadLetterWriter
 from workers.stages.emit import AttributeEmitter
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
+from workers.stages.serving import Serving
 from workers.stages.validate import ListingValidator
 
 __all__ = ["SHUTDOWN_FLUSH_S", "StreamWorker"]
@@ -55,6 +59,10 @@ _LAG_EVERY_S = 5.0
 # At shutdown, after the drain and the last commit: the longest wait for outstanding deliveries (dead
 # letters, attribute events). deploy/k8s sizes terminationGracePeriodSeconds from it.
 SHUTDOWN_FLUSH_S = 10.0
+# A chunk's cache lookup and publishing wait on Redis (MGET, the guard's script) and on the lock that orders
+# publishing; intake validates the next chunk meanwhile. Two in flight keeps both the event loop and Redis
+# busy; more would only queue on that lock.
+_LOOKUPS_IN_FLIGHT = 2
 
 
 class StreamWorker:
@@ -69,7 +77,7 @@ class StreamWorker:
         source: KafkaSource,
         validator: ListingValidator,
         dead_letters: DeadLetterWriter,
-        cache: ResultCache,
+        serving: Serving,
         batcher: MicroBatcher[WorkItem],
         enricher: BatchEnricher,
         emitter: AttributeEmitter,
@@ -81,9 +89,9 @@ class StreamWorker:
     ) -> None:
         self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
         self._source, self._validator, self._dead_letters = source, validator, dead_letters
-        self.cache, self._batcher, self.enricher, self._emitter = cache, batcher, enricher, emitter
+        self.serving, self._batcher, self.enricher, self._emitter = serving, batcher, enricher, emitter
         self._producer, self._tracker, self._commits = producer, tracker, commits
-        self.model, self.metrics = enricher.model, metrics
+        self.metrics = metrics
         self.broker = broker if broker is not None else BrokerHealth()
         self._consumed_any = False  # the first consumed chunk stamps metrics.first_consumed_at
         # Released batches queue here rather than all awaiting Redis at once: with a backlog, ~100 batches
@@ -91,10 +99,7 @@ class StreamWorker:
         # exhausted redis-py's connection pool (MaxConnectionsError): the cache and the shared stale-update
         # guard switched off exactly during catch-up.
         self._batch_slots = asyncio.Semaphore(2 * batch.max_in_flight)
-        # A chunk's cache lookup and publishing wait on Redis (MGET, the guard's script) and on the lock
-        # that orders publishing; intake validates the next chunk meanwhile. Two in flight keeps both the
-        # event loop and Redis busy; more would only queue on that lock.
-        self._lookup_slots = asyncio.Semaphore(2)
+        self._lookup_slots = asyncio.Semaphore(_LOOKUPS_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._fatal: BaseException | None = None
         self._running = False
@@ -107,8 +112,17 @@ class StreamWorker:
         self._next_lag = 0.0
         # Read at scrape time: a partition assigned while intake is paused starts paused (KafkaSource).
         metrics.paused_partitions.set_function(lambda: len(source.assigned) if source.paused else 0)
+        # The control task (hot swap: `workers.runtime.model_swap.ModelFollower.run`), set by the assembly.
+        self.control: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None
+        self._control_stop = asyncio.Event()
+        self._control_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> ServedModel:
+        """The model in force (the one new batches are tokenized with)."""
+        return self.serving.model
 
     @property
     def assigned(self) -> set[TopicPartitionKey]:
@@ -147,6 +161,8 @@ class StreamWorker:
             self._source.subscribe(
                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
+            if self.control is not None:
+                self._control_task = loop.create_task(self._follow(self.control))
             self._running = True
             while not stop.is_set():
                 self._heartbeat = time.monotonic()
@@ -158,6 +174,24 @@ class StreamWorker:
             failed = False
         finally:
             await self._shutdown(failed=failed)
+
+    async def _follow(self, control: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+        """The control task; its failure costs the hot swap, never the stream."""
+        try:
+            await control(self._control_stop)
+        except Exception:
+            log.exception("the control task failed: no hot swap until the worker restarts")
+
+    async def _stop_control(self) -> None:
+        """Let the control task finish what it does (a swap in progress), bounded by the drain timeout."""
+        task, self._control_task = self._control_task, None
+        if task is None:
+            return
+        self._control_stop.set()
+        try:
+            await asyncio.wait_for(task, self._kafka.drain_timeout_s)
+        except TimeoutError:
+            log.warning("the control task did not stop in time; cancelled")
 
     async def _recover_or_raise(self) -> None:
         """A failed batch or delivery stops the worker, unless the commit policy recovers from it
@@ -248,7 +282,10 @@ class StreamWorker:
             self._lookup_slots.release()
 
     async def _lookup_and_publish(self, items: list[WorkItem]) -> None:
-        cached = await self.cache.lookup([item.listing.title for item in items])
+        # Captured once: a swap waits for this lookup (it holds a lookup slot), so the chunk's hits and
+        # misses all belong to this model.
+        serving = self.serving
+        cached = await serving.cache.lookup([item.listing.title for item in items])
         hits: list[WorkItem] = []
         results: list[ListingResult] = []
         misses: list[WorkItem] = []
@@ -259,12 +296,14 @@ class StreamWorker:
                 hits.append(item)
                 results.append(result)
         if hits:
-            await self._emitter.emit(hits, results, cache_hit=True)
+            await self._emitter.emit(
+                hits, results, cache_hit=True, model=serving.identity, rank=serving.model.rank
+            )
         if not misses:
             return
-        encoder = self.model.encoder
+        encoder, digest = serving.model.encoder, serving.digest
         for item, enc in zip(misses, encoder.encode([item.listing.title for item in misses]), strict=True):
-            item.encoded = enc
+            item.encoded, item.model_digest = enc, digest
             batch = self._batcher.add(item, encoder.bucket_for(enc.length))
             if batch is not None:
                 self._launch(batch)
@@ -274,12 +313,15 @@ class StreamWorker:
             asyncio.get_running_loop().call_later(wait, self._launch_due)
 
     def _launch(self, batch: Batch[WorkItem]) -> None:
-        self._start(self._process(batch))
+        serving = self.serving  # the batch keeps the model its items were tokenized with
+        serving.enter()
+        self._start(self._process(batch, serving)).add_done_callback(lambda _: serving.leave())
 
-    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -289,17 +331,43 @@ class StreamWorker:
 
     # ---- one batch of misses: infer, decode, cache write, guard, emit -------------------------------------
 
-    async def _process(self, batch: Batch[WorkItem]) -> None:
+    async def _process(self, batch: Batch[WorkItem], serving: Serving) -> None:
         async with self._batch_slots:
             self.metrics.in_flight_batches.inc()
             self.metrics.batch_size.observe(len(batch))
             try:
                 items = batch.items
-                results = await self.enricher.infer(items)
-                await self.cache.store([(i.listing.title, r) for i, r in zip(items, results, strict=True)])
-                await self._emitter.emit(items, results, cache_hit=False)
+                digest = serving.digest
+                if any(item.model_digest is not digest for item in items):  # the swap's invariant, checked
+                    self.metrics.mixed_batches.inc()
+                    log.error("batch of %d items mixes models; inferring it on %s", len(items), digest)
+                results = await self.enricher.infer(items, serving)
+                await serving.cache.store([(i.listing.title, r) for i, r in zip(items, results, strict=True)])
+                await self._emitter.emit(
+                    items, results, cache_hit=False, model=serving.identity, rank=serving.model.rank
+                )
             finally:
                 self.metrics.in_flight_batches.dec()
+
+    async def switch_serving(self, serving: Serving) -> Serving:
+        """Make `serving` the model in force, between batches; returns the one it replaces.
+
+        Holding every lookup slot waits out the chunks being looked up or tokenized (they captured the
+        old model) and keeps new ones from starting; the open micro-batches are then launched on the old
+        model, so the batcher is empty when the model changes and no batch mixes models. Batches already
+        launched finish on the old model (see `Serving.wait_idle`)."""
+        held = 0
+        try:
+            for _ in range(_LOOKUPS_IN_FLIGHT):
+                await self._lookup_slots.acquire()
+                held += 1
+            for batch in self._batcher.drain():
+                self._launch(batch)
+            old, self.serving = self.serving, serving
+        finally:
+            for _ in range(held):
+                self._lookup_slots.release()
+        return old
 
     # ---- commit, rebalance, shutdown ---------------------------------------------------------------------
 
@@ -352,13 +420,14 @@ class StreamWorker:
         """Close the clients of a worker that never ran (its start-up check refused the model)."""
         await self._source.close()
         self._producer.close()
-        await self.enricher.close()
-        await self.cache.close()
+        await self.serving.backend.close()
+        await self.serving.cache.close()
 
     async def _shutdown(self, *, failed: bool) -> None:
         self._running = False
         self._stopped = True
         try:
+            await self._stop_control()
             if not failed:
                 await self._finish_in_flight(None)
             await self._commits.close(failed=failed)
@@ -371,6 +440,6 @@ class StreamWorker:
             await self._producer.flush(SHUTDOWN_FLUSH_S)
             # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.
             self._producer.close()
-            await self.enricher.close()
-            await self.cache.close()
+            await self.serving.backend.close()
+            await self.serving.cache.close()
             log.info("worker stopped", extra={"worker_id": self.worker_id})

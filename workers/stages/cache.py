@@ -260,6 +260,11 @@ class ResultCache:
     def enabled(self) -> bool:
         return self._client is not None
 
+    def for_model(self, model_digest: str) -> ResultCache:
+        """The cache of another model's results on the same client (a hot swap: `Serving`)."""
+        return ResultCache(self._client, model_digest, self._ttl_s, self._metrics,
+                           retry_after_s=self._retry_after_s, clock=self._clock)  # fmt: skip
+
     def key_for(self, text: str) -> str:
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         if self._cluster:

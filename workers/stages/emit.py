@@ -30,34 +30,38 @@ class AttributeEmitter:
         self,
         *,
         topic: str,
-        model_name: str,
-        model_version: str,
-        model_digest: str,
         worker_id: str,
         guard: StaleUpdateGuard,
         producer: AsyncProducer,
         tracker: OffsetTracker,
         metrics: WorkerMetrics,
-        model_rank: int = 0,
         headers: list[tuple[str, bytes]] | None = None,
         review: ReviewTap | None = None,
     ) -> None:
-        """`model_rank` orders models for the guard (`ServedModel.rank`); `headers` go on every event
-        (replay marks its events with them); `review` copies low-confidence events to the review topic."""
-        self._topic, self._worker_id, self._review = topic, worker_id, review
-        self._model = {"name": model_name, "version": model_version, "digest": model_digest}
-        self._model_rank, self._headers = model_rank, headers
+        """`headers` go on every event (replay marks its events with them); `review` copies low-confidence
+        events to the review topic."""
+        self._topic, self._worker_id, self._review, self._headers = topic, worker_id, review, headers
         self._guard, self._producer, self._tracker, self._metrics = guard, producer, tracker, metrics
         self._lock = asyncio.Lock()
 
-    async def emit(self, items: list[WorkItem], results: list[ListingResult], *, cache_hit: bool) -> None:
-        """Produce one attribute event per admitted item; stale items finish without output."""
+    async def emit(
+        self,
+        items: list[WorkItem],
+        results: list[ListingResult],
+        *,
+        cache_hit: bool,
+        model: dict[str, str],
+        rank: int = 0,
+    ) -> None:
+        """Produce one attribute event per admitted item, with `model` (name, version, digest: the model
+        that produced `results`) whose `rank` orders models for the guard (`ServedModel.rank`); stale items
+        finish without output."""
         async with self._lock:
             admitted = await self._guard.admit(
-                [(item.listing.listing_id, item.listing.listing_version) for item in items], self._model_rank
+                [(item.listing.listing_id, item.listing.listing_version) for item in items], rank
             )
             now, processed_at = time.monotonic(), utc_now_iso()
-            model, worker_id, tracker = self._model, self._worker_id, self._tracker
+            worker_id, tracker = self._worker_id, self._tracker
             # Checked here, after the guard's round trip: items consumed before the tracker was reset
             # (exactly-once: partitions lost, transaction aborted) must not reach the next transaction.
             epoch = tracker.epoch

@@ -12,7 +12,8 @@ __all__ = ["WorkItem"]
 
 @dataclass(slots=True)
 class WorkItem:
-    """One valid listing on its way through the pipeline; `encoded` is set only for cache misses.
+    """One valid listing on its way through the pipeline; `encoded` is set only for cache misses, with
+    `model_digest`, the digest of the model that tokenized it (a batch must hold one model's items).
     `epoch`: the offset tracker's when consumed; an item of an older one is dropped (see `OffsetTracker`)."""
 
     source: SourceRecord
@@ -20,3 +21,4 @@ class WorkItem:
     consumed_at: float
     encoded: EncodedText | None = None
     epoch: int = 0
+    model_digest: str = ""
