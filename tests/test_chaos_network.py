@@ -95,4 +95,4 @@ def test_guard_leaves_a_slow_redis_alone_for_a_while_after_a_timeout(redis_serve
     with TcpProxy(redis_server.port) as proxy:
         asyncio.run(scenario(proxy))
     assert len(errors) == 1
-    assert redis_server.client().get(f"{namespace}:b") == b"7"
+    assert redis_server.client().get(f"{namespace}:b") == b"7:0"  # listing_version:model rank

@@ -116,7 +116,7 @@ def test_keda_trigger_and_worker_read_kafka_credentials_from_one_secret() -> Non
     trigger = docs[("ScaledObject", "enrich-worker")]["spec"]["triggers"][0]
     auth = docs[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]["secretTargetRef"]
     assert {ref["parameter"] for ref in auth} == {"sasl", "username", "password", "tls", "ca"}
-    container = docs[("Deployment", "enrich-worker")]["spec"]["template"]["spec"]["containers"][0]
+    container = docs[("StatefulSet", "enrich-worker")]["spec"]["template"]["spec"]["containers"][0]
     secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
                if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
     assert {property_of_env(name) for name in secrets} == {"sasl.username", "sasl.password"}

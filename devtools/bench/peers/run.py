@@ -67,7 +67,10 @@ def available(contestants: tuple[Contestant, ...] = CONTESTANTS) -> tuple[list[C
     ready, skipped = [], {}
     for contestant in contestants:
         try:
-            found = importlib.util.find_spec(contestant.requires) is not None
+            # Imported already: faust replaces its module in sys.modules by one without a __spec__, and
+            # find_spec then raises ValueError.
+            found = contestant.requires in sys.modules
+            found = found or importlib.util.find_spec(contestant.requires) is not None
         except (ImportError, ValueError):
             found = False
         if found:
