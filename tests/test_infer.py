@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from workers.backends import InferenceFailed, ModelOutputs, OnnxRuntimeBackend, TritonBackend, make_backend
+from workers.backends import (
+    InferenceFailed,
+    ModelFit,
+    ModelOutputs,
+    OnnxRuntimeBackend,
+    TritonBackend,
+    make_backend,
+)
 from workers.contract.errors import BackendUnavailable, ConfigError, ExitCode, ModelMismatch
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
@@ -117,11 +124,11 @@ def test_onnxruntime_start_up_check_rejects_labels_of_another_export(tiny_model_
     async def scenario() -> None:
         backend = OnnxRuntimeBackend(tiny_model_dir / "model.onnx")
         try:
-            await backend.check_model(batch_size=8, label_counts=counts)  # its own labels fit
+            await backend.check_model(ModelFit(8, label_counts=counts))  # its own labels fit
             with pytest.raises(ModelMismatch, match=r"category_probs.*different exports"):
-                await backend.check_model(batch_size=8, label_counts=(counts[0], counts[1] - 1))
+                await backend.check_model(ModelFit(8, label_counts=(counts[0], counts[1] - 1)))
             with pytest.raises(ModelMismatch, match="tag_probs"):
-                await backend.check_model(batch_size=8, label_counts=(counts[0] + 2, counts[1]))
+                await backend.check_model(ModelFit(8, label_counts=(counts[0] + 2, counts[1])))
         finally:
             await backend.close()
 
@@ -154,7 +161,7 @@ def test_triton_backend_matches_onnxruntime_with_requests_in_flight(
         backend = TritonBackend(_grpc_url(triton), "attribute_extractor", max_in_flight=3, timeout_s=30)
         try:
             assert await backend.is_ready()
-            await backend.check_model(batch_size=len(TITLES))
+            await backend.check_model(ModelFit(len(TITLES)))
             expected = [await ort.infer(ids, mask) for ids, mask in batches]
             # every batch twice, all at once: more requests than max_in_flight, so some queue on the semaphore
             got = await asyncio.gather(*(backend.infer(ids, mask) for ids, mask in batches * 2))
@@ -174,11 +181,11 @@ def test_triton_start_up_check_rejects_batches_above_max_batch_size(triton: Any)
         backend = TritonBackend(_grpc_url(triton), "attribute_extractor", max_in_flight=1, timeout_s=30)
         try:
             with pytest.raises(ModelMismatch, match="max_batch_size"):
-                await backend.check_model(batch_size=1_000_000)
+                await backend.check_model(ModelFit(1_000_000))
             missing = TritonBackend(_grpc_url(triton), "no_such_model", max_in_flight=1, timeout_s=30)
             assert not await missing.is_ready()
             with pytest.raises(BackendUnavailable, match="not ready"):
-                await missing.check_model(batch_size=1)
+                await missing.check_model(ModelFit(1))
             await missing.close()
         finally:
             await backend.close()

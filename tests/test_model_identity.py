@@ -17,7 +17,7 @@ from devtools.harness.reader import read_events
 from devtools.harness.stack import prepare_triton_repo
 from tests.test_pipeline import finished, make_config, run_until
 from training.export import fill_triton_repo, record_digest
-from workers.backends import TritonBackend
+from workers.backends import ModelFit, TritonBackend
 from workers.cli import main
 from workers.contract.errors import ExitCode, ModelMismatch
 from workers.model.identity import compute_digest, is_digest, short_digest
@@ -136,7 +136,7 @@ def test_the_worker_refuses_a_triton_model_with_another_digest(
     async def check(expected: str) -> None:
         backend = TritonBackend(triton.grpc_url, "attribute_extractor", max_in_flight=1, timeout_s=10)
         try:
-            await backend.check_model(batch_size=8, expected_digest=expected)
+            await backend.check_model(ModelFit(8, digest=expected))
         finally:
             await backend.close()
 

@@ -6,6 +6,7 @@ digest it records for the version called, and fixed label dimensions against lab
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from workers.contract.errors import ModelMismatch
@@ -14,6 +15,7 @@ from workers.model.identity import short_digest
 __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
+    "ModelFit",
     "check_label_dims",
     "check_triton_digest",
     "check_triton_model_config",
@@ -23,6 +25,18 @@ log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("tag_probs", "category_probs")
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """What the worker will send and expect, for a backend's start-up check (`check_model`): batches of up
+    to `batch_size` rows padded to at most `max_seq_len` tokens, the model `digest` (None: not checked) and
+    the `(tags, categories)` of labels.json (None: not checked)."""
+
+    batch_size: int
+    max_seq_len: int | None = None
+    digest: str | None = None
+    label_counts: tuple[int, int] | None = None
 
 
 def check_triton_model_config(config: dict[str, Any], *, batch_size: int, max_seq_len: int | None) -> None:

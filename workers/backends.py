@@ -20,6 +20,7 @@ import numpy as np
 from workers.backend_checks import (
     INPUT_NAMES,
     OUTPUT_NAMES,
+    ModelFit,
     check_label_dims,
     check_triton_digest,
     check_triton_model_config,
@@ -43,6 +44,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "InferenceBackend",
     "InferenceFailed",
+    "ModelFit",
     "ModelOutputs",
     "OnnxRuntimeBackend",
     "TritonBackend",
@@ -85,14 +87,7 @@ class InferenceBackend(Protocol):
 
     async def is_ready(self) -> bool: ...
 
-    async def check_model(
-        self,
-        *,
-        batch_size: int,
-        max_seq_len: int | None = None,
-        expected_digest: str | None = None,
-        label_counts: tuple[int, int] | None = None,
-    ) -> None:
+    async def check_model(self, fit: ModelFit) -> None:
         """Start-up check that the served model is there, is the model `expected_digest` names, fits the
         worker's batches (and, where its output shapes are fixed, the `(tags, categories)` of labels.json);
         raises BackendUnavailable (wait and retry) or ModelMismatch (a configuration error)."""
@@ -204,14 +199,7 @@ class TritonBackend:
             log.debug("triton not ready: %r", exc)
             return False
 
-    async def check_model(
-        self,
-        *,
-        batch_size: int,
-        max_seq_len: int | None = None,
-        expected_digest: str | None = None,
-        label_counts: tuple[int, int] | None = None,
-    ) -> None:
+    async def check_model(self, fit: ModelFit) -> None:
         """Start-up check: server live, model ready, its digest the expected one, and the model config fits
         the worker's batches and labels.json.
 
@@ -234,12 +222,12 @@ class TritonBackend:
             ),
         )
         config = response["config"]
-        check_triton_model_config(config, batch_size=batch_size, max_seq_len=max_seq_len)
-        if expected_digest is not None:
-            check_triton_digest(config, self.model_version, expected_digest, self.url)
+        check_triton_model_config(config, batch_size=fit.batch_size, max_seq_len=fit.max_seq_len)
+        if fit.digest is not None:
+            check_triton_digest(config, self.model_version, fit.digest, self.url)
         dims = {entry["name"]: [int(d) for d in entry.get("dims", [])] for entry in config["output"]}
         check_label_dims(f"Triton model {self.model_name!r}", dims["tag_probs"], dims["category_probs"],
-                         label_counts)  # fmt: skip
+                         fit.label_counts)  # fmt: skip
 
     async def close(self) -> None:
         if self._client is not None:
@@ -332,14 +320,7 @@ class OnnxRuntimeBackend:
     async def is_ready(self) -> bool:
         return self._session is not None
 
-    async def check_model(
-        self,
-        *,
-        batch_size: int,
-        max_seq_len: int | None = None,
-        expected_digest: str | None = None,
-        label_counts: tuple[int, int] | None = None,
-    ) -> None:
+    async def check_model(self, fit: ModelFit) -> None:
         """The session loaded the model in `__init__` and takes dynamic batch and sequence shapes; its label
         dimensions are fixed by the export, so they must match labels.json. The digest was checked against
         this very model.onnx when the model directory was loaded."""
@@ -347,7 +328,7 @@ class OnnxRuntimeBackend:
             raise BackendUnavailable("ONNX Runtime backend is closed")
         shapes = {output.name: output.shape for output in self._session.get_outputs()}
         check_label_dims(str(self.onnx_path), shapes["tag_probs"][-1:], shapes["category_probs"][-1:],
-                         label_counts)  # fmt: skip
+                         fit.label_counts)  # fmt: skip
 
     async def close(self) -> None:
         self._session = None

@@ -25,7 +25,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from workers.backends import InferenceBackend, TritonBackend, make_backend
+from workers.backends import InferenceBackend, ModelFit, TritonBackend, make_backend
 from workers.contract.errors import BackendUnavailable, EnrichError, ModelMismatch
 from workers.model.served import ServedModel, check_output_dims, find_model_dir
 from workers.runtime.control import ControlReader, ControlWriter, DesiredModel, WorkerReport, utc_now
@@ -47,10 +47,9 @@ async def check_serving(model: ServedModel, backend: InferenceBackend, *, max_ba
     the version called), then one probe inference whose output widths must be the label maps' sizes.
     BackendUnavailable: try again later; ModelMismatch: this model cannot be served this way."""
     labels = model.labels
-    await backend.check_model(
-        batch_size=max_batch, max_seq_len=model.encoder.seq_buckets[-1], expected_digest=model.digest,
-        label_counts=(len(labels.tags), len(labels.categories)),
-    )  # fmt: skip
+    await backend.check_model(ModelFit(
+        max_batch, model.encoder.seq_buckets[-1], model.digest, (len(labels.tags), len(labels.categories))
+    ))  # fmt: skip
     input_ids, attention_mask = model.encoder.pad_to_bucket(model.encoder.encode(["probe"]))
     outputs = await backend.infer(input_ids, attention_mask)
     check_output_dims(model.labels, outputs.tag_probs.shape[-1], outputs.category_probs.shape[-1], where)
