@@ -65,6 +65,11 @@ def setting(
     )
 
 
+def path_setting(env: str, help_text: str) -> Any:
+    """An optional path (a file or folder); unset by default."""
+    return setting(None, env, help_text, _parse_optional_path)
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: str = setting("127.0.0.1:9092", "ENRICH_KAFKA_BOOTSTRAP", "Kafka bootstrap servers")
@@ -146,39 +151,31 @@ class CacheConfig:
     redis_username: str = setting(
         "", "ENRICH_REDIS_USERNAME", "Redis ACL user (or user@ in the URL); empty: the default user"
     )
-    redis_password_file: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
-        None,
+    redis_password_file: Path | None = path_setting(  # noqa: RUF009 (returns a dataclasses.field)
         "ENRICH_REDIS_PASSWORD_FILE",
         "file holding the Redis password (AUTH / ACL user), so it never sits in the URL or a ConfigMap",
-        _parse_optional_path,
     )
-    redis_ca_file: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
-        None,
+    redis_ca_file: Path | None = path_setting(  # noqa: RUF009 (returns a dataclasses.field)
         "ENRICH_REDIS_CA_FILE",
         "CA certificate(s) that signed the Redis server's TLS certificate (rediss:// URLs)",
-        _parse_optional_path,
     )
 
 
 @dataclass(frozen=True)
 class BackendConfig:
     kind: str = setting("onnx", "ENRICH_BACKEND", "inference backend", choices=("onnx", "triton"))
-    model_dir: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
-        None,
+    model_dir: Path | None = path_setting(  # noqa: RUF009 (returns a dataclasses.field)
         "ENRICH_MODEL_DIR",
         "exported model directory (model.onnx, tokenizer.json, labels.json, ...)",
-        _parse_optional_path,
     )
     triton_url: str = setting("127.0.0.1:8001", "ENRICH_TRITON_URL", "Triton gRPC address host:port")
     triton_model: str = setting("attribute_extractor", "ENRICH_TRITON_MODEL", "model name on Triton")
     triton_version: str = setting(
         "", "ENRICH_TRITON_VERSION", "Triton model version to call; empty: the newest one Triton serves"
     )
-    model_store: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
-        None,
+    model_store: Path | None = path_setting(  # noqa: RUF009 (returns a dataclasses.field)
         "ENRICH_MODEL_STORE",
         "folder of exported models (named by digest, or any name with model_info.json) for hot swaps",
-        _parse_optional_path,
     )
     timeout_s: float = setting(10.0, "ENRICH_INFER_TIMEOUT_S", "per-request inference timeout", float)
     intra_op_threads: int = setting(
@@ -218,11 +215,9 @@ class ReviewConfig:
     attribute_min: float = setting(
         0.5, "ENRICH_REVIEW_ATTRIBUTE_MIN", "review a listing with an attribute confidence below this", float
     )
-    thresholds_file: Path | None = setting(  # noqa: RUF009 (returns a dataclasses.field)
-        None,
+    thresholds_file: Path | None = path_setting(  # noqa: RUF009 (returns a dataclasses.field)
         "ENRICH_REVIEW_THRESHOLDS_FILE",
         "JSON: per-category and per-attribute thresholds over the two above (docs/lifecycle.md)",
-        _parse_optional_path,
     )
 
 
