@@ -139,3 +139,26 @@ def test_views_translate_the_properties_for_faust(tmp_path: Path) -> None:
                       faust.SSLCredentials)
     with pytest.raises(ConfigError, match="OAUTHBEARER"):
         broker_credentials({"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"})
+
+
+def test_every_kafka_client_of_the_runtime_is_built_through_client_config() -> None:
+    """A client built from a bare dict speaks plaintext to a SASL_SSL listener: the hot-swap control reader
+    did, found by `enrich demo --secure` (its worker's control consumer retried the handshake for ever)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "workers"
+    # These two build an AdminClient from settings that already went through client_config.
+    allowed = {"runtime/broker.py", "runtime/kafka_security.py"}
+    builders = {"client_config", "consumer_settings", "producer_settings"}
+    bare = []
+    for path in sorted(root.rglob("*.py")):
+        if str(path.relative_to(root)) in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("Consumer", "Producer", "AdminClient")):  # fmt: skip
+                first = node.args[0] if node.args else None
+                built = isinstance(first, ast.Call) and getattr(first.func, "id", "") in builders
+                if not built:
+                    bare.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert bare == []

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from workers.contract.errors import ConfigError, KafkaOperationFailed
 from workers.contract.events import REDRIVE_ATTEMPT_HEADER
+from workers.runtime.kafka_security import client_config
 from workers.runtime.topic_range import read_to_end
 
 __all__ = ["RedriveCounts", "RedriveOptions", "parse_since", "redrive"]
@@ -102,10 +103,10 @@ class _SourceReader:
     """Reads single records of the input topic by partition and offset (an assign-only consumer)."""
 
     def __init__(self, bootstrap: str, group: str, timeout_s: float) -> None:
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"{group}.source", "enable.auto.commit": False,
+        self._consumer = Consumer(client_config(bootstrap, {
+            "group.id": f"{group}.source", "enable.auto.commit": False,
             "enable.partition.eof": True, "isolation.level": "read_committed",
-        })  # fmt: skip
+        }))  # fmt: skip
         self._timeout_s = timeout_s
 
     def read(self, topic: str, partition: int, offset: int) -> Message | None:
@@ -219,11 +220,11 @@ def redrive(options: RedriveOptions) -> RedriveCounts:
     """Read the DLQ from the group's position to the current end, re-publish what passes the filters."""
     if options.max_attempts < 1:
         raise ConfigError(f"--max-attempts must be >= 1, got {options.max_attempts}")
-    consumer = Consumer({
-        "bootstrap.servers": options.bootstrap, "group.id": options.group_id, "enable.auto.commit": False,
+    consumer = Consumer(client_config(options.bootstrap, {
+        "group.id": options.group_id, "enable.auto.commit": False,
         "enable.partition.eof": True, "isolation.level": "read_committed", "auto.offset.reset": "earliest",
-    })  # fmt: skip
-    producer = Producer({"bootstrap.servers": options.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    }))  # fmt: skip
+    producer = Producer(client_config(options.bootstrap, {"enable.idempotence": True, "linger.ms": 5}))
     redriver = _Redriver(options)
     try:
         plan = _end_offsets(consumer, options.dlq_topic, options.timeout_s)

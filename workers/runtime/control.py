@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from workers.contract.errors import KafkaOperationFailed
+from workers.runtime.kafka_security import client_config
 
 __all__ = [
     "ControlReader",
@@ -119,13 +121,13 @@ class ControlReader:
     """Reads the whole control topic from the beginning, then follows it (blocking calls: run them in a
     thread from the event loop)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, properties: Mapping[str, str] | None = None) -> None:
         self.topic = topic
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"enrich-control-{uuid.uuid4().hex[:8]}",
+        self._consumer = Consumer(client_config(bootstrap, {
+            "group.id": f"enrich-control-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "isolation.level": "read_committed", "enable.partition.eof": False,
-        })  # fmt: skip
+        }, properties))  # fmt: skip
         self._partitions: list[int] = []
 
     def exists(self, timeout_s: float = 5.0) -> bool:
@@ -200,9 +202,9 @@ class ControlWriter:
     """Produces control records (JSON, keyed). Its own plain producer: the worker's output producer may be
     transactional (exactly-once), and a report is not part of any transaction."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, properties: Mapping[str, str] | None = None) -> None:
         self.topic = topic
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+        self._producer = Producer(client_config(bootstrap, {"linger.ms": 5, "acks": "all"}, properties))
         self._errors: list[str] = []
 
     def send(self, record: ControlRecord) -> None:

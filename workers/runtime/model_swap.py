@@ -93,7 +93,7 @@ class ModelFollower:
         """Follow the control topic until `stop`; a missing topic is looked for again every report."""
         if not self.topic:
             return
-        reader = ControlReader(self.config.kafka.bootstrap_servers, self.topic)
+        reader = ControlReader(self.config.kafka.bootstrap_servers, self.topic, self.config.kafka.properties)
         report_s = self.config.kafka.control_report_s
         try:
             warned = False
@@ -105,7 +105,8 @@ class ModelFollower:
                 if await _stopped(stop, report_s):
                     return
             await asyncio.to_thread(reader.start)
-            self._writer = ControlWriter(self.config.kafka.bootstrap_servers, self.topic)
+            kafka = self.config.kafka
+            self._writer = ControlWriter(kafka.bootstrap_servers, self.topic, kafka.properties)
             self.report()
             next_report = time.monotonic() + report_s
             while not stop.is_set():
