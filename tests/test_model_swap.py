@@ -18,6 +18,7 @@ from devtools.harness.producer import produce_records
 from devtools.harness.reader import read_events
 from tests.test_pipeline import counter, finished, make_config
 from workers.cli import main
+from workers.contract.errors import ExitCode
 from workers.model.identity import compute_digest
 from workers.model.served import ServedModel
 from workers.runtime.assembly import build_worker
@@ -167,7 +168,7 @@ def test_a_model_that_does_not_fit_is_refused_and_the_worker_keeps_its_own(
 
     # `rollout set` probes the model itself and writes nothing.
     code, out = cli(capsys, "rollout", "set", str(bad), "--group", group, "--wait", "0", *common)
-    assert code == 2 and "labels.json has" in out, out
+    assert code == ExitCode.CONFIG and "labels.json has" in out, out
     assert read_control(bootstrap, control) == {}
 
     # The same model reaching the worker anyway (written straight to the topic): refused, counted, reported.

@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
                      latest_topic=args.latest_topic, data_dir=data_dir, partitions=found,
                      replication_factor=args.replication_factor,
                      processing_guarantee=args.processing_guarantee,
-                     kafka_properties=kafka_properties(cli=args.kafka_property or ()))
+                     kafka_properties=kafka_properties())  # check_kafka_target exported --kafka-property
     worker = faust.Worker(views.app, loglevel=args.log_level)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
     return 0

@@ -176,18 +176,14 @@ def _worker(args: argparse.Namespace) -> int:
 def _redrive(args: argparse.Namespace) -> int:
     import orjson
 
-    from workers.contract.errors import EnrichError
     from workers.redrive import RedriveOptions, parse_since, redrive
 
-    try:
-        options = RedriveOptions(
-            args.kafka_bootstrap, args.topic, args.reason, parse_since(args.since) if args.since else None,
-            args.dry_run, args.max_attempts, args.group, args.to,
-        )  # fmt: skip
-        counts = redrive(options)
-    except EnrichError as exc:
-        print(f"enrich dlq redrive: {exc}", file=sys.stderr)
-        return exc.exit_code
+    check_kafka_target(args)  # also applies --kafka-property (security) before any client is built
+    options = RedriveOptions(
+        args.kafka_bootstrap, args.topic, args.reason, parse_since(args.since) if args.since else None,
+        args.dry_run, args.max_attempts, args.group, args.to,
+    )  # fmt: skip
+    counts = redrive(options)  # errors: `enrich` prints them with their exit code (workers.cli)
     print(("dry run, nothing changed: " if args.dry_run else "") + orjson.dumps(counts.as_dict()).decode())
     return 0
 
@@ -222,9 +218,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _rollout(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from workers.contract.errors import EnrichError
     from workers.rollout import RolloutTarget, run_cli
 
+    check_kafka_target(args)  # the control topic exists; also applies --kafka-property (security)
     is_set = args.rollout == "set"
     triton = is_set and args.backend == "triton"
     target = RolloutTarget(
@@ -233,12 +229,8 @@ def _rollout(args: argparse.Namespace) -> int:
         triton_url=args.triton_url if triton else "", triton_model=args.triton_model if is_set else "",
         triton_repo=Path(args.triton_repo) if triton and args.triton_repo else None,
     )  # fmt: skip
-    try:
-        lines = run_cli(args.rollout, target, args.model if is_set else None,
-                        args.wait if is_set else 0.0, args.stale_after)  # fmt: skip
-    except EnrichError as exc:
-        print(f"enrich rollout {args.rollout}: {exc}", file=sys.stderr)
-        return 2
+    lines = run_cli(args.rollout, target, args.model if is_set else None,
+                    args.wait if is_set else 0.0, args.stale_after)  # fmt: skip
     print("\n".join(lines))
     return 0
 

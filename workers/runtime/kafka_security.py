@@ -75,7 +75,8 @@ def parse_properties(text: str, source: str) -> dict[str, str]:
             continue
         cut = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
         if cut < 0:
-            raise ConfigError(f"{source}, line {number}: expected key=value, got {line!r}")
+            # The line is not shown: it may hold a secret.
+            raise ConfigError(f"{source}, line {number}: expected key=value")
         properties[line[:cut].strip()] = line[cut + 1 :].strip()
     return properties
 
@@ -161,7 +162,7 @@ def export_cli_properties(values: Sequence[str] | None) -> None:
 def _split_flag(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--kafka-property: expected key=value, got {item!r}")
+        raise ConfigError("--kafka-property: expected key=value")  # not shown: it may hold a secret
     return key.strip(), value.strip()
 
 

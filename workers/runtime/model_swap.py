@@ -104,7 +104,10 @@ class ModelFollower:
                     warned = True
                 if await _stopped(stop, report_s):
                     return
-            await asyncio.to_thread(reader.start)
+            # The current state first (to the end offsets): acting on the first records of a pass could swap
+            # to a desired model that a later record (a rollback) already replaced.
+            desired = (await asyncio.to_thread(reader.read_all)).get(self.group)
+            self._desired = desired if isinstance(desired, DesiredModel) else None
             kafka = self.config.kafka
             self._writer = ControlWriter(kafka.bootstrap_servers, self.topic, kafka.properties)
             self.report()
@@ -180,6 +183,8 @@ class ModelFollower:
         try:
             where = f"the new model ({config.backend.kind}{' version ' + version if version else ''})"
             await check_serving(model, backend, max_batch=config.batch.max_batch, where=where)
+            # As at start: call the version holding this model, never "the newest" a later rollout loads.
+            version = version or await pin_triton_version(backend, model.digest)
         except BaseException:
             await backend.close()
             raise

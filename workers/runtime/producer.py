@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from workers.contract.errors import DeliveryFailed, KafkaOperationFailed
 from workers.runtime.kafka_security import client_config
+from workers.stages.commit import failure_kind
 
 if TYPE_CHECKING:
     from workers.runtime.config import KafkaConfig
@@ -136,7 +137,8 @@ class AsyncProducer:
 
     def _fail(self, err: KafkaError, topic: str, key: bytes | None) -> None:
         if self._failure is None:
-            self._failure = DeliveryFailed(topic, key, str(err), fatal=err.fatal())
+            fatal, fenced = failure_kind(err)
+            self._failure = DeliveryFailed(topic, key, str(err), fatal=fatal, fenced=fenced)
             log.error("%s", self._failure)
 
     @property

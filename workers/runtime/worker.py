@@ -201,8 +201,11 @@ class StreamWorker:
             return
         if not await self._commits.recover(failure):
             raise failure
-        self._fatal = None
-        self._producer.clear_failure()
+        # Only what was handled: another failure recorded during the recovery is looked at next turn.
+        if self._fatal is failure:
+            self._fatal = None
+        if self._producer.failure is failure:
+            self._producer.clear_failure()
 
     # ---- intake: consume, validate, tokenize, batch ------------------------------------------------------
 
@@ -386,8 +389,10 @@ class StreamWorker:
         while True:
             for batch in self._batcher.drain():  # again each turn: lookups in flight may add misses
                 self._launch(batch)
-            if not self._tracker.unfinished(partitions) or time.monotonic() >= deadline or self._fatal:
+            if not self._tracker.unfinished(partitions) or time.monotonic() >= deadline:
                 return
+            if self._fatal is not None or self._producer.failure is not None:
+                return  # an offset whose output failed never finishes: the loop recovers or stops now
             await asyncio.sleep(0.005)
 
     def _on_assign(self, partitions: list[TopicPartitionKey]) -> None:
