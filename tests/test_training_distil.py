@@ -126,7 +126,7 @@ def test_a_tiny_student_learns_from_the_teacher_alone_across_tokenizers(
     enrich(
         "train", "--data-path", str(FIXTURE_OFFERS), "--output-root", str(tmp_path), "--name", "student",
         "--version", "v1", "--base-model", "tiny", "--tiny-vocab-size", "300", "--epochs", "6",
-        "--patience", "3", "--learning-rate", "3e-3", "--head-learning-rate", "3e-3", "--dev-fraction", "0.2",
+        "--patience", "3", "--learning-rate", "3e-3", "--head-learning-rate", "3e-3",
         "--no-save-checkpoints", "--no-progress", "--distil-from", str(tiny_model_dir), "--distil-alpha", "0",
     )  # fmt: skip
     student = tmp_path / "student" / "v1"
@@ -166,3 +166,20 @@ def test_cv_trains_a_teacher_per_fold_and_reports_it_next_to_the_student(tmp_pat
     assert 0.3 < summary["teacher_strict_micro_f1"]["mean"] <= 1.0
     assert 0.3 < summary["strict_micro_f1"]["mean"] <= 1.0
     assert "teacher (trained per fold): micro-F1, strict" in printed and "trained per fold" in printed
+
+
+def test_a_teacher_that_may_have_seen_the_students_dev_offers_is_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The split is a hash of the title: a student with a larger dev fraction (or another salt or file)
+    holds out offers its teacher trained on, whose labels the soft targets would carry into training."""
+    from training.config import TrainConfig
+    from training.distil import check_teacher_split
+
+    taught = json.loads((tiny_model_dir / "metrics.json").read_text())["config"]
+    same = TrainConfig(data_path=taught["data_path"], dev_fraction=taught["dev_fraction"],
+                       split_salt=taught["split_salt"])  # fmt: skip
+    check_teacher_split(tiny_model_dir, same)
+    for other in ({"dev_fraction": taught["dev_fraction"] + 0.05}, {"split_salt": "another"}):
+        with pytest.raises(ValueError, match="trained on another split"):
+            check_teacher_split(tiny_model_dir, same.replace(**other))

@@ -162,12 +162,6 @@ def _distillation_lines(summary: dict[str, Any]) -> list[str]:
             f"Distilled (alpha {config['distil_alpha']}, T {config['distil_temperature']}) from a teacher "
             f"trained per fold on the fold's own training side (base `{teacher['base_model']}`).",
         ]
-    if config["distil_from"]:
-        return [
-            "",
-            f"**Distilled from the fixed teacher `{config['distil_from']}`: if it was trained on offers of "
-            "this file, it saw the test folds and these figures are optimistic (use --teacher-config).**",
-        ]
     return []
 
 
@@ -229,6 +223,11 @@ def run_cv(
     student); writes ``cv.json`` and ``cv.md`` to ``out_dir`` and returns it."""
     import torch
 
+    if config.distil_from and teacher_config is None:
+        raise ValueError(
+            f"a fixed teacher ({config.distil_from}) trained on this file has seen the test folds: its "
+            "student's CV figures would be optimistic; give --teacher-config to train a teacher per fold"
+        )
     torch.set_num_threads(config.num_threads)
     started = time.perf_counter()
     offers = load_offers(config.data_path)

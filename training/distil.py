@@ -28,9 +28,11 @@ number and a unit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -213,3 +215,24 @@ def distillation_objective(
         return alpha * gold(indices, batch, tag_logits, category_logits) + (1 - alpha) * temperature**2 * soft
 
     return loss
+
+
+def check_teacher_split(teacher_dir: Path, config: Any) -> None:
+    """ValueError unless the teacher never trained on the student's dev offers: its soft targets would
+    carry their labels into training and inflate the student's dev F1 (early stopping included). The
+    split is a hash of the title (`split_offers`), so with the same file and salt a teacher whose dev
+    fraction is at least the student's held out every dev offer of the student."""
+    metrics_path = teacher_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise ValueError(f"teacher {teacher_dir} has no metrics.json: cannot tell which offers it trained on")
+    taught = json.loads(metrics_path.read_text())["config"]
+    same_file = Path(taught["data_path"]).resolve() == Path(config.data_path).resolve()
+    if not (same_file and taught["split_salt"] == config.split_salt
+            and taught["dev_fraction"] >= config.dev_fraction):  # fmt: skip
+        raise ValueError(
+            f"teacher {teacher_dir} was trained on another split (data {taught['data_path']}, salt "
+            f"{taught['split_salt']!r}, dev fraction {taught['dev_fraction']}) than this student's (data "
+            f"{config.data_path}, salt {config.split_salt!r}, dev fraction {config.dev_fraction}): it may "
+            "have seen the student's dev offers; train the teacher on the same split"
+        )
+

@@ -36,7 +36,14 @@ from training.data import (
     load_offers,
     split_offers,
 )
-from training.distil import Batch, Objective, Teacher, distillation_objective, soft_targets
+from training.distil import (
+    Batch,
+    Objective,
+    Teacher,
+    check_teacher_split,
+    distillation_objective,
+    soft_targets,
+)
 from training.evaluate import predict, score
 from training.model import AttributeModel, new_model, save_model, torch_runner
 from training.model_card import write_model_card
@@ -184,7 +191,9 @@ def training_objective(
     gold = gold_objective(config)
     if teacher is None and not config.distil_from:
         return gold
-    teacher = teacher or Teacher.from_dir(config.distil_from)
+    if teacher is None:
+        check_teacher_split(Path(config.distil_from), config)
+        teacher = Teacher.from_dir(config.distil_from)
     targets = soft_targets(teacher, train_offers, encoder, labels, config.distil_temperature)
     return distillation_objective(
         gold, targets, config.distil_alpha, config.distil_temperature, config.category_loss_weight
