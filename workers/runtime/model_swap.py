@@ -160,8 +160,10 @@ class ModelFollower:
         self.worker.metrics.model_swaps.labels(outcome="done").inc()
         self.swaps += 1
         self.since, self.last_error = utc_now(), ""
-        await old.wait_idle()
-        await old.backend.close()  # the cache's Redis client is shared with the new model: kept
+        try:
+            await old.wait_idle()
+        finally:  # also when the follower is cancelled at shutdown meanwhile
+            await old.backend.close()  # the cache's Redis client is shared with the new model: kept
         log.info("model swapped %s -> %s (prepared in %.2fs; old model's last batch %.3fs after the switch)",
                  old.model.short_digest, serving.model.short_digest, switched - started,
                  time.monotonic() - switched)  # fmt: skip

@@ -236,7 +236,11 @@ async def run_replay(
 
     worker = build_worker(config, make_source=make_source, replay_id=group)
     source, stop = sources[0], stop or asyncio.Event()
-    await wait_for_backend(worker, config)
+    try:
+        await wait_for_backend(worker, config)
+    except BaseException:
+        await worker.abandon()  # its Kafka clients, backend and Redis client, as run_worker does
+        raise
     finished = asyncio.Event()
     task = asyncio.create_task(worker.run(finished))
     while not task.done():
