@@ -77,7 +77,18 @@ class AsyncProducer:
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():
-            self.producer.poll(0.05)
+            try:
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                # poll() raises a producer's fatal error (e.g. fenced): the thread must live on, or no
+                # delivery report would ever be served again and the worker would hang without a word.
+                self._loop_fail(exc)
+                self._stop.wait(0.05)
+
+    def _loop_fail(self, exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fail, error, "(producer)", None)
 
     async def produce(
         self,
@@ -160,7 +171,10 @@ class AsyncProducer:
         self._generation += 1
         old, self.producer = self.producer, producer
         self._failure = None
-        old.purge(in_queue=True, in_flight=True, blocking=False)
+        try:
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        except KafkaException as exc:  # a fatal producer may refuse even this: it is dropped either way
+            log.warning("purging the replaced producer failed: %s", exc)
 
     async def flush(self, timeout_s: float) -> int:
         """Wait for outstanding deliveries; returns how many are still not acknowledged."""
