@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from devtools.harness.listings import Record, valid_listings
 from devtools.harness.worker_process import WorkerProcess
+from devtools.reliability.group_state import GroupWatcher
 from devtools.reliability.hostile import hostile_records, mixed
 from devtools.reliability.network_scenarios import partition, slow_redis, slow_triton
 from devtools.reliability.run import Run, ScenarioResult, Services
@@ -287,25 +288,20 @@ def _step(run: Run, other: WorkerProcess, seconds: float) -> None:
 
 def _wait_for_members(run: Run, other: WorkerProcess, group: str, count: int, timeout_s: float) -> bool:
     """Wait until the group is stable with `count` members, each with partitions assigned."""
-    from confluent_kafka import ConsumerGroupState
-
-    # In process, one client for the whole wait: a fresh client per poll (in a child process, tried after
-    # librdkafka 2.16's admin client once aborted the harness with `rd_kafka_enq_once_del_source_return:
-    # Assertion eonce->refcnt > 0` while the coordinator's broker was killed) never saw the group settle
-    # when the killed broker was the coordinator: the quick exactly-once-failover test failed 2 of 4 runs.
-    admin = run.services.kafka.admin()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            description = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
-        except Exception:  # coordinator moving (a broker was killed): ask again
-            description = None
-        if (description is not None and description.state == ConsumerGroupState.STABLE
-                and len(description.members) == count
-                and all(m.assignment.topic_partitions for m in description.members)):  # fmt: skip
-            return True
-        _step(run, other, 0.25)
-    return False
+    kafka = run.services.kafka
+    watcher = GroupWatcher(kafka.bootstrap_servers, kafka.client_properties)  # not librdkafka: see its module
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if watcher.describe(group, timeout_s=10).settled_with(count):
+                    return True
+            except Exception:  # coordinator moving (a broker was killed): ask again
+                pass
+            _step(run, other, 0.25)
+        return False
+    finally:
+        watcher.close()
 
 
 SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
