@@ -4,6 +4,11 @@ Data flow: `listings.attributes` (keyed by listing_id) -> agent `track_latest` -
 compacted `listings.latest` + `<app_id>-category-deltas` (keyed by category) -> agent `count_categories`
 -> table `category-counts`. The deltas go through their own topic so the counts table is partitioned by
 category, as Faust tables must be partitioned by their key, whatever the number of input partitions.
+
+A delta carries the input record it came from (partition, offset); the counts agent applies each at most
+once per (category, input partition), in `category-applied`. Without that, a restart re-applied the deltas
+whose offsets the stopped worker had not committed yet (Faust commits every few seconds, and a SIGTERM did
+not always commit first): a count one too high after a plain rolling restart.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 LATEST_TABLE = "latest"
 CATEGORY_COUNTS_TABLE = "category-counts"
+APPLIED_TABLE = "category-applied"
 
 
 @dataclass
@@ -77,11 +83,13 @@ def make_app(
                        key_serializer="raw", value_serializer="raw")
     latest_out = app.topic(latest_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                            value_serializer="raw", compacting=True, partitions=partitions, internal=True)
-    deltas = app.topic(f"{app_id}-category-deltas", key_type=str, value_type=int,
-                       partitions=partitions, internal=True)
+    # Values: {"delta": ±1, "partition": input partition, "offset": input offset} (JSON)
+    deltas = app.topic(f"{app_id}-category-deltas", key_type=str, partitions=partitions, internal=True)
     # No value_type: value_type=dict breaks changelog recovery (Faust calls dict.from_data); JSON gives dicts.
     latest = app.Table(LATEST_TABLE, default=None, key_type=str)
     counts = app.Table(CATEGORY_COUNTS_TABLE, default=int, key_type=str, value_type=int)
+    # "<category>@<input partition>" -> the last input offset applied to that category's count
+    applied = app.Table(APPLIED_TABLE, default=lambda: -1, key_type=str, value_type=int)
     rejected: list[str] = []
 
     @app.agent(source)
@@ -102,11 +110,16 @@ def make_app(
             latest[parsed.listing_id] = parsed.document
             await latest_out.send(key=parsed.listing_id.encode(), value=event.value)
             for category, delta in update.category_deltas:
-                await deltas.send(key=category, value=delta)
+                await deltas.send(key=category, value={"delta": delta, "partition": message.partition,
+                                                       "offset": message.offset})  # fmt: skip
 
     @app.agent(deltas)
-    async def count_categories(stream: StreamT[int]) -> None:
+    async def count_categories(stream: StreamT[dict[str, int]]) -> None:
         async for category, delta in stream.items():
-            counts[category] += delta
+            source = f"{category}@{delta['partition']}"
+            if delta["offset"] <= applied[source]:
+                continue  # applied before a restart: its offset was not committed yet
+            counts[category] += delta["delta"]
+            applied[source] = delta["offset"]  # after the count: a crash between them counts twice, never 0
 
     return ViewsApp(app, latest, counts, latest_out, rejected)
