@@ -9,6 +9,7 @@ import pytest
 
 from workers.contract.errors import ReasonCode, ValidationFailed
 from workers.contract.events import SourceRecord, dead_letter_event, load_schema
+from workers.runtime.metrics import event_epoch
 from workers.stages.validate import ListingValidator
 
 GOOD = {
@@ -68,6 +69,14 @@ def test_rfc3339_variants(validator: ListingValidator) -> None:
     for bad in ("2026-11-29T07:05:00", "2026-02-30T07:05:00Z", "2026-11-29 07:05:00Z"):
         with pytest.raises(ValidationFailed):
             validator.validate(orjson.dumps({**GOOD, "event_time": bad}), b"L-1")
+
+
+def test_every_event_time_validation_accepts_has_a_freshness_epoch() -> None:
+    """Validation and the freshness metric read event_time with one parser: a lowercase `z` passed
+    validation and was then skipped by the metric."""
+    assert event_epoch("2026-11-29t07:05:00z") == event_epoch("2026-11-29T07:05:00Z") == 1795935900.0
+    assert event_epoch("2026-11-29T08:05:00+01:00") == 1795935900.0
+    assert event_epoch("not a time") is None
 
 
 def test_dead_letter_keeps_original_bytes() -> None:

@@ -47,6 +47,17 @@ def max_payload_bytes(schema: dict[str, Any]) -> int:
     return int(schema["x-max-payload-bytes"])
 
 
+def parse_event_time(text: str) -> datetime | None:
+    """A listing's `event_time` as an aware datetime (no offset: UTC); None when it cannot be read.
+    RFC 3339 allows a lowercase `z`, which `datetime.fromisoformat` refuses: validation accepted such
+    listings and the freshness metric then skipped them."""
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "Z" if text[-1:] == "z" else text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 class Listing(NamedTuple):
     """A validated listing v1 event (a NamedTuple: immutable and cheap to build on the hot path)."""
 

@@ -13,7 +13,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -30,6 +29,7 @@ from prometheus_client import (
 )
 
 from workers.contract.errors import ReasonCode
+from workers.contract.events import parse_event_time
 
 __all__ = [
     "CIRCUIT_STATE_VALUES",
@@ -56,13 +56,8 @@ COMMIT_FAILURE_KINDS = ("offsets", "transaction")
 
 def event_epoch(event_time: str) -> float | None:
     """UNIX seconds of a listing's RFC 3339 `event_time` (no offset: UTC); None when it cannot be read."""
-    try:
-        parsed = datetime.fromisoformat(event_time)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    parsed = parse_event_time(event_time)
+    return None if parsed is None else parsed.timestamp()
 
 
 class WorkerMetrics:

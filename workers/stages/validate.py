@@ -7,14 +7,19 @@ JSON parse (invalid_utf8 vs invalid_json), schema_version, the compiled JSON Sch
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import fastjsonschema
 import orjson
 
 from workers.contract.errors import ReasonCode, ValidationFailed
-from workers.contract.events import SCHEMA_VERSION, Listing, load_schema, max_payload_bytes
+from workers.contract.events import (
+    SCHEMA_VERSION,
+    Listing,
+    load_schema,
+    max_payload_bytes,
+    parse_event_time,
+)
 from workers.stages.validate_fast import compile_fast_check
 
 __all__ = ["ListingValidator"]
@@ -78,11 +83,7 @@ class ListingValidator:
 def _is_rfc3339(text: str) -> bool:
     if len(text) < 20 or text[10] not in "Tt" or not (text[-1] in "Zz" or text[-6] in "+-"):
         return False
-    try:
-        datetime.fromisoformat(text[:-1] + "Z" if text[-1] == "z" else text)
-    except ValueError:
-        return False
-    return True
+    return parse_event_time(text) is not None
 
 
 def _parse_error(value: bytes, exc: orjson.JSONDecodeError) -> ValidationFailed:
