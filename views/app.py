@@ -25,13 +25,14 @@ from faust.types import StreamT, TopicT
 from views.credentials import broker_credentials
 from views.rules import BadAttributeEvent, decide_update, parse_event
 
-__all__ = ["ViewsApp", "category_counts_changelog", "make_app"]
+__all__ = ["TABLES", "ViewsApp", "category_counts_changelog", "make_app"]
 
 log = logging.getLogger(__name__)
 
 LATEST_TABLE = "latest"
 CATEGORY_COUNTS_TABLE = "category-counts"
 APPLIED_TABLE = "category-applied"
+TABLES = (LATEST_TABLE, CATEGORY_COUNTS_TABLE, APPLIED_TABLE)
 
 
 @dataclass

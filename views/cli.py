@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import faust  # heavy: only when the command runs
 
-    from views.app import make_app
+    from views.app import TABLES, make_app
+    from views.topics import declare_topics, views_topics
     from workers.contract.errors import ConfigError
     from workers.runtime.kafka_security import kafka_properties
 
@@ -42,6 +43,8 @@ def _run(args: argparse.Namespace) -> int:
                           "views' tables must be partitioned like their input (leave --partitions out)")
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    topics = views_topics(args.app_id, args.latest_topic, TABLES)
+    declare_topics(args.kafka_bootstrap, kafka_properties(), topics, found, args.replication_factor)
     views = make_app(args.kafka_bootstrap, app_id=args.app_id, input_topic=args.input_topic,
                      latest_topic=args.latest_topic, data_dir=data_dir, partitions=found,
                      replication_factor=args.replication_factor,
