@@ -16,7 +16,8 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from workers.contract.errors import ConfigError, ServiceUnreachable, TopicMissing
+from workers.contract.errors import ServiceUnreachable, TopicMissing
+from workers.runtime.kafka_security import security_error
 
 __all__ = ["BOOTSTRAP_SETTING", "BrokerHealth", "admin_settings", "check_kafka"]
 
@@ -33,13 +34,6 @@ _CLIENT_ONLY = frozenset({
     "enable.idempotence", "acks", "linger.ms", "compression.type", "transactional.id",
     "transaction.timeout.ms", "message.timeout.ms", "statistics.interval.ms",
 })  # fmt: skip
-
-# Errors that no amount of waiting fixes: the settings are wrong, not the network.
-_REFUSED = {
-    KafkaError._AUTHENTICATION: "refused the credentials",
-    KafkaError._SSL: "failed the TLS handshake",
-}
-
 
 def admin_settings(client_settings: Mapping[str, Any]) -> dict[str, Any]:
     """The connection and security properties of a consumer's or producer's settings."""
@@ -67,11 +61,9 @@ def check_kafka(
     except KafkaException as exc:
         admin.poll(0)  # serve the queued error callbacks: they say why (refused, unresolvable, TLS, SASL)
         last = errors[-1] if errors else exc.args[0]
-        if isinstance(last, KafkaError) and last.code() in _REFUSED:
-            raise ConfigError(
-                f"Kafka at {bootstrap} {_REFUSED[last.code()]} ({last.str()}): check the Kafka security "
-                "settings"
-            ) from None
+        # A refused credential or certificate: no amount of waiting fixes the settings.
+        if isinstance(last, KafkaError) and (refused := security_error(last.code(), last.str())) is not None:
+            raise refused from None
         detail = last.str() if isinstance(last, KafkaError) else str(last)
         raise ServiceUnreachable(
             f"Kafka at {bootstrap} did not answer within {timeout_s:g} s ({detail}): "
