@@ -78,10 +78,12 @@ class KafkaSource:
     consumer calls of the commit policy (`commit`, `consumer_group_metadata`), from any thread.
 
     confluent-kafka lets one thread into a consumer at a time (a re-entrant call from a callback's own
-    thread passes). A rebalance callback runs inside consume() and waits for the event loop, so a policy
-    call from another thread then waited forever (seen: a revoke's transaction commit hung in
-    consumer_group_metadata()). While a callback waits (`wait_in_callback`), such calls are handed to the
-    consume thread, which runs them.
+    thread passes; the others wait in `Handle_serialize_enter`). A rebalance callback runs inside
+    consume() and waits for the event loop, so a policy call from another thread then waited forever
+    (seen: a revoke's transaction commit hung in consumer_group_metadata(); a zombie test's worker hung in
+    a commit that had started to wait just before the revoke callback began). So a call made while
+    consume() runs is never made from its own thread: it is handed to the consume thread, which runs it
+    inside a waiting callback (`wait_in_callback`) or as soon as consume() returns (within its timeout).
     """
 
     def __init__(self, consumer: Consumer, topic: str) -> None:
@@ -90,8 +92,10 @@ class KafkaSource:
         self.assigned: set[tuple[str, int]] = set()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-consume")
         self._paused = False
-        self._handover: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] | None = None
+        # Calls handed to the consume thread; None wakes a waiting callback whose future is done.
+        self._handover: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
         self._handover_lock = threading.Lock()
+        self._in_consume = False
         self._consume_thread: int | None = None
 
     # ---- consumer calls from any thread ------------------------------------------------------------
@@ -103,29 +107,31 @@ class KafkaSource:
         return self._call(self.consumer.consumer_group_metadata)
 
     def _call(self, call: Callable[[], T]) -> T:
+        if threading.get_ident() == self._consume_thread:
+            return call()
         with self._handover_lock:
-            handover = None if threading.get_ident() == self._consume_thread else self._handover
-            if handover is not None:
+            handed = self._in_consume
+            if handed:
                 result: Future[T] = Future()
-                handover.put((call, result))
-        return call() if handover is None else result.result()
+                self._handover.put((call, result))
+        return result.result() if handed else call()  # not in consume(): consume() waits for this call
 
     def wait_in_callback(self, done: Future[T]) -> T:
         """Consume thread, in a rebalance callback: wait for `done`, running the handed-over calls."""
-        handover: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
-        self._consume_thread = threading.get_ident()
-        with self._handover_lock:
-            self._handover = handover
-        done.add_done_callback(lambda _: handover.put(None))
-        while (job := handover.get()) is not None:
+        done.add_done_callback(lambda _: self._handover.put(None))
+        while (job := self._handover.get()) is not None:
             _run(*job)
-        with self._handover_lock:
-            self._handover = None
-        while not handover.empty():  # handed over just before the callback ended
-            job = handover.get()
+        return done.result()
+
+    def _run_handed_over(self) -> None:
+        """Consume thread, consume() returned: run what was handed over meanwhile."""
+        while True:
+            try:
+                job = self._handover.get_nowait()
+            except queue.Empty:
+                return
             if job is not None:
                 _run(*job)
-        return done.result()
 
     def subscribe(
         self, *, on_assign: PartitionsCallback, on_revoke: PartitionsCallback, on_lost: PartitionsCallback
@@ -166,10 +172,17 @@ class KafkaSource:
     def _consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         from confluent_kafka import KafkaException
 
+        self._consume_thread = threading.get_ident()
+        with self._handover_lock:
+            self._in_consume = True
         try:
             return self.consumer.consume(max_messages, timeout_s)
         except KafkaException as exc:
             raise KafkaOperationFailed("consume", str(exc)) from exc
+        finally:
+            with self._handover_lock:
+                self._in_consume = False
+            self._run_handed_over()
 
     async def rewind(self) -> dict[tuple[str, int], int]:
         """Seek every assigned partition back to its committed offset (never committed: the beginning);
