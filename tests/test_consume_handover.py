@@ -84,7 +84,7 @@ def test_a_call_made_during_consume_runs_when_consume_returns_and_errors_reach_t
     consumer = SerializingConsumer()
     source = KafkaSource(consumer, "in")  # type: ignore[arg-type]
     calls: list[Future[Any]] = []
-    with ThreadPoolExecutor(1) as other:
+    with ThreadPoolExecutor(2) as other:  # each call waits in its own thread until it is run
 
         def call_from_another_thread() -> None:
             calls.append(other.submit(source.consumer_group_metadata))
