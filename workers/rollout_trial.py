@@ -168,7 +168,7 @@ def _table(digest: str, entry: Candidate) -> list[str]:
     lines = [
         f"candidate {short_digest(digest)} ({model.get('name')} {model.get('version')}) vs active {actives}",
         f"  listings compared    {tally.listings}",
-        f"  category agreement   {_pct(tally.category_rate())} ({tally.category_agree} of {tally.listings})",
+        f"  category agreement   {tally.category_rate():.1%} ({tally.category_agree} of {tally.listings})",
         f"  mean confidence      active {a.confidence_sum / tally.listings:.3f}   "
         f"candidate {c.confidence_sum / tally.listings:.3f}   (category)",
         f"  latency per batch    active {_ms(a.mean_latency_ms())} ({a.inferred} inferred, "
