@@ -55,28 +55,58 @@ def samples(worker: StreamWorker, name: str) -> dict[tuple[str, ...], float]:
             if s.name == name}  # fmt: skip
 
 
+def ids_in(listings: list[tuple[bytes, bytes]], fraction: float) -> set[str]:
+    return {key.decode() for key, _ in listings if in_sample(key.decode(), fraction)}
+
+
+Prologue = Callable[[str], tuple[str, str, str, tuple[str, ...], StreamWorker]]
+
+
+@pytest.fixture
+def prologue(kafka, redis_server, tiny_model_dir: Path, other_tiny_model_dir: Path,
+             topics: dict[str, str]) -> Prologue:  # fmt: skip
+    """For a group: bootstrap, digests A and B, the group's rollout flags, a worker on A."""
+
+    def make(group: str) -> tuple[str, str, str, tuple[str, ...], StreamWorker]:
+        a, b = (ServedModel.load(d).digest for d in (tiny_model_dir, other_tiny_model_dir))
+        common = ("--kafka-bootstrap", kafka.bootstrap_servers, "--topic", topics["control"],
+                  "--group", group)  # fmt: skip
+        worker = trial_worker(kafka, redis_server, tiny_model_dir, topics, group)
+        return kafka.bootstrap_servers, a, b, common, worker
+
+    return make
+
+
+async def start_trial(
+    worker: StreamWorker, stop: asyncio.Event, capsys: pytest.CaptureFixture[str], control: str, group: str,
+    *argv: str,
+) -> tuple[asyncio.Task[None], str]:  # fmt: skip
+    """Run the worker, give it a candidate (`enrich rollout *argv`), wait until it reports the trial."""
+    run = asyncio.create_task(worker.run(stop))
+    bootstrap = worker._kafka.bootstrap_servers
+    await until(lambda: reported(bootstrap, control, group, worker) is not None, [run])
+    code, out = await asyncio.to_thread(cli, capsys, "rollout", *argv)
+    assert code == 0, out
+    await until(lambda: bool(trial_of(bootstrap, control, group, worker)), [run])
+    return run, out
+
+
 def test_shadow_compares_a_fixed_sample_on_the_shadow_topic_only_and_reports_agreement(
-    kafka, redis_server, tiny_model_dir: Path, other_tiny_model_dir: Path, topics: dict[str, str],
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
-    bootstrap, group = kafka.bootstrap_servers, "g-shadow"
-    a, b = ServedModel.load(tiny_model_dir).digest, ServedModel.load(other_tiny_model_dir).digest
-    common = ("--kafka-bootstrap", bootstrap, "--topic", topics["control"], "--group", group)
+    prologue: Prologue, other_tiny_model_dir: Path, topics: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    group = "g-shadow"
+    bootstrap, a, b, common, worker = prologue(group)
     listings = sample_listings(240, id_prefix="S", seed=3)
-    sampled = {key.decode() for key, _ in listings if in_sample(key.decode(), 0.3)}
-    worker = trial_worker(kafka, redis_server, tiny_model_dir, topics, group)
+    sampled = ids_in(listings, 0.3)
 
     def shadowed() -> float:  # sampled listings compared or skipped (busy, failed, undelivered)
         return counter(worker, "enrich_shadow_compared") + counter(worker, "enrich_shadow_skipped")
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        run = asyncio.create_task(worker.run(stop))
-        await until(lambda: reported(bootstrap, topics["control"], group, worker) is not None, [run])
-        code, out = await asyncio.to_thread(cli, capsys, "rollout", "shadow", str(other_tiny_model_dir),
-                                            "--sample", "0.3", "--shadow-topic", topics["shadow"], *common)
-        assert code == 0, out
-        await until(lambda: bool(trial_of(bootstrap, topics["control"], group, worker)), [run])
+        run, _ = await start_trial(worker, stop, capsys, topics["control"], group, "shadow",
+                                   str(other_tiny_model_dir), "--sample", "0.3", "--shadow-topic",
+                                   topics["shadow"], *common)  # fmt: skip
         # Twice the same listings: inferred, then cache hits; the sample is the same both times.
         for _ in range(2):
             await asyncio.to_thread(produce_records, bootstrap, topics["in"], listings)
@@ -123,25 +153,17 @@ def test_shadow_compares_a_fixed_sample_on_the_shadow_topic_only_and_reports_agr
 
 
 def test_canary_serves_its_share_by_listing_and_promote_makes_it_the_model(
-    kafka, redis_server, tiny_model_dir: Path, other_tiny_model_dir: Path, topics: dict[str, str],
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
-    bootstrap, group = kafka.bootstrap_servers, "g-canary"
-    a, b = ServedModel.load(tiny_model_dir).digest, ServedModel.load(other_tiny_model_dir).digest
-    common = ("--kafka-bootstrap", bootstrap, "--topic", topics["control"], "--group", group)
-    listings = sample_listings(300, id_prefix="K", seed=8)
-    after = sample_listings(60, id_prefix="P", seed=9)
-    share = {key.decode() for key, _ in listings if in_sample(key.decode(), 0.2)}
-    worker = trial_worker(kafka, redis_server, tiny_model_dir, topics, group)
+    prologue: Prologue, other_tiny_model_dir: Path, topics: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap, a, b, common, worker = prologue("g-canary")
+    group, listings = common[-1], sample_listings(300, id_prefix="K", seed=8)
+    share, after = ids_in(listings, 0.2), sample_listings(60, id_prefix="P", seed=9)
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        run = asyncio.create_task(worker.run(stop))
-        await until(lambda: reported(bootstrap, topics["control"], group, worker) is not None, [run])
-        code, out = await asyncio.to_thread(cli, capsys, "rollout", "canary", str(other_tiny_model_dir),
-                                            "--share", "0.2", *common)  # fmt: skip
-        assert code == 0 and "serves 20.0% of listings" in out, out
-        await until(lambda: bool(trial_of(bootstrap, topics["control"], group, worker)), [run])
+        run, out = await start_trial(worker, stop, capsys, topics["control"], group, "canary",
+                                     str(other_tiny_model_dir), "--share", "0.2", *common)  # fmt: skip
+        assert "serves 20.0% of listings" in out, out
         code, out = await asyncio.to_thread(cli, capsys, "rollout", "status", *common)
         assert f"candidate: canary {b[:19]} tiny v1, share 20.0%" in out and "trial: canary" in out, out
         for _ in range(2):  # the same listings twice: the second time from each model's own cache

@@ -39,6 +39,7 @@ __all__ = [
     "ControlRecord",
     "ControlWriter",
     "DesiredModel",
+    "ModelRecord",
     "WorkerReport",
     "candidate_key",
     "parse_record",
@@ -58,8 +59,8 @@ def utc_now() -> str:
 
 
 @dataclass(frozen=True)
-class DesiredModel:
-    """What `enrich rollout set` asks a group to run. `model_dir` is where the setter found it; a worker
+class ModelRecord:
+    """A model named on the control topic for a group. `model_dir` is where the setter found it; a worker
     that cannot see that path looks the digest up in its own `ENRICH_MODEL_STORE`."""
 
     group: str
@@ -70,6 +71,11 @@ class DesiredModel:
     triton_version: str = ""
     set_at: str = ""
     set_by: str = ""
+
+
+@dataclass(frozen=True)
+class DesiredModel(ModelRecord):
+    """What `enrich rollout set` asks a group to run."""
 
     @property
     def key(self) -> str:
@@ -100,21 +106,13 @@ class WorkerReport:
 
 
 @dataclass(frozen=True)
-class CandidateModel:
+class CandidateModel(ModelRecord):
     """A model tried next to the desired one (`enrich rollout shadow|canary`): `mode` "shadow" runs it on
     the `fraction` of listings sampled by listing_id hash and writes the comparison to the shadow topic;
     "canary" serves that fraction of listings with it. A worker ignores it while it is the desired model."""
 
-    group: str
-    mode: str
-    fraction: float
-    digest: str
-    model_dir: str
-    name: str
-    version: str
-    triton_version: str = ""
-    set_at: str = ""
-    set_by: str = ""
+    mode: str = "shadow"
+    fraction: float = 0.0
 
     @property
     def key(self) -> str:
