@@ -88,8 +88,9 @@ def test_compose_creates_the_worker_topics(compose: dict[str, Any]) -> None:
     env = compose["services"]["worker"]["environment"]
     config = worker_config.load_config(env={k: str(v) for k, v in env.items()})
     kafka, defaults = config.kafka, worker_config.KafkaConfig()
-    topics = {kafka.input_topic, kafka.output_topic, kafka.dlq_topic, kafka.control_topic}
-    expected = {defaults.input_topic, defaults.output_topic, defaults.dlq_topic, defaults.control_topic}
+    topics = {kafka.input_topic, kafka.output_topic, kafka.dlq_topic, kafka.control_topic, kafka.shadow_topic}
+    expected = {defaults.input_topic, defaults.output_topic, defaults.dlq_topic, defaults.control_topic,
+                defaults.shadow_topic}  # fmt: skip
     assert topics == created == expected
     control = f"--topic {kafka.control_topic} --partitions 1 --replication-factor 1"
     assert f"{control} --config cleanup.policy=compact" in script  # the last record per key is the state

@@ -348,8 +348,11 @@ def test_topics_job_creates_the_configured_topics_with_keda_partitions(k8s: Obje
     assert int(env["PARTITIONS"]) == max_replicas
     for variable, topic in (("ENRICH_INPUT_TOPIC", config.kafka.input_topic),
                             ("ENRICH_OUTPUT_TOPIC", config.kafka.output_topic),
-                            ("ENRICH_DLQ_TOPIC", config.kafka.dlq_topic)):  # fmt: skip
+                            ("ENRICH_DLQ_TOPIC", config.kafka.dlq_topic),
+                            ("ENRICH_CONTROL_TOPIC", config.kafka.control_topic),
+                            ("ENRICH_SHADOW_TOPIC", config.kafka.shadow_topic)):  # fmt: skip
         assert f'create "${variable}"' in script and topic
+    assert 'create "$ENRICH_CONTROL_TOPIC" 1 --config cleanup.policy=compact' in script
     assert "--if-not-exists" in script and '--bootstrap-server "$ENRICH_KAFKA_BOOTSTRAP"' in script
     assert job["restartPolicy"] == "OnFailure"
 

@@ -55,26 +55,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rollout = rollout_parser.add_subparsers(dest="rollout", required=True)
     set_parser = rollout.add_parser("set", help="set the desired model of a group; its workers switch to it")
     set_parser.add_argument("model", metavar="MODEL_DIR|DIGEST", help="exported model, or its digest (store)")
-    status = rollout.add_parser("status", help="print the desired model and what each worker runs")
-    for sub in (set_parser, status):
+    status = rollout.add_parser("status", help="print the desired model, the candidate, what workers run")
+    shadow = rollout.add_parser("shadow", help="run a candidate on a sample; its results to the shadow topic")
+    canary = rollout.add_parser("canary", help="serve a share of listings (listing_id hash) by a candidate")
+    promote = rollout.add_parser("promote", help="the candidate becomes the desired model (as `set`)")
+    rollback = rollout.add_parser("rollback", help="drop the shadow or canary candidate")
+    report = rollout.add_parser("report", help="compare a shadow candidate with the active model")
+    for sub, flag, default in ((shadow, "--sample", 0.1), (canary, "--share", 0.05)):
+        sub.add_argument("model", metavar="CANDIDATE", help="exported model dir, or its digest (store)")
+        sub.add_argument(flag, dest="fraction", type=float, default=default,
+                         help=f"fraction of listings, by listing_id hash (default {default})")  # fmt: skip
+    shadow_default = os.environ.get("ENRICH_SHADOW_TOPIC", "listings.attributes.shadow")
+    for sub in (shadow, report):  # shadow checks that it exists: topic auto-creation is off
+        sub.add_argument("--shadow-topic", default=shadow_default, help="[env ENRICH_SHADOW_TOPIC]")
+    report.add_argument("--examples", type=int, default=5, help="listings shown where the models differ")
+    for sub in (set_parser, status, shadow, canary, promote, rollback, report):
         add_kafka_target(sub, "ENRICH_CONTROL_TOPIC", "enrich.control")
-        group = os.environ.get("ENRICH_GROUP_ID", "listing-enrichment") if sub is set_parser else None
+        default_group = os.environ.get("ENRICH_GROUP_ID", "listing-enrichment")
+        group = None if sub in (status, report) else default_group
         sub.add_argument("--group", default=group, help="consumer group [env ENRICH_GROUP_ID]")
         sub.add_argument("--stale-after", type=float, default=120.0,
                          help="a worker that has not reported for this long (s) counts as gone")  # fmt: skip
         sub.set_defaults(func=_rollout)
-    set_parser.add_argument("--store", default=os.environ.get("ENRICH_MODEL_STORE"),
-                            help="model store folder, for a DIGEST [env ENRICH_MODEL_STORE]")  # fmt: skip
-    set_parser.add_argument("--wait", type=float, default=120.0,
-                            help="wait this long for every worker to switch (0: don't), then unload old "
-                            "Triton versions")  # fmt: skip
-    set_parser.add_argument("--backend", default=os.environ.get("ENRICH_BACKEND", "onnx"),
-                            choices=("onnx", "triton"), help="the group's backend [env ENRICH_BACKEND]")
-    set_parser.add_argument("--triton-url", default=os.environ.get("ENRICH_TRITON_URL", "127.0.0.1:8001"))
-    set_parser.add_argument("--triton-model",
-                            default=os.environ.get("ENRICH_TRITON_MODEL", "attribute_extractor"))  # fmt: skip
-    set_parser.add_argument("--triton-repo", default=os.environ.get("ENRICH_TRITON_REPO"),
-                            help="the model repository Triton serves [env ENRICH_TRITON_REPO]")  # fmt: skip
+    for sub in (set_parser, shadow, canary, promote):  # they resolve a model, and load it on Triton
+        sub.add_argument("--store", default=os.environ.get("ENRICH_MODEL_STORE"),
+                         help="model store folder, for a DIGEST [env ENRICH_MODEL_STORE]")  # fmt: skip
+        sub.add_argument("--backend", default=os.environ.get("ENRICH_BACKEND", "onnx"),
+                         choices=("onnx", "triton"), help="the group's backend [env ENRICH_BACKEND]")
+        sub.add_argument("--triton-url", default=os.environ.get("ENRICH_TRITON_URL", "127.0.0.1:8001"))
+        sub.add_argument("--triton-model",
+                         default=os.environ.get("ENRICH_TRITON_MODEL", "attribute_extractor"))  # fmt: skip
+        sub.add_argument("--triton-repo", default=os.environ.get("ENRICH_TRITON_REPO"),
+                         help="the model repository Triton serves [env ENRICH_TRITON_REPO]")  # fmt: skip
+    for sub in (set_parser, promote):
+        sub.add_argument("--wait", type=float, default=120.0,
+                         help="wait this long for every worker to switch (0: don't), then unload old "
+                         "Triton versions")  # fmt: skip
 
 
     from workers.runtime.replay import register as register_replay
@@ -219,18 +235,32 @@ def _rollout(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from workers.rollout import RolloutTarget, run_cli
+    from workers.rollout_trial import promote, report_lines, rollback, set_candidate
 
-    check_kafka_target(args)  # the control topic exists; also applies --kafka-property (security)
-    is_set = args.rollout == "set"
-    triton = is_set and args.backend == "triton"
+    topics = {args.topic: f"--topic / {args.topic_env}"}
+    if args.rollout in ("shadow", "report"):  # auto-creation is off: workers would fail every shadow record
+        topics[args.shadow_topic] = "--shadow-topic / ENRICH_SHADOW_TOPIC"
+    check_kafka_target(args, topics)  # the topics exist; also applies --kafka-property (security)
+    resolves = hasattr(args, "store")  # set, shadow, canary, promote
+    triton = resolves and args.backend == "triton"
     target = RolloutTarget(
         args.kafka_bootstrap, args.topic, args.group or "",
-        store=Path(args.store) if is_set and args.store else None,
-        triton_url=args.triton_url if triton else "", triton_model=args.triton_model if is_set else "",
+        store=Path(args.store) if resolves and args.store else None,
+        triton_url=args.triton_url if triton else "", triton_model=args.triton_model if resolves else "",
         triton_repo=Path(args.triton_repo) if triton and args.triton_repo else None,
     )  # fmt: skip
-    lines = run_cli(args.rollout, target, args.model if is_set else None,
-                    args.wait if is_set else 0.0, args.stale_after)  # fmt: skip
+    action = args.rollout
+    if action in ("set", "status"):
+        model, wait = getattr(args, "model", None), getattr(args, "wait", 0.0)
+        lines = run_cli(action, target, model, wait, args.stale_after)
+    elif action in ("shadow", "canary"):
+        lines = set_candidate(target, action, args.model, args.fraction, args.stale_after)
+    elif action == "promote":
+        lines = promote(target, wait_s=args.wait, stale_s=args.stale_after)
+    elif action == "rollback":
+        lines = rollback(target)
+    else:
+        lines = report_lines(args.kafka_bootstrap, args.shadow_topic, args.group, args.examples)
     print("\n".join(lines))
     return 0
 

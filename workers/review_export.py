@@ -15,18 +15,14 @@ one read last (on one partition, since keyed by listing id: the later event).
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
-from workers.contract.errors import ConfigError
-from workers.runtime.kafka_security import client_config
-from workers.runtime.topic_range import read_to_end
+from workers.runtime.topic_range import read_whole_topic
 
 __all__ = ["ExportCounts", "correction_line", "export_review"]
 
@@ -62,37 +58,13 @@ def correction_line(event: dict[str, Any]) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def _plan(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, int]:
-    """partition -> end offset (exclusive) of every partition holding records; assigned from the oldest."""
-    metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if metadata is None or metadata.error is not None:
-        raise ConfigError(f"review topic {topic!r} not found: set --topic / ENRICH_REVIEW_TOPIC")
-    starts, ends = [], {}
-    for partition in sorted(metadata.partitions):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-        if low < high:
-            starts.append(TopicPartition(topic, partition, low))
-            ends[partition] = high
-    if starts:
-        consumer.assign(starts)
-    return ends
-
-
 def export_review(bootstrap: str, topic: str, out: Path, *, timeout_s: float = 30.0) -> ExportCounts:
     """Write the review topic's flagged listings to `out` (replaced whole) and count what was read."""
-    consumer = Consumer(client_config(bootstrap, {
-        "group.id": f"enrich-review-export-{os.getpid()}", "enable.auto.commit": False,
-        "enable.partition.eof": True, "isolation.level": "read_committed",
-    }))  # fmt: skip
     counts, latest = ExportCounts(), {}
-    try:
-        ends = _plan(consumer, topic, timeout_s)
-        for chunk in read_to_end(consumer, ends, "review export read", timeout_s):
-            for msg in chunk:
-                counts.read += 1
-                _take(msg.value(), latest, counts)
-    finally:
-        consumer.close()
+    missing = f"review topic {topic!r} not found: set --topic / ENRICH_REVIEW_TOPIC"
+    for msg in read_whole_topic(bootstrap, topic, "review export read", missing, timeout_s):
+        counts.read += 1
+        _take(msg.value(), latest, counts)
     lines = list(latest.values())
     counts.exported = len(lines)
     partial = out.with_name(out.name + ".partial")  # a reader never sees half a file

@@ -1,5 +1,6 @@
 """`enrich rollout set` and `enrich rollout status`: the desired model per consumer group, on the control
-topic (`workers.runtime.control`), and what each worker runs.
+topic (`workers.runtime.control`), and what each worker runs. Shadow, canary, promote, rollback and report:
+`workers.rollout_trial`.
 
 `set` checks the model before any worker sees it (its digest matches its files; with model.onnx, one probe
 inference whose output widths must fit labels.json), makes Triton load the new version next to the ones it
@@ -21,17 +22,19 @@ from workers.contract.errors import BackendUnavailable, ConfigError
 from workers.model.identity import short_digest
 from workers.model.served import ServedModel, find_model_dir
 from workers.runtime.control import (
+    CandidateModel,
     ControlRecord,
     ControlWriter,
     DesiredModel,
     WorkerReport,
+    candidate_key,
     default_setter,
     read_control,
     utc_now,
 )
 from workers.runtime.model_swap import check_serving
 
-__all__ = ["RolloutTarget", "live_reports", "resolve_model", "set_desired", "status_lines"]
+__all__ = ["RolloutTarget", "live_reports", "resolve_model", "set_desired", "status_lines", "triton_add"]
 
 _TRITON_TIMEOUT_S = 60.0
 
@@ -125,23 +128,36 @@ def _age_s(stamp: str, now: datetime) -> float:
         return float("inf")
 
 
-def set_desired(target: RolloutTarget, model_target: str, *, wait_s: float, stale_s: float) -> list[str]:
-    """`enrich rollout set`: returns the lines to print."""
+def triton_add(
+    target: RolloutTarget, state: dict[str, ControlRecord], digest: str, stale_s: float, lines: list[str]
+) -> tuple[str, set[str]]:
+    """Triton backend: load the version holding `digest` next to every version the group's workers call
+    (desired, running, candidate); (that version, the others). ("", set()) for ONNX."""
+    if not target.triton_url:
+        return "", set()
+    if target.triton_repo is None:
+        raise ConfigError("the Triton backend needs --triton-repo (the repository Triton serves)")
+    triton_version = triton_version_of(target.triton_repo, target.triton_model, digest)
+    running_versions = {r.triton_version for r in live_reports(state, target.group, stale_s)} - {""}
+    for key in (target.group, candidate_key(target.group)):
+        previous = state.get(key)
+        if isinstance(previous, DesiredModel | CandidateModel) and previous.triton_version:
+            running_versions.add(previous.triton_version)
+    triton_load(target, running_versions | {triton_version})
+    lines.append(f"Triton serves {target.triton_model} versions "
+                 f"{sorted(running_versions | {triton_version}, key=int)}")  # fmt: skip
+    return triton_version, running_versions
+
+
+def set_desired(
+    target: RolloutTarget, model_target: str, *, wait_s: float, stale_s: float, drop_candidate: bool = False
+) -> list[str]:
+    """`enrich rollout set` (and `promote`, which also drops the candidate once the desired record is
+    written): returns the lines to print."""
     model_dir, model = resolve_model(model_target, target.store)
     lines = [f"model {model.short_digest} ({model.name} {model.version}) at {model_dir}: checked"]
     state = read_control(target.bootstrap, target.topic)
-    triton_version, running_versions = "", set()
-    if target.triton_url:
-        if target.triton_repo is None:
-            raise ConfigError("the Triton backend needs --triton-repo (the repository Triton serves)")
-        triton_version = triton_version_of(target.triton_repo, target.triton_model, model.digest)
-        running_versions = {r.triton_version for r in live_reports(state, target.group, stale_s)} - {""}
-        previous = state.get(target.group)
-        if isinstance(previous, DesiredModel) and previous.triton_version:
-            running_versions.add(previous.triton_version)
-        triton_load(target, running_versions | {triton_version})
-        lines.append(f"Triton serves {target.triton_model} versions "
-                     f"{sorted(running_versions | {triton_version}, key=int)}")  # fmt: skip
+    triton_version, running_versions = triton_add(target, state, model.digest, stale_s, lines)
     desired = DesiredModel(
         group=target.group, digest=model.digest, model_dir=str(model_dir), name=model.name,
         version=model.version, triton_version=triton_version, set_at=utc_now(),
@@ -150,6 +166,8 @@ def set_desired(target: RolloutTarget, model_target: str, *, wait_s: float, stal
     writer = ControlWriter(target.bootstrap, target.topic)
     try:
         writer.send(desired)
+        if drop_candidate:  # after the desired record: a canary's listings never go back to the old model
+            writer.delete(candidate_key(target.group))
         writer.flush()
     finally:
         writer.close()
@@ -189,6 +207,12 @@ def status_lines(bootstrap: str, topic: str, group: str | None, stale_s: float) 
                          f"{desired.version} (set {desired.set_at} by {desired.set_by})")  # fmt: skip
         else:
             lines.append(f"group {name}: no desired model set (workers run their ENRICH_MODEL_DIR)")
+        candidate = state.get(candidate_key(name))
+        if isinstance(candidate, CandidateModel):
+            share = "sample" if candidate.mode == "shadow" else "share"
+            lines.append(f"  candidate: {candidate.mode} {short_digest(candidate.digest)} {candidate.name} "
+                         f"{candidate.version}, {share} {candidate.fraction:.1%} (set {candidate.set_at} by "
+                         f"{candidate.set_by})")  # fmt: skip
         lines.append(f"  {'worker':<28} {'running':<20} {'since':<25} swaps failed state")
         for r in sorted((r for r in state.values() if isinstance(r, WorkerReport) and r.group == name),
                         key=lambda r: r.worker_id):  # fmt: skip
@@ -198,6 +222,9 @@ def status_lines(bootstrap: str, topic: str, group: str | None, stale_s: float) 
                 else "behind" if isinstance(desired, DesiredModel) else "running")  # fmt: skip
             if r.last_error:
                 state_text += f" (last swap failed: {r.last_error[:80]})"
+            if r.trial or r.trial_error:
+                state_text += f"; trial: {r.trial or 'none'}" + (f" (refused: {r.trial_error[:80]})"
+                                                                   if r.trial_error else "")  # fmt: skip
             lines.append(f"  {r.worker_id:<28} {short_digest(r.digest):<20} {r.since:<25} "
                          f"{r.swaps:>5} {r.failed_swaps:>6} {state_text}")  # fmt: skip
     return lines

@@ -27,6 +27,7 @@ from workers.runtime.kafka_security import check_kafka_security, is_secured
 from workers.runtime.metrics import WorkerMetrics, start_http_endpoint
 from workers.runtime.model_swap import ModelFollower, check_serving, pin_triton_version
 from workers.runtime.producer import AsyncProducer, make_producer
+from workers.runtime.trial_follow import TrialFollower
 from workers.runtime.worker import StreamWorker
 from workers.stages.batch import MicroBatcher
 from workers.stages.cache import ResultCache, redis_client_for
@@ -126,7 +127,8 @@ def build_worker(
         producer=delivery, tracker=tracker, commits=commits, metrics=metrics, broker=broker,
     )  # fmt: skip
     if replay_id is None:  # a replay runs the model it was given
-        worker.control = ModelFollower(worker, config).run  # hot swap: follows the control topic
+        # Hot swap, shadow and canary: follows the control topic.
+        worker.control = ModelFollower(worker, config, TrialFollower(worker, config)).run
     return worker
 
 

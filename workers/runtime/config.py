@@ -91,6 +91,10 @@ class KafkaConfig:
     control_report_s: float = setting(
         30.0, "ENRICH_CONTROL_REPORT_S", "how often a worker reports its model on the control topic", float
     )
+    shadow_topic: str = setting(
+        "listings.attributes.shadow", "ENRICH_SHADOW_TOPIC",
+        "topic of shadow comparisons (enrich rollout shadow / report); never the output topic",
+    )  # fmt: skip
     exactly_once: bool = setting(
         False,
         "ENRICH_EXACTLY_ONCE",

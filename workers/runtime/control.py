@@ -5,7 +5,10 @@ group should run, and what each worker runs.
                                                    "triton_version", "set_at", "set_by"}
     key worker/<group>/<id>       worker report   {"group", "worker_id", "digest", "name", "version",
                                                    "triton_version", "since", "swaps", "failed_swaps",
-                                                   "last_error", "reported_at"}
+                                                   "last_error", "reported_at", "trial", "trial_error"}
+    key candidate/<group>         shadow/canary   {"group", "mode", "fraction", "digest", "model_dir", "name",
+                                                   "version", "triton_version", "set_at", "set_by"}
+                                                   (a tombstone: no candidate; see `workers.rollout_trial`)
 
 Compaction keeps the last record per key, so a reader that starts at the beginning knows the current
 state after one pass. The readers here are consumers of no group: they assign every partition from the
@@ -31,11 +34,14 @@ from workers.contract.errors import KafkaOperationFailed
 from workers.runtime.kafka_security import client_config
 
 __all__ = [
+    "CandidateModel",
     "ControlReader",
     "ControlRecord",
     "ControlWriter",
     "DesiredModel",
+    "ModelRecord",
     "WorkerReport",
+    "candidate_key",
     "parse_record",
     "read_control",
     "utc_now",
@@ -45,6 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _WORKER_PREFIX = "worker/"
+_CANDIDATE_PREFIX = "candidate/"
 
 
 def utc_now() -> str:
@@ -52,8 +59,8 @@ def utc_now() -> str:
 
 
 @dataclass(frozen=True)
-class DesiredModel:
-    """What `enrich rollout set` asks a group to run. `model_dir` is where the setter found it; a worker
+class ModelRecord:
+    """A model named on the control topic for a group. `model_dir` is where the setter found it; a worker
     that cannot see that path looks the digest up in its own `ENRICH_MODEL_STORE`."""
 
     group: str
@@ -64,6 +71,11 @@ class DesiredModel:
     triton_version: str = ""
     set_at: str = ""
     set_by: str = ""
+
+
+@dataclass(frozen=True)
+class DesiredModel(ModelRecord):
+    """What `enrich rollout set` asks a group to run."""
 
     @property
     def key(self) -> str:
@@ -85,17 +97,37 @@ class WorkerReport:
     failed_swaps: int = 0
     last_error: str = ""
     reported_at: str = ""
+    trial: str = ""  # e.g. "canary sha256:aa19c9204ff5 0.05"; "" when none
+    trial_error: str = ""
 
     @property
     def key(self) -> str:
         return worker_key(self.group, self.worker_id)
 
 
-ControlRecord = DesiredModel | WorkerReport
+@dataclass(frozen=True)
+class CandidateModel(ModelRecord):
+    """A model tried next to the desired one (`enrich rollout shadow|canary`): `mode` "shadow" runs it on
+    the `fraction` of listings sampled by listing_id hash and writes the comparison to the shadow topic;
+    "canary" serves that fraction of listings with it. A worker ignores it while it is the desired model."""
+
+    mode: str = "shadow"
+    fraction: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return candidate_key(self.group)
+
+
+ControlRecord = DesiredModel | WorkerReport | CandidateModel
 
 
 def worker_key(group: str, worker_id: str) -> str:
     return f"{_WORKER_PREFIX}{group}/{worker_id}"
+
+
+def candidate_key(group: str) -> str:
+    return f"{_CANDIDATE_PREFIX}{group}"
 
 
 def parse_record(key: bytes | None, value: bytes | None) -> tuple[str, ControlRecord | None] | None:
@@ -105,9 +137,10 @@ def parse_record(key: bytes | None, value: bytes | None) -> tuple[str, ControlRe
     text = key.decode("utf-8", "replace")
     if value is None:
         return text, None
-    cls: type[DesiredModel] | type[WorkerReport] = (
-        WorkerReport if text.startswith(_WORKER_PREFIX) else DesiredModel
-    )
+    cls: type[DesiredModel] | type[WorkerReport] | type[CandidateModel] = (
+        WorkerReport if text.startswith(_WORKER_PREFIX)
+        else CandidateModel if text.startswith(_CANDIDATE_PREFIX) else DesiredModel
+    )  # fmt: skip
     try:
         data = orjson.loads(value)
         names = {f.name for f in dataclasses.fields(cls)}
@@ -211,6 +244,11 @@ class ControlWriter:
         """Queue the record (non-blocking); `flush` waits for it."""
         value = orjson.dumps(dataclasses.asdict(record))
         self._producer.produce(self.topic, value=value, key=record.key.encode(), on_delivery=self._delivered)
+        self._producer.poll(0)
+
+    def delete(self, key: str) -> None:
+        """Queue a tombstone for `key` (compaction then forgets the key)."""
+        self._producer.produce(self.topic, value=None, key=key.encode(), on_delivery=self._delivered)
         self._producer.poll(0)
 
     def _delivered(self, err: Any, msg: Any) -> None:

@@ -135,7 +135,7 @@ class WorkerMetrics:
         self.model_swaps = Counter(  # outcome: done, failed (the worker keeps its model)
             "enrich_model_swaps", "Hot swaps of the served model (enrich rollout)", ["outcome"], registry=r
         )
-        self.mixed_batches = Counter(  # must stay 0: a batch holds one model's items (see switch_serving)
+        self.mixed_batches = Counter(  # must stay 0: a batch holds one model's items (see between_batches)
             "enrich_mixed_batches", "Batches whose items were tokenized by different models", registry=r
         )
         self.circuit_state = Gauge(

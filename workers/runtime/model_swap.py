@@ -5,7 +5,7 @@ it. When the group's desired digest is not the one in force, it prepares the new
 loop (tokenizer and label maps; an ONNX Runtime session from the new directory, or a Triton backend that
 calls the version the record names), checks it against the backend like the start-up check does
 (`check_serving`: Triton's recorded digest for that version, one probe inference whose output widths must
-fit the label maps), then switches between batches (`StreamWorker.switch_serving`): batches already
+fit the label maps), then switches between batches (`StreamWorker.between_batches`): batches already
 launched finish on the old model, the open micro-batches are launched on the old model first, and new
 ones are tokenized, cached and emitted with the new one. The old backend is closed after its last batch.
 
@@ -23,19 +23,29 @@ import asyncio
 import dataclasses
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from workers.backends import InferenceBackend, ModelFit, TritonBackend, make_backend
 from workers.contract.errors import BackendUnavailable, EnrichError, ModelMismatch
 from workers.model.served import ServedModel, check_output_dims, find_model_dir
-from workers.runtime.control import ControlReader, ControlWriter, DesiredModel, WorkerReport, utc_now
+from workers.runtime.control import (
+    CandidateModel,
+    ControlReader,
+    ControlWriter,
+    DesiredModel,
+    WorkerReport,
+    candidate_key,
+    utc_now,
+)
 from workers.stages.serving import Serving
 
 if TYPE_CHECKING:
     from workers.runtime.config import WorkerConfig
+    from workers.runtime.trial_follow import TrialFollower
     from workers.runtime.worker import StreamWorker
 
-__all__ = ["ModelFollower", "check_serving", "pin_triton_version"]
+__all__ = ["ModelFollower", "check_serving", "pin_triton_version", "prepare_serving"]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +88,10 @@ async def pin_triton_version(backend: InferenceBackend, digest: str) -> str:
 class ModelFollower:
     """Keeps one worker on its group's desired model; `run` is the worker's control task."""
 
-    def __init__(self, worker: StreamWorker, config: WorkerConfig) -> None:
-        self.worker, self.config = worker, config
+    def __init__(
+        self, worker: StreamWorker, config: WorkerConfig, trials: TrialFollower | None = None
+    ) -> None:
+        self.worker, self.config, self.trials = worker, config, trials  # trials: shadow and canary
         self.group, self.topic = config.kafka.group_id, config.kafka.control_topic
         self.since = utc_now()
         self.swaps = self.failed_swaps = 0
@@ -106,8 +118,11 @@ class ModelFollower:
                     return
             # The current state first (to the end offsets): acting on the first records of a pass could swap
             # to a desired model that a later record (a rollback) already replaced.
-            desired = (await asyncio.to_thread(reader.read_all)).get(self.group)
+            state = await asyncio.to_thread(reader.read_all)
+            desired, candidate = state.get(self.group), state.get(candidate_key(self.group))
             self._desired = desired if isinstance(desired, DesiredModel) else None
+            if self.trials is not None:
+                self.trials.desired = candidate if isinstance(candidate, CandidateModel) else None
             kafka = self.config.kafka
             self._writer = ControlWriter(kafka.bootstrap_servers, self.topic, kafka.properties)
             self.report()
@@ -116,6 +131,8 @@ class ModelFollower:
                 for key, record in await asyncio.to_thread(reader.poll, _POLL_S):
                     if key == self.group:
                         self._desired = record if isinstance(record, DesiredModel) else None
+                    elif self.trials is not None and key == candidate_key(self.group):
+                        self.trials.desired = record if isinstance(record, CandidateModel) else None
                 due = time.monotonic() >= next_report
                 if self._wants_swap(retry=due):
                     await self.swap(self._desired)  # type: ignore[arg-type]
@@ -123,7 +140,11 @@ class ModelFollower:
                 elif due:
                     self.report()
                     next_report = time.monotonic() + report_s
+                if self.trials is not None and await self.trials.apply():
+                    self.report()
         finally:
+            if self.trials is not None:
+                await self.trials.close()  # between batches, like any trial change
             await asyncio.to_thread(reader.close)
             writer, self._writer = self._writer, None
             if writer is not None:
@@ -152,7 +173,7 @@ class ModelFollower:
                       self.last_error)  # fmt: skip
             self.report()
             return False
-        await self.worker.switch_serving(serving)
+        await self.worker.between_batches(partial(setattr, self.worker, "serving", serving))
         switched = time.monotonic()
         info = self.worker.metrics.model_info
         info.labels(name=serving.model.name, version=serving.model.version, digest=serving.digest).set(1)
@@ -171,38 +192,46 @@ class ModelFollower:
         return True
 
     async def _prepare(self, desired: DesiredModel, current: Serving) -> Serving:
-        config = self.config
-        model_dir = find_model_dir(desired.digest, desired.model_dir or None, config.backend.model_store)
-        model = await asyncio.to_thread(ServedModel.load, model_dir)
-        if model.digest != desired.digest:
-            raise ModelMismatch(f"{model_dir} is {model.short_digest}, not the desired {desired.digest}")
-        version = desired.triton_version if config.backend.kind == "triton" else ""
-        backend_config = dataclasses.replace(config.backend, model_dir=model_dir, triton_version=version)
-        backend = await asyncio.to_thread(
-            make_backend, backend_config, max_in_flight=config.batch.max_in_flight,
-            metrics=self.worker.metrics,
-        )
-        try:
-            where = f"the new model ({config.backend.kind}{' version ' + version if version else ''})"
-            await check_serving(model, backend, max_batch=config.batch.max_batch, where=where)
-            # As at start: call the version holding this model, never "the newest" a later rollout loads.
-            version = version or await pin_triton_version(backend, model.digest)
-        except BaseException:
-            await backend.close()
-            raise
-        return Serving(model, backend, current.cache.for_model(model.digest), version)
+        return await prepare_serving(self.worker, self.config, desired, current)
 
     def report(self) -> None:
         """Publish what this worker runs (queued; delivery is the producer's business)."""
         if self._writer is None:
             return
-        serving = self.worker.serving
+        serving, trials = self.worker.serving, self.trials
         self._writer.send(WorkerReport(
             group=self.group, worker_id=self.worker.worker_id, digest=serving.digest,
             name=serving.model.name, version=serving.model.version, triton_version=serving.triton_version,
             since=self.since, swaps=self.swaps, failed_swaps=self.failed_swaps, last_error=self.last_error,
-            reported_at=utc_now(),
+            reported_at=utc_now(), trial=self.worker.trial.describe if self.worker.trial is not None else "",
+            trial_error=trials.error if trials is not None else "",
         ))  # fmt: skip
+
+
+async def prepare_serving(
+    worker: StreamWorker, config: WorkerConfig, desired: DesiredModel | CandidateModel, current: Serving
+) -> Serving:
+    """The `Serving` of a model named on the control topic, loaded and checked against its backend; its
+    results are cached under its own digest (the cache's Redis client is shared with `current`)."""
+    model_dir = find_model_dir(desired.digest, desired.model_dir or None, config.backend.model_store)
+    model = await asyncio.to_thread(ServedModel.load, model_dir)
+    if model.digest != desired.digest:
+        raise ModelMismatch(f"{model_dir} is {model.short_digest}, not the desired {desired.digest}")
+    version = desired.triton_version if config.backend.kind == "triton" else ""
+    backend_config = dataclasses.replace(config.backend, model_dir=model_dir, triton_version=version)
+    backend = await asyncio.to_thread(
+        make_backend, backend_config, max_in_flight=config.batch.max_in_flight,
+        metrics=worker.metrics,
+    )
+    try:
+        where = f"the new model ({config.backend.kind}{' version ' + version if version else ''})"
+        await check_serving(model, backend, max_batch=config.batch.max_batch, where=where)
+        # As at start: call the version holding this model, never "the newest" a later rollout loads.
+        version = version or await pin_triton_version(backend, model.digest)
+    except BaseException:
+        await backend.close()
+        raise
+    return Serving(model, backend, current.cache.for_model(model.digest), version)
 
 
 async def _stopped(stop: asyncio.Event, timeout_s: float) -> bool:

@@ -11,7 +11,9 @@ finished when its output is acknowledged; every commit and transaction decision 
 (`workers.stages.commit`: at-least-once or exactly-once).
 
 The model in force is `serving` (model, backend, cache namespace: `workers.stages.serving`). A batch
-captures it when launched; `switch_serving` replaces it between batches (`workers.runtime.model_swap`).
+captures it when launched; `between_batches` replaces it (`workers.runtime.model_swap`).
+A candidate (`trial`, `workers.stages.trial`) is set the same way: a canary serves its share of each chunk,
+a shadow runs it on a sample next to the active model (`workers.runtime.shadow`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from workers.stages.emit import AttributeEmitter
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
 from workers.stages.serving import Serving
+from workers.stages.trial import Trial, batch_key, serving_for, timed
 from workers.stages.validate import ListingValidator
 
 __all__ = ["SHUTDOWN_FLUSH_S", "StreamWorker"]
@@ -116,6 +119,7 @@ class StreamWorker:
         self.control: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None
         self._control_stop = asyncio.Event()
         self._control_task: asyncio.Task[None] | None = None
+        self.trial: Trial | None = None  # shadow or canary candidate (`workers.runtime.trial_follow`)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -285,9 +289,13 @@ class StreamWorker:
             self._lookup_slots.release()
 
     async def _lookup_and_publish(self, items: list[WorkItem]) -> None:
-        # Captured once: a swap waits for this lookup (it holds a lookup slot), so the chunk's hits and
-        # misses all belong to this model.
-        serving = self.serving
+        # Captured once: a swap or a new trial waits for this lookup (it holds a lookup slot), so the chunk's
+        # hits and misses all belong to the models of this split (a canary's share: its own model).
+        active, trial = self.serving, self.trial
+        for serving, part in trial.route(items, active) if trial is not None else [(active, items)]:
+            await self._lookup_part(part, serving, active)
+
+    async def _lookup_part(self, items: list[WorkItem], serving: Serving, active: Serving) -> None:
         cached = await serving.cache.lookup([item.listing.title for item in items])
         hits: list[WorkItem] = []
         results: list[ListingResult] = []
@@ -302,12 +310,14 @@ class StreamWorker:
             await self._emitter.emit(
                 hits, results, cache_hit=True, model=serving.identity, rank=serving.model.rank
             )
+            if self.trial is not None and self.trial.shadow is not None:  # a shadow sample, off this path
+                self.trial.shadow(hits, results, serving, None)
         if not misses:
             return
         encoder, digest = serving.model.encoder, serving.digest
         for item, enc in zip(misses, encoder.encode([item.listing.title for item in misses]), strict=True):
             item.encoded, item.model_digest = enc, digest
-            batch = self._batcher.add(item, encoder.bucket_for(enc.length))
+            batch = self._batcher.add(item, batch_key(serving, active, encoder.bucket_for(enc.length)))
             if batch is not None:
                 self._launch(batch)
         # The intake loop may be inside a long consume() wait: release these misses' batch on time.
@@ -316,7 +326,7 @@ class StreamWorker:
             asyncio.get_running_loop().call_later(wait, self._launch_due)
 
     def _launch(self, batch: Batch[WorkItem]) -> None:
-        serving = self.serving  # the batch keeps the model its items were tokenized with
+        serving = serving_for(batch.items[0], self.serving, self.trial)  # the model that tokenized them
         serving.enter()
         self._start(self._process(batch, serving)).add_done_callback(lambda _: serving.leave())
 
@@ -344,21 +354,23 @@ class StreamWorker:
                 if any(item.model_digest is not digest for item in items):  # the swap's invariant, checked
                     self.metrics.mixed_batches.inc()
                     log.error("batch of %d items mixes models; inferring it on %s", len(items), digest)
-                results = await self.enricher.infer(items, serving)
+                results, infer_s = await timed(self.enricher.infer(items, serving))
                 await serving.cache.store([(i.listing.title, r) for i, r in zip(items, results, strict=True)])
                 await self._emitter.emit(
                     items, results, cache_hit=False, model=serving.identity, rank=serving.model.rank
                 )
+                if self.trial is not None and self.trial.shadow is not None:
+                    self.trial.shadow(items, results, serving, infer_s)
             finally:
                 self.metrics.in_flight_batches.dec()
 
-    async def switch_serving(self, serving: Serving) -> Serving:
-        """Make `serving` the model in force, between batches; returns the one it replaces.
+    async def between_batches(self, change: Callable[[], None]) -> None:
+        """Run `change` (replace `serving`, the model in force, or `trial`, the candidate) between batches.
 
         Holding every lookup slot waits out the chunks being looked up or tokenized (they captured the
-        old model) and keeps new ones from starting; the open micro-batches are then launched on the old
-        model, so the batcher is empty when the model changes and no batch mixes models. Batches already
-        launched finish on the old model (see `Serving.wait_idle`)."""
+        old models) and keeps new ones from starting; the open micro-batches are then launched on the models
+        that tokenized them, so the batcher is empty when a model changes and no batch mixes models. Batches
+        already launched finish on their model (see `Serving.wait_idle`)."""
         held = 0
         try:
             for _ in range(_LOOKUPS_IN_FLIGHT):
@@ -366,11 +378,10 @@ class StreamWorker:
                 held += 1
             for batch in self._batcher.drain():
                 self._launch(batch)
-            old, self.serving = self.serving, serving
+            change()
         finally:
             for _ in range(held):
                 self._lookup_slots.release()
-        return old
 
     # ---- commit, rebalance, shutdown ---------------------------------------------------------------------
 

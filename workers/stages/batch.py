@@ -2,13 +2,15 @@
 
 A batch is released when it holds `max_batch` items or when its oldest item has waited `max_wait_s`.
 All items of one batch share a bucket, so padding them gives the same [B, S] shape the served model
-expects and Triton's dynamic batcher can merge requests of equal S from several batches.
+expects and Triton's dynamic batcher can merge requests of equal S from several batches. A bucket is any
+hashable key: a canary's items are keyed by (candidate digest, length) so they never share a batch with
+the active model's (`workers.stages.trial.batch_key`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -19,9 +21,9 @@ T = TypeVar("T")
 
 @dataclass
 class Batch(Generic[T]):
-    """Items for one inference call; `bucket` is their padded sequence length."""
+    """Items for one inference call; `bucket` is their key (padded sequence length, and model)."""
 
-    bucket: int
+    bucket: Hashable
     items: list[T] = field(default_factory=list)
     opened_at: float = 0.0
 
@@ -42,9 +44,9 @@ class MicroBatcher(Generic[T]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._clock = clock
-        self._open: dict[int, Batch[T]] = {}
+        self._open: dict[Hashable, Batch[T]] = {}
 
-    def add(self, item: T, bucket: int) -> Batch[T] | None:
+    def add(self, item: T, bucket: Hashable) -> Batch[T] | None:
         """Queue `item` in its bucket; returns that bucket's batch when it just became full."""
         batch = self._open.get(bucket)
         if batch is None:
