@@ -133,11 +133,13 @@ class _Producer:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[tuple[bytes, bytes]], Callable[[], None]]] = []
+        self.headers: list[Any] = []
 
     async def produce_batch(
-        self, topic: str, records: list, on_delivered: Callable[[], None], **_: Any
+        self, topic: str, records: list, on_delivered: Callable[[], None], headers: Any = None, **_: Any
     ) -> None:
         self.calls.append((topic, records, on_delivered))
+        self.headers.append(headers)
 
 
 def _result(category_confidence: float, brand_confidence: float) -> ListingResult:
@@ -161,9 +163,10 @@ def test_offsets_finish_only_after_the_events_and_their_copies_are_both_acknowle
     batch.copy(b"L-1", b"event")
     finished: list[bool] = []
     on_events = batch.after_both(lambda: finished.append(True))
-    asyncio.run(batch.produce())
+    asyncio.run(batch.produce([("enrich-replay", b"g.replay.1")]))
     [(topic, records, on_copies)] = producer.calls
     assert (topic, records) == ("review", [(b"L-1", b"event")])
+    assert producer.headers == [[("enrich-replay", b"g.replay.1")]]  # a replay's copies say so too
     on_events()
     assert finished == []  # the copies are not acknowledged yet: the offsets must not finish
     on_copies()

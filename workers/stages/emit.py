@@ -110,7 +110,7 @@ class AttributeEmitter:
                 self._topic, records, on_delivered, self._headers, current=current
             )
             if review is not None:
-                await review.produce()
+                await review.produce(self._headers)
 
     def _delivered(
         self, finished: dict[TopicPartitionKey, list[int]], event_times: list[float], epoch: int

@@ -237,9 +237,10 @@ class ReviewBatch:
         self._on_copies = one_acknowledged
         return one_acknowledged
 
-    async def produce(self) -> None:
-        """Produce the copies (after the attribute events, with `after_both`'s callback)."""
+    async def produce(self, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Produce the copies (after the attribute events, with `after_both`'s callback), with the
+        events' own headers (a replay's copies say they are replayed)."""
         if self.records and self._current():
             await self._tap.producer.produce_batch(
-                self._tap.topic, self.records, self._on_copies, current=self._current
+                self._tap.topic, self.records, self._on_copies, headers, current=self._current
             )
