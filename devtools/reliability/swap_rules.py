@@ -134,8 +134,8 @@ def check_models(
             result.undesired_switches.append(f"{switch.worker_id} -> {switch.digest[:19]} {switch.since:.3f}")
         previous[switch.worker_id] = switch.digest
     by_run: dict[tuple[str, int], list[OutEvent]] = defaultdict(list)
-    late_after: dict[str, list[tuple[float, str]]] = {
-        w: [(s.reported, _at(r_steps[w], s.since - 1e-6)) for s in ss] for w, ss in reported.items()
+    late_after: dict[str, list[tuple[float, float, str]]] = {  # (since, reported, the model switched from)
+        w: [(s.since, s.reported, _at(r_steps[w], s.since - 1e-6)) for s in ss] for w, ss in reported.items()
     }  # fmt: skip
     counts: dict[str, int] = defaultdict(int)
     for event in events:
@@ -148,12 +148,13 @@ def check_models(
         lo, hi, digest = event.produced, event.appended, event.digest
         if not (_takes(d_steps, lo, hi, digest) or _takes(r_steps[event.worker_id], lo, hi, digest)):
             result.out_of_force.append(f"{label} {event.digest[:19]} produced {lo:.3f} appended {hi:.3f}")
-        for report_time, old in late_after.get(event.worker_id, ()):
-            late = event.appended - report_time
-            if event.digest == old and late > 0 and _at(r_steps[event.worker_id], event.appended) != old:
-                result.max_late_ms = max(result.max_late_ms, late * 1000)
-                if late > LATE_SLACK_S:
-                    result.late_old.append(f"{label} {late * 1000:.0f} ms after the report")
+        # The latest report of a switch away from this event's model before it was appended.
+        away = [r for since, r, old in late_after.get(event.worker_id, ()) if old == digest and since <= hi]
+        if away and hi > away[-1] and _at(r_steps[event.worker_id], hi) != digest:
+            late = hi - away[-1]
+            result.max_late_ms = max(result.max_late_ms, late * 1000)
+            if late > LATE_SLACK_S:
+                result.late_old.append(f"{label} {late * 1000:.0f} ms after the report")
         by_run[(event.worker_id, event.partition)].append(event)
     result.counts = dict(counts)
     for (worker, partition), run in sorted(by_run.items()):
