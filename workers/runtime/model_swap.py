@@ -172,7 +172,9 @@ class ModelFollower:
 
     async def _prepare(self, desired: DesiredModel, current: Serving) -> Serving:
         config = self.config
-        model_dir = find_model_dir(desired.digest, desired.model_dir or None, config.backend.model_store)
+        model_dir = await asyncio.to_thread(  # may hash a directory that records no digest: off the loop
+            find_model_dir, desired.digest, desired.model_dir or None, config.backend.model_store
+        )
         model = await asyncio.to_thread(ServedModel.load, model_dir)
         if model.digest != desired.digest:
             raise ModelMismatch(f"{model_dir} is {model.short_digest}, not the desired {desired.digest}")
