@@ -170,3 +170,23 @@ def test_a_zombie_worker_loses_nothing_and_duplicates_stay_within_its_in_flight_
     assert_takeover(result)
     assert 0 < result.duplicate_bound < TAKEOVER.size, explain(result)  # a bound that can fail
     assert result.tally.duplicates <= result.duplicate_bound, explain(result)
+
+
+# Three swaps A -> B -> A -> B between two tiny models under 100 listings/s, a kill -9 during one swap to B;
+# the small window bounds the kill's duplicates.
+SWAPS = dataclasses.replace(KILLS, kills=1, kill_delay_s=(1.0, 2.5), worker_env=SMALL_WINDOW)
+
+
+def test_model_swaps_under_load_with_a_kill_serve_each_listing_with_the_model_in_force(
+    services: Services, other_tiny_model_dir: Path
+) -> None:
+    services.other_model_dir = other_tiny_model_dir
+    result = run_scenario("model-swap", services, SWAPS)
+    assert_nothing_lost(result)  # also: every model rule (details: out_of_force, went_back, late_old)
+    details = result.details
+    assert (details["swaps_done"], details["kills"], len(result.faults)) == (3, 1, 1), explain(result)
+    assert details["mixed_batches"] == 0 and details["out_of_force"] == 0, explain(result)
+    assert 0 < result.duplicate_bound < result.tally.events_in, explain(result)  # a bound that can fail
+    per_digest = details["events_per_digest"]
+    assert isinstance(per_digest, dict) and len(per_digest) == 2, explain(result)  # both models served
+    assert len(details["swap_pause_ms"]) == 2, explain(result)  # type: ignore[arg-type]

@@ -19,9 +19,9 @@ from tests.test_pipeline import finished, make_config, run_until
 from training.export import fill_triton_repo, record_digest
 from workers.backends import ModelFit, TritonBackend
 from workers.cli import main
-from workers.contract.errors import ExitCode, ModelMismatch
+from workers.contract.errors import ConfigError, ExitCode, ModelMismatch
 from workers.model.identity import compute_digest, is_digest, short_digest
-from workers.model.served import ServedModel
+from workers.model.served import ServedModel, find_model_dir
 from workers.runtime.assembly import build_worker, run_worker
 
 
@@ -57,7 +57,13 @@ def test_a_model_dir_from_before_digests_gets_it_computed(tiny_model_dir: Path, 
     info = json.loads((old / "model_info.json").read_text())
     del info["digest"]
     (old / "model_info.json").write_text(json.dumps(info))
-    assert ServedModel.load(old).digest == ServedModel.load(tiny_model_dir).digest
+    digest = ServedModel.load(tiny_model_dir).digest
+    assert ServedModel.load(old).digest == digest
+    # A hot swap to it (the desired record names the directory) finds it by its files, as `rollout set` did
+    # (the model-swap chaos run swapping back to such a model failed with "not found" before).
+    assert find_model_dir(digest, old, None) == old
+    with pytest.raises(ConfigError, match="not found"):
+        find_model_dir("sha256:" + "0" * 64, old, None)
     # A Triton worker's directory may lack the graph: the recorded digest is taken as it is.
     slim = _copy(tiny_model_dir, tmp_path / "slim")
     (slim / "model.onnx").unlink()

@@ -23,7 +23,7 @@ __all__ = ["EXIT_CODES", "exit_code", "options_for", "register"]
 
 SCENARIO_NAMES = ("kill", "kill-unique", "redis-outage", "triton-outage", "broker-restart", "broker-failover",
                   "hostile", "exactly-once", "exactly-once-failover", "zombie", "slow-redis", "slow-triton",
-                  "partition", "soak")  # fmt: skip
+                  "partition", "soak", "model-swap")  # fmt: skip
 # The codes of every `enrich` command (workers.contract.errors.ExitCode); 2 is argparse's usage error.
 EXIT_OK, EXIT_DATA_LOSS = int(ExitCode.OK), int(ExitCode.DATA_LOSS)
 EXIT_CHECK_FAILED, EXIT_SCENARIO_BROKE = int(ExitCode.CHECK_FAILED), int(ExitCode.ERROR)
@@ -87,6 +87,9 @@ def options_for(scenario: str, quick: bool) -> ChaosOptions:
         # of the run would be left fault-free to judge growth by.
         "soak": {"size": 10_000, "duration_s": 30, "kills": 1, "outage_s": 2, "unique_titles": True} if quick
         else {"size": 50_000, "duration_s": 1800, "kills": 3, "outage_s": 30, "unique_titles": True},
+        # Three swaps (kill_delay_s: the random wait before each) and one kill -9 during one of them.
+        "model-swap": {"size": 2000, "rate": 100, "kills": 1, "kill_delay_s": (1.0, 3.0)} if quick
+        else {"size": 20_000, "rate": 200, "kills": 1, "kill_delay_s": (5.0, 20.0)},
     }
     outage = {"size": 3000, "rate": 150} if quick else {"size": 20_000, "rate": 250}
     return dataclasses.replace(base, **per_scenario.get(scenario, outage))

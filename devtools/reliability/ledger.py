@@ -13,8 +13,9 @@ import bisect
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -56,6 +57,8 @@ class Ledger:
         self.output_times: list[float] = []  # broker append time (s) of every attribute event
         self.cache_hits = 0  # attribute events served from the result cache (the rest were inferred)
         self.foreign_dlq = 0  # DLQ records naming another topic (none expected)
+        # Sees every attribute event with its append time (s): a scenario's own checks (model-swap).
+        self.on_output: Callable[[dict[str, Any], float], None] | None = None
         self._output_topic, self._dlq_topic = output_topic, dlq_topic
         self._consumer = Consumer(client_config(bootstrap, {
             "group.id": f"chaos-ledger-{time.time_ns()}", "enable.auto.commit": False, "log_level": 3,
@@ -88,6 +91,8 @@ class Ledger:
             self.outputs[event["listing_id"]] += 1
             self.output_times.append(timestamp_ms / 1000)
             self.cache_hits += event.get("cache_hit") is True
+            if self.on_output is not None:
+                self.on_output(event, timestamp_ms / 1000)
             return
         source = event["source"]
         if source["topic"] != self.input_topic:

@@ -38,6 +38,7 @@ class Services:
     model_dir: Path
     run_dir: Path
     triton: TritonServer | None = None
+    other_model_dir: Path | None = None  # model-swap's model B (else trained into run_dir)
 
 
 def services_for(stack: LocalStack, scenario: str, model_dir: Path) -> Services:

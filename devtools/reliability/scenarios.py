@@ -13,6 +13,7 @@
 - zombie:          two at-least-once workers; one SIGSTOPped until the other took its partitions over.
 - slow-redis, slow-triton, partition: network faults through a TCP proxy (network_scenarios.py).
 - soak:            `duration_s` at 70 % of the measured capacity, a few faults; RSS, fds, lag flat (soak.py).
+- model-swap:      three `rollout set` swaps of two models under load, kill -9 in one (swap_scenario.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from devtools.reliability.hostile import hostile_records, mixed
 from devtools.reliability.network_scenarios import partition, slow_redis, slow_triton
 from devtools.reliability.run import Run, ScenarioResult, Services
 from devtools.reliability.soak import soak
+from devtools.reliability.swap_scenario import model_swap
 
 __all__ = ["SCENARIOS", "SMALL_WINDOW", "ChaosOptions", "run_scenario"]
 
@@ -319,6 +321,7 @@ SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
     "slow-triton": slow_triton,
     "partition": partition,
     "soak": soak,  # soak.py
+    "model-swap": model_swap,  # swap_scenario.py
 }
 
 

@@ -119,12 +119,21 @@ def _recorded_digest(model_dir: Path) -> str:
         return ""
 
 
+def _computed_digest(model_dir: Path) -> str:
+    try:
+        return compute_digest(model_dir)
+    except OSError:
+        return ""
+
+
 def find_model_dir(digest: str, hint: Path | str | None, store: Path | None) -> Path:
     """The directory of the model `digest` (full, or a prefix such as the short form): `hint` when it
     records that digest, else the model store folder's entry named by the digest (``sha256:<hex>``,
     ``sha256-<hex>`` or ``<hex>``) or, failing that, the one whose model_info.json records it.
     ConfigError when none does (the message names ENRICH_MODEL_STORE)."""
-    if hint and _recorded_digest(Path(hint)).startswith(digest):
+    # A directory exported before digests records none: the desired record named it, so its files decide
+    # (ServedModel.load computes the same digest; `rollout set` accepted it that way).
+    if hint and (_recorded_digest(Path(hint)) or _computed_digest(Path(hint))).startswith(digest):
         return Path(hint)
     if store is not None and store.is_dir():
         hex_part = digest.removeprefix("sha256:")

@@ -213,7 +213,9 @@ async def prepare_serving(
 ) -> Serving:
     """The `Serving` of a model named on the control topic, loaded and checked against its backend; its
     results are cached under its own digest (the cache's Redis client is shared with `current`)."""
-    model_dir = find_model_dir(desired.digest, desired.model_dir or None, config.backend.model_store)
+    model_dir = await asyncio.to_thread(  # may hash a directory that records no digest: off the loop
+        find_model_dir, desired.digest, desired.model_dir or None, config.backend.model_store
+    )
     model = await asyncio.to_thread(ServedModel.load, model_dir)
     if model.digest != desired.digest:
         raise ModelMismatch(f"{model_dir} is {model.short_digest}, not the desired {desired.digest}")
