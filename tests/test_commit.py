@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -403,3 +404,43 @@ def test_a_fenced_producer_or_too_many_recoveries_stop_the_worker() -> None:
     timed_out = DeliveryFailed("out", None, "Local: Message timed out")
     assert [asyncio.run(commits.recover(timed_out)) for _ in range(4)] == [True, True, True, False]
     assert asyncio.run(AtLeastOnceCommits(RecordingConsumer(), OffsetTracker()).recover(timed_out)) is False
+
+
+class HangingProducer(RecordingProducer):
+    """librdkafka #5456: send_offsets_to_transaction ignores its timeout while the cached group coordinator
+    is down (seen: 5 minutes in the exactly-once-failover test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def send_offsets_to_transaction(self, positions: list[Any], group_metadata: Any, timeout: float) -> None:
+        super().send_offsets_to_transaction(positions, group_metadata, timeout)
+        self.released.wait(30)  # past the policy's guard
+
+
+def test_a_transaction_commit_that_hangs_is_given_up_on_and_the_producer_replaced() -> None:
+    tracker, hanging, fresh = _one_finished_offset(), HangingProducer(), RecordingProducer()
+    commits = ExactlyOnceCommits(RecordingConsumer(), hanging, tracker, renew=lambda: fresh,
+                                 commit_guard_s=0.2)  # fmt: skip
+    epoch = tracker.epoch
+    try:
+        asyncio.run(commits.tick(RecordingSettle(tracker, [])))
+    finally:
+        hanging.released.set()
+    assert fresh.calls == ["init_transactions", "begin_transaction"]
+    # Nothing of the hung transaction counts as committed; its input is read again.
+    assert tracker.epoch != epoch and tracker.committable() == {} and tracker.unfinished() == 0
+
+
+def test_a_hanging_commit_without_a_way_to_renew_or_at_shutdown_stops_the_worker() -> None:
+    for renew, begin_next in ((None, True), (RecordingProducer, False)):
+        hanging = HangingProducer()
+        commits = ExactlyOnceCommits(RecordingConsumer(), hanging, _one_finished_offset(), renew=renew,
+                                     commit_guard_s=0.2)  # fmt: skip
+        try:
+            with pytest.raises(KafkaOperationFailed, match="no answer") as raised:
+                asyncio.run(commits._commit(begin_next=begin_next))
+        finally:
+            hanging.released.set()
+        assert raised.value.fatal

@@ -7,11 +7,13 @@ a policy decides when they run and what a rebalance or a lost partition means fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from confluent_kafka import KafkaException
 
@@ -41,6 +43,13 @@ _MAX_RECOVERIES = 3
 _RECOVERY_WINDOW_S = 60.0
 # The longest wait for the broker to abort an open transaction (a failed shutdown, lost partitions).
 ABORT_TIMEOUT_S = 30.0
+# commit_transaction gives each of its librdkafka calls 30 s. librdkafka's send_offsets_to_transaction
+# ignores its timeout while the group coordinator it cached is down (librdkafka #5456, #5511, open in
+# 2.16): the exactly-once-failover test's woken worker waited in it for 5 minutes, its intake stopped,
+# until the poll interval expired. Past this guard the call is given up on and the producer replaced.
+COMMIT_GUARD_S = 75.0
+
+T = TypeVar("T")
 
 
 # Hears each failed commit: "offsets" or "transaction" (the worker counts them, enrich_commit_failures).
@@ -159,10 +168,12 @@ class ExactlyOnceCommits:
         *,
         renew: Callable[[], TransactionalProducer] | None = None,
         on_failure: OnFailure = _ignore,
+        commit_guard_s: float = COMMIT_GUARD_S,
     ) -> None:
         self._consumer, self._producer, self.tracker = consumer, producer, tracker
         self._renew, self._on_failure = renew, on_failure
         self._recoveries: list[float] = []
+        self._commit_guard_s = commit_guard_s
 
     async def begin(self) -> None:
         await asyncio.to_thread(self._producer.init_transactions, 60)
@@ -190,9 +201,7 @@ class ExactlyOnceCommits:
     async def recover(self, failure: BaseException) -> bool:
         if not isinstance(failure, DeliveryFailed | KafkaOperationFailed) or failure.fenced:
             return False
-        now = time.monotonic()
-        self._recoveries = [t for t in self._recoveries if now - t < _RECOVERY_WINDOW_S] + [now]
-        if len(self._recoveries) > _MAX_RECOVERIES:
+        if not self._may_recover():
             return False
         log.warning("%s; aborting the open transaction and reading its input again", failure)
         self.tracker.reset()
@@ -206,14 +215,23 @@ class ExactlyOnceCommits:
             fatal, fenced = failure_kind(exc.args[0] if exc.args else None)
             if fenced or not fatal or self._renew is None:
                 raise KafkaOperationFailed("begin_transaction", str(exc), fatal=fatal, fenced=fenced) from exc
-        self._producer = self._renew()
+        await self._replace_producer("its fatal error")
+        return True
+
+    def _may_recover(self) -> bool:
+        now = time.monotonic()
+        self._recoveries = [t for t in self._recoveries if now - t < _RECOVERY_WINDOW_S] + [now]
+        return len(self._recoveries) <= _MAX_RECOVERIES
+
+    async def _replace_producer(self, why: str) -> None:
+        assert self._renew is not None
+        self._producer = self._renew()  # its init_transactions aborts the old one's transaction
         try:
             await asyncio.to_thread(self._producer.init_transactions, 60)
             self._producer.begin_transaction()
         except KafkaException as exc:
             raise KafkaOperationFailed("init_transactions", str(exc)) from exc
-        log.warning("replaced the producer after its fatal error; transactions resumed")
-        return True
+        log.warning("replaced the producer after %s; transactions resumed", why)
 
     async def close(self, *, failed: bool) -> None:
         try:
@@ -228,7 +246,20 @@ class ExactlyOnceCommits:
     async def _commit(self, *, begin_next: bool = True) -> None:
         commit = partial(commit_transaction, self._producer, self._consumer, self.tracker)
         try:
-            await asyncio.to_thread(commit, begin_next=begin_next)
+            await asyncio.wait_for(_in_daemon_thread(partial(commit, begin_next=begin_next)),
+                                   self._commit_guard_s)  # fmt: skip
+        except TimeoutError:
+            # The thread stays blocked inside the old producer (it keeps it alive); nothing of the open
+            # transaction committed, so its input is read again through a new producer.
+            self._on_failure("transaction")
+            hung = KafkaOperationFailed(
+                "commit_transaction", f"no answer in {self._commit_guard_s:.0f} s (librdkafka #5456: a "
+                "cached group coordinator that is down)", fatal=True)  # fmt: skip
+            if not begin_next or self._renew is None or not self._may_recover():
+                raise hung from None
+            log.warning("%s; replacing the producer and reading the uncommitted input again", hung)
+            self.tracker.reset()
+            await self._replace_producer("a transaction commit that hung")
         except KafkaOperationFailed as exc:
             self._on_failure("transaction")
             if not begin_next:
@@ -252,6 +283,30 @@ class ExactlyOnceCommits:
             await asyncio.to_thread(self._producer.abort_transaction, ABORT_TIMEOUT_S)
         except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
             log.warning("abort_transaction failed: %s", exc)
+
+
+async def _in_daemon_thread(call: Callable[[], T]) -> T:
+    """`call()` in a thread of its own that shutdown does not wait for (asyncio.to_thread's pool does: a
+    call hung inside librdkafka would keep the process from exiting)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # handed back to the awaiting coroutine
+            outcome = partial(future.set_exception, exc)
+        else:
+            outcome = partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="kafka-transaction", daemon=True).start()
+    return await future
 
 
 def make_commit_policy(
