@@ -75,6 +75,52 @@ async def until(done: Callable[[], bool], tasks: list[asyncio.Task[Any]], timeou
         await asyncio.sleep(0.05)
 
 
+async def set_under_traffic(
+    worker: StreamWorker, run: asyncio.Task[None], capsys: pytest.CaptureFixture[str],
+    listings: list[tuple[bytes, bytes]], first: int, *argv: str,
+) -> tuple[int, str]:  # fmt: skip
+    """Produce `listings[:first]`, wait until they are enriched and the worker has reported, then run
+    `enrich rollout set *argv` while the next listings arrive in chunks of 30, and the rest once it
+    returned; its (exit code, output), once every listing is enriched."""
+    kafka = worker._kafka
+    bootstrap, topic, control, group = kafka.bootstrap_servers, kafka.input_topic, kafka.control_topic, \
+        kafka.group_id  # fmt: skip
+    await asyncio.to_thread(produce_records, bootstrap, topic, listings[:first])
+    await until(lambda: finished(worker) >= first, [run])
+    await until(lambda: reported(bootstrap, control, group, worker) is not None, [run])
+    rollout = asyncio.create_task(asyncio.to_thread(cli, capsys, "rollout", "set", *argv))
+    produced = first
+    while produced < len(listings) - 30 and not rollout.done():
+        await asyncio.to_thread(produce_records, bootstrap, topic, listings[produced : produced + 30])
+        produced += 30
+    result = await rollout
+    await asyncio.to_thread(produce_records, bootstrap, topic, listings[produced:])
+    await until(lambda: finished(worker) >= len(listings), [run])
+    return result
+
+
+def assert_switched_once(
+    worker: StreamWorker, batches: list[tuple[str, set[str], list[str]]], digest_of: dict[str, str],
+    input_topic: str, swapped: set[str], old: str, new: str,
+) -> None:  # fmt: skip
+    """No mixed batch; each inferred listing's event carries the model its batch ran on; per input
+    partition, in offset order, the `swapped` listings are `old` up to one offset, then `new`, never back."""
+    assert counter(worker, "enrich_mixed_batches") == 0
+    for digest, tokenized_with, batch_ids in batches:
+        assert tokenized_with == {digest}
+        assert {digest_of[i] for i in batch_ids} == {digest}
+    by_partition: dict[int, list[str]] = {}
+    for record in read_events(worker._kafka.bootstrap_servers, input_topic, expected=len(digest_of),
+                              timeout_s=15, raw=True):  # fmt: skip
+        if record["key"].decode() in swapped:
+            by_partition.setdefault(record["_partition"], []).append(record["key"].decode())
+    assert by_partition
+    for partition_ids in by_partition.values():
+        sequence = [digest_of[i] for i in partition_ids]
+        switch = sequence.index(new)
+        assert set(sequence[:switch]) == {old} and set(sequence[switch:]) == {new}
+
+
 def test_rollout_set_swaps_under_traffic_without_loss_or_mixed_batches(
     kafka, redis_server, tiny_model_dir: Path, other_tiny_model_dir: Path, topics: tuple[str, ...],
     capsys: pytest.CaptureFixture[str],
@@ -83,7 +129,6 @@ def test_rollout_set_swaps_under_traffic_without_loss_or_mixed_batches(
     a, b = ServedModel.load(tiny_model_dir).digest, ServedModel.load(other_tiny_model_dir).digest
     assert a != b
     listings = sample_listings(900, id_prefix="H", seed=11)
-    chunks = [listings[i : i + 30] for i in range(300, 870, 30)]
     worker = build_worker(swap_config(kafka, redis_server, tiny_model_dir, topics, group))
     batches = spy_batches(worker)
     common = ("--kafka-bootstrap", bootstrap, "--topic", control)
@@ -91,24 +136,11 @@ def test_rollout_set_swaps_under_traffic_without_loss_or_mixed_batches(
     async def scenario() -> None:
         stop = asyncio.Event()
         run = asyncio.create_task(worker.run(stop))
-        await asyncio.to_thread(produce_records, bootstrap, topics[0], listings[:300])
-        await until(lambda: finished(worker) >= 300, [run])
-        await until(lambda: reported(bootstrap, control, group, worker) is not None, [run])
         # `rollout set` (it waits until the worker reports B) while listings keep arriving.
-        rollout = asyncio.create_task(asyncio.to_thread(
-            cli, capsys, "rollout", "set", str(other_tiny_model_dir), "--group", group, "--wait", "60",
-            *common,
-        ))  # fmt: skip
-        for chunk in chunks:
-            await asyncio.to_thread(produce_records, bootstrap, topics[0], chunk)
-            if rollout.done():
-                break
-        code, out = await rollout
+        code, out = await set_under_traffic(worker, run, capsys, listings, 300, str(other_tiny_model_dir),
+                                            "--group", group, "--wait", "60", *common)  # fmt: skip
         assert code == 0, out
         assert f"all 1 live workers run {b[:19]}" in out
-        rest = listings[300 + 30 * (chunks.index(chunk) + 1) :]
-        await asyncio.to_thread(produce_records, bootstrap, topics[0], rest)  # after the swap: on B
-        await until(lambda: finished(worker) >= len(listings), [run])
         stop.set()
         await run
 
@@ -119,20 +151,8 @@ def test_rollout_set_swaps_under_traffic_without_loss_or_mixed_batches(
     assert sorted(ids) == sorted(key.decode() for key, _ in listings)  # every listing once: none lost
     digest_of = {e["listing_id"]: e["model"]["digest"] for e in events}
     assert {a, b} == set(digest_of.values())
-    # No batch mixes models, and each inferred listing's event carries the model its batch ran on.
-    assert counter(worker, "enrich_mixed_batches") == 0
     assert {d for d, _, _ in batches} == {a, b}
-    for digest, tokenized_with, batch_ids in batches:
-        assert tokenized_with == {digest}
-        assert {digest_of[i] for i in batch_ids} == {digest}
-    # Per input partition, in offset order: A up to one point, then B, never back.
-    by_partition: dict[int, list[str]] = {}
-    for record in read_events(bootstrap, topics[0], expected=len(listings), timeout_s=15, raw=True):
-        by_partition.setdefault(record["_partition"], []).append(record["key"].decode())
-    for partition_ids in by_partition.values():
-        sequence = [digest_of[i] for i in partition_ids]
-        switch = sequence.index(b)
-        assert set(sequence[:switch]) == {a} and set(sequence[switch:]) == {b}
+    assert_switched_once(worker, batches, digest_of, topics[0], set(ids), a, b)
     assert counter(worker, "enrich_model_swaps") == 1
 
     code, out = cli(capsys, "rollout", "status", "--group", group, *common)

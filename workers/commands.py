@@ -77,9 +77,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument("--stale-after", type=float, default=120.0,
                          help="a worker that has not reported for this long (s) counts as gone")  # fmt: skip
         sub.set_defaults(func=_rollout)
-    for sub in (set_parser, shadow, canary, promote):  # they resolve a model, and load it on Triton
+    for sub in (set_parser, shadow, canary, promote):  # they resolve a model
         sub.add_argument("--store", default=os.environ.get("ENRICH_MODEL_STORE"),
                          help="model store folder, for a DIGEST [env ENRICH_MODEL_STORE]")  # fmt: skip
+    for sub in (set_parser, shadow, canary, promote, rollback):  # they load or unload Triton versions
         sub.add_argument("--backend", default=os.environ.get("ENRICH_BACKEND", "onnx"),
                          choices=("onnx", "triton"), help="the group's backend [env ENRICH_BACKEND]")
         sub.add_argument("--triton-url", default=os.environ.get("ENRICH_TRITON_URL", "127.0.0.1:8001"))
@@ -91,6 +92,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument("--wait", type=float, default=120.0,
                          help="wait this long for every worker to switch (0: don't), then unload old "
                          "Triton versions")  # fmt: skip
+    rollback.add_argument("--wait", type=float, default=120.0,
+                          help="Triton: wait this long for every worker to drop the trial (0: don't), then "
+                          "unload the candidate's version")  # fmt: skip
 
 
     from workers.runtime.replay import register as register_replay
@@ -242,11 +246,11 @@ def _rollout(args: argparse.Namespace) -> int:
         topics[args.shadow_topic] = "--shadow-topic / ENRICH_SHADOW_TOPIC"
     check_kafka_target(args, topics)  # the topics exist; also applies --kafka-property (security)
     resolves = hasattr(args, "store")  # set, shadow, canary, promote
-    triton = resolves and args.backend == "triton"
+    triton = getattr(args, "backend", "onnx") == "triton"  # those and rollback
     target = RolloutTarget(
         args.kafka_bootstrap, args.topic, args.group or "",
         store=Path(args.store) if resolves and args.store else None,
-        triton_url=args.triton_url if triton else "", triton_model=args.triton_model if resolves else "",
+        triton_url=args.triton_url if triton else "", triton_model=getattr(args, "triton_model", ""),
         triton_repo=Path(args.triton_repo) if triton and args.triton_repo else None,
     )  # fmt: skip
     action = args.rollout
@@ -258,7 +262,7 @@ def _rollout(args: argparse.Namespace) -> int:
     elif action == "promote":
         lines = promote(target, wait_s=args.wait, stale_s=args.stale_after)
     elif action == "rollback":
-        lines = rollback(target)
+        lines = rollback(target, wait_s=args.wait, stale_s=args.stale_after)
     else:
         lines = report_lines(args.kafka_bootstrap, args.shadow_topic, args.group, args.examples)
     print("\n".join(lines))

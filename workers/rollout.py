@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,10 @@ from workers.runtime.control import (
 )
 from workers.runtime.model_swap import check_serving
 
-__all__ = ["RolloutTarget", "live_reports", "resolve_model", "set_desired", "status_lines", "triton_add"]
+__all__ = [
+    "RolloutTarget", "called_versions", "live_reports", "resolve_model", "set_desired", "status_lines",
+    "triton_add", "triton_load", "triton_unload_unused", "wait_for_workers",
+]  # fmt: skip
 
 _TRITON_TIMEOUT_S = 60.0
 
@@ -128,6 +132,31 @@ def _age_s(stamp: str, now: datetime) -> float:
         return float("inf")
 
 
+def called_versions(state: dict[str, ControlRecord], group: str, stale_s: float) -> set[str]:
+    """The Triton versions the group may call: those its live workers run, its desired model's and its
+    candidate's (workers not yet on them will be)."""
+    versions = {r.triton_version for r in live_reports(state, group, stale_s)}
+    for key in (group, candidate_key(group)):
+        record = state.get(key)
+        if isinstance(record, DesiredModel | CandidateModel):
+            versions.add(record.triton_version)
+    return versions - {""}
+
+
+def wait_for_workers(
+    target: RolloutTarget, wait_s: float, stale_s: float, behind: Callable[[WorkerReport], bool]
+) -> tuple[list[WorkerReport], list[str]]:
+    """Read the group's reports until no live worker is `behind` or `wait_s` passed: (the live reports,
+    the ids of the workers still behind)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        reports = live_reports(read_control(target.bootstrap, target.topic), target.group, stale_s)
+        lagging = sorted(r.worker_id for r in reports if behind(r))
+        if not lagging or time.monotonic() > deadline:
+            return reports, lagging
+        time.sleep(0.5)
+
+
 def triton_add(
     target: RolloutTarget, state: dict[str, ControlRecord], digest: str, stale_s: float, lines: list[str]
 ) -> tuple[str, set[str]]:
@@ -138,11 +167,7 @@ def triton_add(
     if target.triton_repo is None:
         raise ConfigError("the Triton backend needs --triton-repo (the repository Triton serves)")
     triton_version = triton_version_of(target.triton_repo, target.triton_model, digest)
-    running_versions = {r.triton_version for r in live_reports(state, target.group, stale_s)} - {""}
-    for key in (target.group, candidate_key(target.group)):
-        previous = state.get(key)
-        if isinstance(previous, DesiredModel | CandidateModel) and previous.triton_version:
-            running_versions.add(previous.triton_version)
+    running_versions = called_versions(state, target.group, stale_s)
     triton_load(target, running_versions | {triton_version})
     lines.append(f"Triton serves {target.triton_model} versions "
                  f"{sorted(running_versions | {triton_version}, key=int)}")  # fmt: skip
@@ -174,22 +199,30 @@ def set_desired(
     lines.append(f"group {target.group}: desired model is now {model.short_digest}")
     if wait_s <= 0:
         return lines
-    deadline = time.monotonic() + wait_s
-    while True:
-        reports = live_reports(read_control(target.bootstrap, target.topic), target.group, stale_s)
-        behind = [r.worker_id for r in reports if r.digest != model.digest]
-        if not behind:
-            break
-        if time.monotonic() > deadline:
-            lines.append(f"still on another model after {wait_s:.0f}s: {', '.join(sorted(behind))} "
-                         "(see `enrich rollout status`); old Triton versions kept")  # fmt: skip
-            return lines
-        time.sleep(0.5)
+    reports, behind = wait_for_workers(target, wait_s, stale_s, lambda r: r.digest != model.digest)
+    if behind:
+        lines.append(f"still on another model after {wait_s:.0f}s: {', '.join(behind)} "
+                     "(see `enrich rollout status`); old Triton versions kept")  # fmt: skip
+        return lines
     lines.append(f"all {len(reports)} live workers run {model.short_digest}")
-    if target.triton_url and running_versions - {triton_version}:
-        triton_load(target, {triton_version})
-        lines.append(f"Triton unloaded versions {sorted(running_versions - {triton_version}, key=int)}")
+    if target.triton_url:
+        triton_unload_unused(target, running_versions | {triton_version}, stale_s, lines)
     return lines
+
+
+def triton_unload_unused(target: RolloutTarget, loaded: set[str], stale_s: float, lines: list[str]) -> None:
+    """Have Triton serve only the versions of `loaded` the group still calls (`called_versions`, read now:
+    a shadow or canary candidate set meanwhile keeps its version). Keeps everything when no version is
+    known to be called: loading an empty set would unload the model."""
+    needed = called_versions(read_control(target.bootstrap, target.topic), target.group, stale_s)
+    unused = loaded - needed
+    if not unused:
+        return
+    if not needed:
+        lines.append(f"no worker reports a Triton version: versions {sorted(loaded, key=int)} kept")
+        return
+    triton_load(target, needed)
+    lines.append(f"Triton unloaded versions {sorted(unused, key=int)}")
 
 
 def status_lines(bootstrap: str, topic: str, group: str | None, stale_s: float) -> list[str]:

@@ -18,9 +18,18 @@ import orjson
 
 from workers.contract.errors import ConfigError
 from workers.model.identity import short_digest
-from workers.rollout import RolloutTarget, resolve_model, set_desired, triton_add
+from workers.rollout import (
+    RolloutTarget,
+    called_versions,
+    resolve_model,
+    set_desired,
+    triton_add,
+    triton_unload_unused,
+    wait_for_workers,
+)
 from workers.runtime.control import (
     CandidateModel,
+    ControlRecord,
     ControlWriter,
     DesiredModel,
     candidate_key,
@@ -71,21 +80,37 @@ def promote(target: RolloutTarget, *, wait_s: float, stale_s: float) -> list[str
     return [*lines, f"group {target.group}: {candidate.mode} candidate promoted; no candidate now"]
 
 
-def rollback(target: RolloutTarget) -> list[str]:
-    """`enrich rollout rollback`: drop the candidate; the workers keep (or go back to) the desired model."""
-    candidate = _candidate(target)
+def rollback(target: RolloutTarget, *, wait_s: float = 0.0, stale_s: float = 120.0) -> list[str]:
+    """`enrich rollout rollback`: drop the candidate; the workers keep (or go back to) the desired model.
+    Triton backend with `wait_s`: once no live worker tries the candidate any more (a worker reports the
+    trial dropped only after the candidate's last batch), unload its version unless the group calls it."""
+    state = read_control(target.bootstrap, target.topic)
+    candidate = _candidate(target, state)
+    loaded = called_versions(state, target.group, stale_s)
     writer = ControlWriter(target.bootstrap, target.topic)
     try:
         writer.delete(candidate_key(target.group))
         writer.flush()
     finally:
         writer.close()
-    return [f"group {target.group}: {candidate.mode} candidate {short_digest(candidate.digest)} dropped; "
-            "the workers serve only the desired model"]  # fmt: skip
+    short = short_digest(candidate.digest)
+    lines = [f"group {target.group}: {candidate.mode} candidate {short} dropped; "
+             "the workers serve only the desired model"]  # fmt: skip
+    if not (target.triton_url and candidate.triton_version):
+        return lines
+    _, trying = wait_for_workers(target, wait_s, stale_s, lambda r: short in r.trial) if wait_s > 0 \
+        else ([], ["(not waited for: --wait 0)"])  # fmt: skip
+    if trying:
+        lines.append(f"still trying the candidate: {', '.join(trying)}; Triton version "
+                     f"{candidate.triton_version} kept")  # fmt: skip
+        return lines
+    triton_unload_unused(target, loaded, stale_s, lines)
+    return lines
 
 
-def _candidate(target: RolloutTarget) -> CandidateModel:
-    record = read_control(target.bootstrap, target.topic).get(candidate_key(target.group))
+def _candidate(target: RolloutTarget, state: dict[str, ControlRecord] | None = None) -> CandidateModel:
+    state = read_control(target.bootstrap, target.topic) if state is None else state
+    record = state.get(candidate_key(target.group))
     if not isinstance(record, CandidateModel):
         raise ConfigError(f"group {target.group} has no shadow or canary candidate (`enrich rollout status`)")
     return record

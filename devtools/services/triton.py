@@ -130,9 +130,11 @@ class TritonServer:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def is_model_ready(self, name: str) -> bool:
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        """Whether Triton serves `name` (any version), or its version `version` when given."""
+        path = f"{name}/versions/{version}" if version else name
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{name}/ready", timeout=2) as reply:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{path}/ready", timeout=2) as reply:
                 return bool(reply.status == 200)
         except urllib.error.HTTPError:
             return False
