@@ -10,7 +10,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from workers.contract.errors import DeliveryFailed, KafkaOperationFailed
-from workers.stages.commit import OffsetTracker, commit_offsets, commit_reporter, commit_transaction
+from workers.stages.commit import (
+    CallHung,
+    OffsetTracker,
+    commit_offsets,
+    commit_reporter,
+    commit_transaction,
+)
 from workers.stages.commit_policy import AtLeastOnceCommits, ExactlyOnceCommits, make_commit_policy
 
 P0, P1 = ("in", 0), ("in", 1)
@@ -431,6 +437,22 @@ def test_a_transaction_commit_that_hangs_is_given_up_on_and_the_producer_replace
     assert fresh.calls == ["init_transactions", "begin_transaction"]
     # Nothing of the hung transaction counts as committed; its input is read again.
     assert tracker.epoch != epoch and tracker.committable() == {} and tracker.unfinished() == 0
+
+
+def test_a_send_offsets_call_that_ignores_its_timeout_is_left_behind_as_hung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("workers.stages.commit.SEND_OFFSETS_TIMEOUT_S", 0.1)
+    monkeypatch.setattr("workers.stages.commit._HANG_GRACE_S", 0.1)
+    tracker, hanging, fresh = _one_finished_offset(), HangingProducer(), RecordingProducer()
+    commits = ExactlyOnceCommits(RecordingConsumer(), hanging, tracker, renew=lambda: fresh)
+    try:
+        with pytest.raises(CallHung, match="send_offsets_to_transaction still running"):
+            commit_transaction(hanging, RecordingConsumer(), _one_finished_offset())
+        asyncio.run(commits.tick(RecordingSettle(tracker, [])))  # the policy replaces the producer
+    finally:
+        hanging.released.set()
+    assert fresh.calls == ["init_transactions", "begin_transaction"] and tracker.committable() == {}
 
 
 def test_a_hanging_commit_without_a_way_to_renew_or_at_shutdown_stops_the_worker() -> None:

@@ -10,8 +10,10 @@ what to do on a rebalance, is the commit policy's (`workers.stages.commit_policy
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
@@ -19,6 +21,8 @@ from confluent_kafka import KafkaError, KafkaException
 from workers.contract.errors import KafkaOperationFailed
 
 __all__ = [
+    "SEND_OFFSETS_TIMEOUT_S",
+    "CallHung",
     "CommittingConsumer",
     "OffsetTracker",
     "TopicPartitionKey",
@@ -240,9 +244,9 @@ def commit_transaction(
         if remaining:
             raise KafkaOperationFailed("commit_transaction", f"{remaining} outputs not acknowledged in time")
         if positions:
-            producer.send_offsets_to_transaction(
-                _topic_partitions(positions), consumer.consumer_group_metadata(), timeout_s
-            )
+            metadata = consumer.consumer_group_metadata()
+            _bounded(partial(producer.send_offsets_to_transaction, _topic_partitions(positions), metadata,
+                             SEND_OFFSETS_TIMEOUT_S), SEND_OFFSETS_TIMEOUT_S + _HANG_GRACE_S)  # fmt: skip
         producer.commit_transaction(timeout_s)
         if begin_next:
             producer.begin_transaction()
@@ -257,6 +261,43 @@ def commit_transaction(
         ) from exc
     tracker.mark_committed(positions)
     return positions
+
+
+# librdkafka's send_offsets_to_transaction ignores its timeout while the group coordinator it cached is
+# down (librdkafka #5456 and #5511, open in 2.16): the exactly-once-failover test's workers waited in it
+# for 75 s to 5 min whenever the killed broker was the coordinator, their intake stopped meanwhile. A
+# coordinator failover takes about 10 s here (KRaft's broker session timeout, then FindCoordinator), so a
+# call still running 5 s past its 15 s timeout is hung: the caller replaces the producer (CallHung).
+SEND_OFFSETS_TIMEOUT_S = 15.0
+_HANG_GRACE_S = 5.0
+
+
+class CallHung(KafkaOperationFailed):
+    """A librdkafka call ran past its own timeout and was left behind in its thread; the client it was
+    made on must not be used again."""
+
+
+def _bounded(call: Callable[[], None], limit_s: float) -> None:
+    """`call()` in a daemon thread, waited for up to `limit_s` (CallHung past it); its error is re-raised."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # re-raised on the caller's thread
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, name="kafka-send-offsets", daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if not outcome:
+        raise CallHung("commit_transaction", f"send_offsets_to_transaction still running after "
+                       f"{limit_s:.0f} s (librdkafka #5456: a cached group coordinator that is down)",
+                       fatal=True)  # fmt: skip
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 _FENCED_CODES = frozenset(

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaException
 
 from workers.contract.errors import DeliveryFailed, KafkaOperationFailed
 from workers.stages.commit import (
+    CallHung,
     CommittingConsumer,
     OffsetTracker,
     TopicPartitionKey,
@@ -43,11 +44,10 @@ _MAX_RECOVERIES = 3
 _RECOVERY_WINDOW_S = 60.0
 # The longest wait for the broker to abort an open transaction (a failed shutdown, lost partitions).
 ABORT_TIMEOUT_S = 30.0
-# commit_transaction gives each of its librdkafka calls 30 s. librdkafka's send_offsets_to_transaction
-# ignores its timeout while the group coordinator it cached is down (librdkafka #5456, #5511, open in
-# 2.16): the exactly-once-failover test's woken worker waited in it for 5 minutes, its intake stopped,
-# until the poll interval expired. Past this guard the call is given up on and the producer replaced.
-COMMIT_GUARD_S = 75.0
+# The backstop of a whole transaction commit (flush, send offsets, commit: 30 + 15 + 30 s at most when
+# librdkafka keeps its timeouts; send_offsets_to_transaction does not always, see commit.CallHung). Past
+# it the commit is given up on and the producer replaced, like a CallHung.
+COMMIT_GUARD_S = 90.0
 
 T = TypeVar("T")
 
@@ -248,13 +248,12 @@ class ExactlyOnceCommits:
         try:
             await asyncio.wait_for(_in_daemon_thread(partial(commit, begin_next=begin_next)),
                                    self._commit_guard_s)  # fmt: skip
-        except TimeoutError:
-            # The thread stays blocked inside the old producer (it keeps it alive); nothing of the open
-            # transaction committed, so its input is read again through a new producer.
+        except (TimeoutError, CallHung) as exc:
+            # The hung call stays blocked inside the old producer (its thread keeps it alive); nothing of the
+            # open transaction committed, so its input is read again through a new producer.
             self._on_failure("transaction")
-            hung = KafkaOperationFailed(
-                "commit_transaction", f"no answer in {self._commit_guard_s:.0f} s (librdkafka #5456: a "
-                "cached group coordinator that is down)", fatal=True)  # fmt: skip
+            hung = exc if isinstance(exc, CallHung) else CallHung(
+                "commit_transaction", f"no answer in {self._commit_guard_s:.0f} s", fatal=True)  # fmt: skip
             if not begin_next or self._renew is None or not self._may_recover():
                 raise hung from None
             log.warning("%s; replacing the producer and reading the uncommitted input again", hung)
