@@ -14,6 +14,8 @@ The model in force is `serving` (model, backend, cache namespace: `workers.stage
 captures it when launched; `between_batches` replaces it (`workers.runtime.model_swap`).
 A candidate (`trial`, `workers.stages.trial`) is set the same way: a canary serves its share of each chunk,
 a shadow runs it on a sample next to the active model (`workers.runtime.shadow`).
+The steps that follow the group and the process (control task, commit tick, rebalance callbacks, drain,
+shutdown) are `workers.runtime.membership.GroupMember`'s, a base of `StreamWorker`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from workers.contract.results import ListingResult
 from workers.model.served import ServedModel
 from workers.runtime.broker import BrokerHealth
 from workers.runtime.config import BatchConfig, KafkaConfig
+from workers.runtime.membership import SHUTDOWN_FLUSH_S, GroupMember
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.producer import AsyncProducer
 from workers.stages.batch import Batch, MicroBatcher
@@ -55,20 +58,13 @@ log = logging.getLogger(__name__)
 _POLL_TIMEOUT_MAX_S = 0.1
 _FULL_WINDOW_WAIT_S = 0.002
 _SERVE_CALLBACKS_EVERY_S = 0.5
-# The lag is asked of the broker (one committed-offsets request, one list-offsets request per partition)
-# on the consume thread: every few seconds is fresh enough for a 15 s scrape and costs intake nothing
-# measurable; at every commit tick (100 ms in the tests) it would.
-_LAG_EVERY_S = 5.0
-# At shutdown, after the drain and the last commit: the longest wait for outstanding deliveries (dead
-# letters, attribute events). deploy/k8s sizes terminationGracePeriodSeconds from it.
-SHUTDOWN_FLUSH_S = 10.0
 # A chunk's cache lookup and publishing wait on Redis (MGET, the guard's script) and on the lock that orders
 # publishing; intake validates the next chunk meanwhile. Two in flight keeps both the event loop and Redis
 # busy; more would only queue on that lock.
 _LOOKUPS_IN_FLIGHT = 2
 
 
-class StreamWorker:
+class StreamWorker(GroupMember):
     """One consumer-group member; its collaborators are passed in (see `workers.runtime.assembly`)."""
 
     def __init__(
@@ -178,24 +174,6 @@ class StreamWorker:
             failed = False
         finally:
             await self._shutdown(failed=failed)
-
-    async def _follow(self, control: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-        """The control task; its failure costs the hot swap, never the stream."""
-        try:
-            await control(self._control_stop)
-        except Exception:
-            log.exception("the control task failed: no hot swap until the worker restarts")
-
-    async def _stop_control(self) -> None:
-        """Let the control task finish what it does (a swap in progress), bounded by the drain timeout."""
-        task, self._control_task = self._control_task, None
-        if task is None:
-            return
-        self._control_stop.set()
-        try:
-            await asyncio.wait_for(task, self._kafka.drain_timeout_s)
-        except TimeoutError:
-            log.warning("the control task did not stop in time; cancelled")
 
     async def _recover_or_raise(self) -> None:
         """A failed batch or delivery stops the worker, unless the commit policy recovers from it
@@ -382,80 +360,3 @@ class StreamWorker:
         finally:
             for _ in range(held):
                 self._lookup_slots.release()
-
-    # ---- commit, rebalance, shutdown ---------------------------------------------------------------------
-
-    async def _commit_tick(self) -> None:
-        await self._commits.tick(self._finish_in_flight)
-        if time.monotonic() >= self._next_lag:
-            lags = await self._source.lag()
-            if lags is not None:
-                # Only what is still assigned: no callback ran meanwhile (they run inside consume()).
-                self.metrics.set_lags({tp: lag for tp, lag in lags.items() if tp in self._source.assigned})
-            self._next_lag = time.monotonic() + _LAG_EVERY_S
-
-    async def _finish_in_flight(self, partitions: list[TopicPartitionKey] | None) -> None:
-        """Release every open batch and wait (bounded) until the tracked offsets are finished."""
-        deadline = time.monotonic() + self._kafka.drain_timeout_s
-        while True:
-            for batch in self._batcher.drain():  # again each turn: lookups in flight may add misses
-                self._launch(batch)
-            if not self._tracker.unfinished(partitions) or time.monotonic() >= deadline:
-                return
-            if self._fatal is not None or self._producer.failure is not None:
-                return  # an offset whose output failed never finishes: the loop recovers or stops now
-            await asyncio.sleep(0.005)
-
-    def _on_assign(self, partitions: list[TopicPartitionKey]) -> None:
-        if partitions:  # cooperative rebalances call every member, most with nothing new
-            self.metrics.rebalances.labels(event="assigned").inc()
-            self._next_lag = 0.0  # report the new partitions at the next tick
-
-    def _on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
-        """Consume thread: finish the revoked partitions' work, commit it, then let the rebalance go on."""
-        if partitions:
-            self.metrics.rebalances.labels(event="revoked").inc()
-        self.metrics.forget_partitions(partitions)  # their new owner reports their lag
-        if self._closing or self._loop is None:
-            return
-        drain = self._commits.drain(partitions, self._finish_in_flight)
-        self._source.wait_in_callback(asyncio.run_coroutine_threadsafe(drain, self._loop))
-
-    def _on_lost(self, partitions: list[TopicPartitionKey]) -> None:
-        """Consume thread: lost without a chance to commit; the policy decides before consume() goes on
-        (exactly-once aborts the open transaction, see `ExactlyOnceCommits`)."""
-        if partitions:
-            self.metrics.rebalances.labels(event="lost").inc()
-        self.metrics.forget_partitions(partitions)
-        if self._closing or self._loop is None:
-            return
-        lost = self._commits.lost(partitions)
-        self._source.wait_in_callback(asyncio.run_coroutine_threadsafe(lost, self._loop))
-
-    async def abandon(self) -> None:
-        """Close the clients of a worker that never ran (its start-up check refused the model)."""
-        await self._source.close()
-        self._producer.close()
-        await self.serving.backend.close()
-        await self.serving.cache.close()
-
-    async def _shutdown(self, *, failed: bool) -> None:
-        self._running = False
-        self._stopped = True
-        try:
-            await self._stop_control()
-            if not failed:
-                await self._finish_in_flight(None)
-            await self._commits.close(failed=failed)
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._closing = True
-            await self._source.close()
-            await self._producer.flush(SHUTDOWN_FLUSH_S)
-            # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.
-            self._producer.close()
-            await self.serving.backend.close()
-            await self.serving.cache.close()
-            log.info("worker stopped", extra={"worker_id": self.worker_id})
