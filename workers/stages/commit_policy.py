@@ -7,13 +7,11 @@ a policy decides when they run and what a rebalance or a lost partition means fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from confluent_kafka import KafkaException
 
@@ -44,12 +42,6 @@ _MAX_RECOVERIES = 3
 _RECOVERY_WINDOW_S = 60.0
 # The longest wait for the broker to abort an open transaction (a failed shutdown, lost partitions).
 ABORT_TIMEOUT_S = 30.0
-# The backstop of a whole transaction commit (flush, send offsets, commit: 30 + 15 + 30 s at most when
-# librdkafka keeps its timeouts; send_offsets_to_transaction does not always, see commit.CallHung). Past
-# it the commit is given up on and the producer replaced, like a CallHung.
-COMMIT_GUARD_S = 90.0
-
-T = TypeVar("T")
 
 
 # Hears each failed commit: "offsets" or "transaction" (the worker counts them, enrich_commit_failures).
@@ -168,12 +160,10 @@ class ExactlyOnceCommits:
         *,
         renew: Callable[[], TransactionalProducer] | None = None,
         on_failure: OnFailure = _ignore,
-        commit_guard_s: float = COMMIT_GUARD_S,
     ) -> None:
         self._consumer, self._producer, self.tracker = consumer, producer, tracker
         self._renew, self._on_failure = renew, on_failure
         self._recoveries: list[float] = []
-        self._commit_guard_s = commit_guard_s
 
     async def begin(self) -> None:
         await asyncio.to_thread(self._producer.init_transactions, 60)
@@ -246,16 +236,13 @@ class ExactlyOnceCommits:
     async def _commit(self, *, begin_next: bool = True) -> None:
         commit = partial(commit_transaction, self._producer, self._consumer, self.tracker)
         try:
-            await asyncio.wait_for(_in_daemon_thread(partial(commit, begin_next=begin_next)),
-                                   self._commit_guard_s)  # fmt: skip
-        except (TimeoutError, CallHung) as exc:
+            await asyncio.to_thread(commit, begin_next=begin_next)
+        except CallHung as hung:
             # The hung call stays blocked inside the old producer (its thread keeps it alive); nothing of the
             # open transaction committed, so its input is read again through a new producer.
             self._on_failure("transaction")
-            hung = exc if isinstance(exc, CallHung) else CallHung(
-                "commit_transaction", f"no answer in {self._commit_guard_s:.0f} s", fatal=True)  # fmt: skip
             if not begin_next or self._renew is None or not self._may_recover():
-                raise hung from None
+                raise
             log.warning("%s; replacing the producer and reading the uncommitted input again", hung)
             self.tracker.reset()
             await self._replace_producer("a transaction commit that hung")
@@ -282,30 +269,6 @@ class ExactlyOnceCommits:
             await asyncio.to_thread(self._producer.abort_transaction, ABORT_TIMEOUT_S)
         except KafkaException as exc:  # fenced or already aborted: the broker discards it either way
             log.warning("abort_transaction failed: %s", exc)
-
-
-async def _in_daemon_thread(call: Callable[[], T]) -> T:
-    """`call()` in a thread of its own that shutdown does not wait for (asyncio.to_thread's pool does: a
-    call hung inside librdkafka would keep the process from exiting)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():
-            outcome()
-
-    def run() -> None:
-        try:
-            result = call()
-        except BaseException as exc:  # handed back to the awaiting coroutine
-            outcome = partial(future.set_exception, exc)
-        else:
-            outcome = partial(future.set_result, result)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, outcome)
-
-    threading.Thread(target=run, name="kafka-transaction", daemon=True).start()
-    return await future
 
 
 def make_commit_policy(
