@@ -12,12 +12,13 @@ from faust.types.auth import CredentialsT
 
 from workers.contract.errors import ConfigError
 
-__all__ = ["broker_credentials"]
+__all__ = ["broker_credentials", "ssl_context"]
 
 _SASL = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _ssl_context(properties: Mapping[str, str]) -> ssl.SSLContext:
+def ssl_context(properties: Mapping[str, str]) -> ssl.SSLContext:
+    """The CA, client certificate and key of librdkafka's `ssl.*` properties, for an aiokafka client."""
     context = ssl.create_default_context(cafile=properties.get("ssl.ca.location") or None)
     if cert := properties.get("ssl.certificate.location"):
         context.load_cert_chain(cert, properties.get("ssl.key.location") or None,
@@ -32,7 +33,7 @@ def broker_credentials(properties: Mapping[str, str]) -> CredentialsT | None:
     protocol = properties.get("security.protocol", "PLAINTEXT").upper()
     if protocol == "PLAINTEXT":
         return None
-    context = _ssl_context(properties) if protocol in ("SSL", "SASL_SSL") else None
+    context = ssl_context(properties) if protocol in ("SSL", "SASL_SSL") else None
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     mechanism = properties.get("sasl.mechanism", "PLAIN").upper()

@@ -9,7 +9,6 @@ when the killed broker was the coordinator."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,12 +35,9 @@ def aiokafka_security(properties: Mapping[str, str]) -> dict[str, object]:
     protocol = properties.get("security.protocol", "PLAINTEXT").upper()
     kwargs: dict[str, object] = {"security_protocol": protocol}
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=properties.get("ssl.ca.location") or None)
-        if cert := properties.get("ssl.certificate.location"):
-            context.load_cert_chain(cert, properties.get("ssl.key.location") or None)
-        if properties.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
-            context.check_hostname = False
-        kwargs["ssl_context"] = context
+        from views.credentials import ssl_context  # imports faust: only for a secured stack
+
+        kwargs["ssl_context"] = ssl_context(properties)
     if protocol.startswith("SASL"):
         kwargs |= {"sasl_mechanism": properties.get("sasl.mechanism", "PLAIN").upper(),
                    "sasl_plain_username": properties.get("sasl.username"),
