@@ -79,11 +79,13 @@ def test_the_soak_checks_fail_growing_rss_fds_and_lag() -> None:
 def test_the_cpu_split_names_what_each_process_used_between_samples() -> None:
     split = CpuSplit(lambda: {"self": os.getpid(), "gone": None})
     assert "self" not in split.sample()  # the first call only sets the baseline
-    deadline = time.process_time() + 0.3
+    deadline = time.process_time() + 1.0
     while time.process_time() < deadline:  # busy: this process uses one core meanwhile
         pass
     cores = split.sample()
     assert 0.2 < cores["self"] <= 1.2 and "gone" not in cores
-    assert cores["machine"] >= cores["self"] - 0.05 and cores["other"] >= 0
+    # /proc/stat counts the machine in clock ticks, sampled: over the 0.3 s this test once busied, that
+    # read 0.984 cores against the process's own 1.05 (CI failed). Over 1 s the error is a few ticks.
+    assert cores["machine"] >= cores["self"] - 0.1 and cores["other"] >= 0
     quarters = cpu_by_quarter([Sample(at, 1, 1, 0, {"self": at}) for at in (0.5, 1.5, 2.5, 3.5)], 0, 4)
     assert [q["self"] for q in quarters] == [0.5, 1.5, 2.5, 3.5]
