@@ -88,6 +88,16 @@ def test_demo_says_when_a_pass_is_too_short_to_measure() -> None:
     assert long.throughput == pytest.approx(400) and "400/s" in long.describe()
 
 
+def test_a_pass_drained_within_one_poll_has_no_cpu_split_rather_than_a_crash() -> None:
+    from devtools.bench.report import _limit
+
+    # CI: 400 events landed in the same poll as the first, so the timed interval rounded to 0 s.
+    instant = {"seconds": 0.0, "cpu_s": {"workers": 0.1, "machine": 0.2}}
+    assert _limit(instant, 2) == "pass too short to split its CPU"
+    busy = {"seconds": 1.0, "cpu_s": {"workers": 1.8, "machine": 1.9}}
+    assert _limit(busy, 2).startswith("CPU: the bench's processes kept 90% of 2 cores busy")
+
+
 def test_steady_rate_counts_the_millisecond_outputs_share() -> None:
     from devtools.bench.passes import steady_rate
 

@@ -64,6 +64,8 @@ def _limit(p: dict[str, Any], cores: int) -> str:
     """What stopped the pass: the cores (busy share of all of them, and whose) or not the CPU."""
     cpu = {k: v for k, v in p["cpu_s"].items() if not k.startswith("worker-") and k != "machine"}
     span = p["seconds"] * cores
+    if span <= 0:  # a tiny pass can drain in the same poll as its first record: no interval to split
+        return "pass too short to split its CPU"
     ours, machine = sum(cpu.values()) / span, p["cpu_s"].get("machine", 0.0) / span
     top = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])[:3])
     if ours >= 0.85:
