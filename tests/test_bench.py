@@ -51,6 +51,10 @@ def test_bench_runs_every_measure_at_a_tiny_size(
         lat = passes[f"latency-{load}"]["latency_ms"]
         assert lat["p50"] <= lat["p95"] <= lat["p99"]
         assert len(saved["latencies_ms"][f"latency-{load}"]) == passes[f"latency-{load}"]["events"] > 0
+    shadow = saved["extra"]["rollout-shadow-shadow"]  # a tenth of the listings compared (or skipped: busy)
+    assert shadow["compared"] > 0 and saved["extra"]["rollout-base-shadow"]["compared"] == 0, shadow
+    swap = saved["extra"]["swap"]  # to the candidate copy and back, each reported by the worker
+    assert swap["swaps_done"] == 2 and len(swap["pause_ms"]) == 2 and all(s > 0 for s in swap["swap_s"]), swap
     pa = saved["extra"]["perf_analyzer"]
     assert pa["error"] is None and pa["rows_per_s"] > 0, pa
     for png in ("throughput_vs_batch.png", "latency_vs_load.png", "scaling.png"):
@@ -58,7 +62,8 @@ def test_bench_runs_every_measure_at_a_tiny_size(
     table = format_table(saved)
     for measure in ("(a) efficiency: worker vs raw Triton", "(a) efficiency: worker vs raw embedded ORT",
                     "(a) outside check", "(b)", "repeated titles", "all-distinct titles", "at 25 % of max",
-                    "at 50 % of max", "at 90 % of max", "(e) scaling", "(f)"):  # fmt: skip
+                    "at 50 % of max", "at 90 % of max", "(e) scaling", "(f)", "(s) shadow overhead",
+                    "(w) swap pause"):  # fmt: skip
         assert measure in table, measure
     assert "n/a" not in table
     # Efficiency <= 1 holds by construction (the replay is the worker's own calls, checked above), not as a

@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="also run the worker under pyinstrument (model path, cache-hit path)")
     bench.add_argument("--profiler", choices=("pyinstrument", "cprofile"), default="pyinstrument",
                        help="with --profile: pyinstrument text reports or cProfile .pstats files")
-    bench.add_argument("--measures", default="abcdef",
-                       help="which of a-f to run (a always runs: the others compare against it)")
+    bench.add_argument("--measures", default="abcdefsw",
+                       help="which of a-f, s (shadow overhead), w (swap pause) to run (a always runs: the "
+                            "others compare against it)")
     bench.add_argument("--triton-url", default=None,
                        help="use this running Triton (e.g. the GPU one) instead of starting a CPU one")
     bench.add_argument("--triton-model", default="attribute_extractor", help="model name on Triton")

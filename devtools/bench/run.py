@@ -2,6 +2,7 @@
 
     services (Kafka, Redis, Triton on a tmp copy of triton_repo/cpu) -> raw backend ceilings ->
     worker passes (a) efficiency (b) batching (c) cache hits (d) latency (e) scale-out (f) backends
+    (s) shadow overhead (w) swap pause
     -> optional pyinstrument profiles of the worker -> report
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.bench import rollout_passes  # noqa: F401  (registers the (s) and (w) steps and rows)
 from devtools.bench.backends import BackendThroughput, measure_ort_throughput, measure_triton_throughput
 from devtools.bench.passes import BenchContext
 from devtools.bench.steps import CACHE_OFF, CACHE_ON, STEPS, BenchRun
@@ -43,7 +45,7 @@ class BenchOptions:
     triton_model: str = "attribute_extractor"
     raw_duration_s: float = 4.0
     latency_duration_s: float = 20.0
-    measures: frozenset[str] = field(default_factory=lambda: frozenset("abcdef"))
+    measures: frozenset[str] = field(default_factory=lambda: frozenset("abcdefsw"))
     command: str = "enrich bench"
     perf_analyzer: bool = True  # the outside check of raw Triton (fetched on first use)
     distinct_titles: int | None = None  # all-distinct hit pass size; None: as many as the repeated one
