@@ -1,13 +1,15 @@
 """The Triton load/unload path of `enrich rollout`, end to end on a real tritonserver (explicit model
 control), a real broker and Redis, with two tiny models A and B exported into one Triton repository as
-versions 1 and 2. One Triton start serves the whole story:
+versions 1 and 2. One Triton start serves steps 1 to 3:
 
 1. Triton serves version 1 (A); a worker on the Triton backend pins it and enriches under traffic;
 2. `rollout set B --backend triton --wait`: Triton serves 1 and 2 before the desired record is written,
    the worker moves to version 2, Triton unloads 1; every listing once, per partition A then B;
 3. `rollout canary A`: Triton loads version 1 again before the candidate record is written; `set B` once
    more keeps it (the candidate calls it); the canary's share is served by A; `rollout rollback --wait`
-   unloads version 1 once the worker dropped the trial, and B (version 2) goes on serving.
+   unloads version 1 once the worker dropped the trial, and B (version 2) goes on serving;
+4. `rollout set A --wait 0` loads version 1 next to 2 and writes that version policy into config.pbtxt:
+   a Triton restarted on the repository (the one restart of the test) serves both again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from training.export import CPU_MODEL_NAME, fill_triton_repo
 from workers.model.served import ServedModel
 from workers.runtime.assembly import build_worker, wait_for_backend
 from workers.runtime.control import CandidateModel, ControlWriter, DesiredModel, candidate_key, read_control
+from workers.triton_policy import policy_line
 
 pytestmark = pytest.mark.services
 
@@ -150,3 +153,14 @@ def test_triton_loads_before_and_unloads_after_set_canary_and_rollback(
     assert read_control(bootstrap, control).get(candidate_key(group)) is None
     assert len(at_write) == 3
     assert counter(worker, "enrich_model_swaps") == 1
+
+    # 4. A restarted Triton serves what the last rollout made it serve. `set A --wait 0` (back to the older
+    # version 1 while 2 is the newest) loads 1 next to 2; the policy in config.pbtxt is all a new Triton
+    # reads, and its default (the newest version only) would leave the desired version 1 unserved.
+    code, out = cli(capsys, "rollout", "set", str(tiny_model_dir), "--wait", "0", *triton_flags, *common)
+    assert code == 0 and "Triton serves attribute_extractor versions ['1', '2']" in out, out
+    config_text = (repo / CPU_MODEL_NAME / "config.pbtxt").read_text()
+    assert f"{policy_line([1, 2])}\n" in config_text  # and, next line, the digest parameters kept
+    assert f'"model_digest_v2" value: {{ string_value: "{b}"' in config_text
+    triton.stop()
+    assert versions_ready(triton_factory(repo)) == {"1", "2"}

@@ -34,6 +34,7 @@ from workers.runtime.control import (
     utc_now,
 )
 from workers.runtime.model_swap import check_serving
+from workers.triton_policy import write_version_policy
 
 __all__ = [
     "RolloutTarget", "called_versions", "live_reports", "resolve_model", "set_desired", "status_lines",
@@ -91,17 +92,20 @@ def _digest_in(version_dir: Path) -> str:
         return ""
 
 
-def triton_load(target: RolloutTarget, versions: set[str]) -> None:
+def triton_load(target: RolloutTarget, versions: set[str]) -> list[str]:
     """Have Triton serve exactly `versions` of the model (explicit model control): the repository's
     config.pbtxt (its digest parameters included) with a `specific` version policy, as a load override.
-    Loading keeps a version that stays in the set serving throughout; it returns once all are ready."""
+    Loading keeps a version that stays in the set serving throughout; it returns once all are ready. Then
+    the same policy goes into config.pbtxt (`workers.triton_policy`): the override lives only in the
+    running server, and a restarted Triton would load just the newest version. Returns the lines to print
+    about that file (none when written as usual)."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import InferenceServerClient, model_config_pb2
     from tritonclient.utils import InferenceServerException
 
     assert target.triton_repo is not None
-    text = (target.triton_repo / target.triton_model / "config.pbtxt").read_text()
-    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    config_path = target.triton_repo / target.triton_model / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
     config.version_policy.specific.versions[:] = sorted(int(v) for v in versions)
     client = InferenceServerClient(target.triton_url)
     try:
@@ -114,6 +118,7 @@ def triton_load(target: RolloutTarget, versions: set[str]) -> None:
         raise BackendUnavailable(f"Triton at {target.triton_url}: {exc.message()}") from exc
     finally:
         client.close()
+    return write_version_policy(config_path, (int(v) for v in versions))
 
 
 def live_reports(state: dict[str, ControlRecord], group: str, stale_s: float) -> list[WorkerReport]:
@@ -168,9 +173,10 @@ def triton_add(
         raise ConfigError("the Triton backend needs --triton-repo (the repository Triton serves)")
     triton_version = triton_version_of(target.triton_repo, target.triton_model, digest)
     running_versions = called_versions(state, target.group, stale_s)
-    triton_load(target, running_versions | {triton_version})
+    notes = triton_load(target, running_versions | {triton_version})
     lines.append(f"Triton serves {target.triton_model} versions "
                  f"{sorted(running_versions | {triton_version}, key=int)}")  # fmt: skip
+    lines.extend(notes)
     return triton_version, running_versions
 
 
@@ -221,8 +227,9 @@ def triton_unload_unused(target: RolloutTarget, loaded: set[str], stale_s: float
     if not needed:
         lines.append(f"no worker reports a Triton version: versions {sorted(loaded, key=int)} kept")
         return
-    triton_load(target, needed)
+    notes = triton_load(target, needed)
     lines.append(f"Triton unloaded versions {sorted(unused, key=int)}")
+    lines.extend(notes)
 
 
 def status_lines(bootstrap: str, topic: str, group: str | None, stale_s: float) -> list[str]:

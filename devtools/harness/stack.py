@@ -36,14 +36,20 @@ def prepare_triton_repo(model_dir: Path, dest: Path, source: Path = TRITON_CPU_R
 
     Only the template is copied (config.pbtxt, 1/model.py): versions `enrich export` added to `source`
     stay there, and the model becomes version 1 of a fresh `dest` (or the next version of a reused one).
+    A version policy `enrich rollout` wrote into `source` names `source`'s versions, not these: dropped.
     """
     from training.export import SERVED_FILES, fill_triton_repo
+    from workers.triton_policy import without_version_policy, write_atomically
 
     def template_only(folder: str, names: list[str]) -> set[str]:
         skipped = {n for n in names if n in SERVED_FILES or n == "__pycache__"}
         return skipped | {n for n in names if n.isdigit() and n != "1" and Path(folder, n).is_dir()}
 
     shutil.copytree(source, dest, dirs_exist_ok=True, ignore=template_only)
+    for config_path in dest.glob("*/config.pbtxt"):
+        text = config_path.read_text()
+        if (kept := without_version_policy(text)) != text:
+            write_atomically(config_path, kept)
     fill_triton_repo(model_dir, dest)
     return dest
 
