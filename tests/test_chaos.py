@@ -175,6 +175,7 @@ def test_a_zombie_worker_loses_nothing_and_duplicates_stay_within_its_in_flight_
 # Three swaps A -> B -> A -> B between two tiny models under 100 listings/s, a kill -9 during one swap to B;
 # the small window bounds the kill's duplicates.
 SWAPS = dataclasses.replace(KILLS, kills=1, kill_delay_s=(1.0, 2.5), worker_env=SMALL_WINDOW)
+KILL_LANDINGS = {"preparing", "after switch", "after report", "before preparing"}
 
 
 def test_model_swaps_under_load_with_a_kill_serve_each_listing_with_the_model_in_force(
@@ -190,3 +191,6 @@ def test_model_swaps_under_load_with_a_kill_serve_each_listing_with_the_model_in
     per_digest = details["events_per_digest"]
     assert isinstance(per_digest, dict) and len(per_digest) == 2, explain(result)  # both models served
     assert len(details["swap_pause_ms"]) == 2, explain(result)  # type: ignore[arg-type]
+    # Where the kill landed, by the evidence (swap_kill.py); every done swap's preparation was logged.
+    assert details["kill_landed"] in KILL_LANDINGS, explain(result)
+    assert len(details["prepare_ms"]) >= 3, explain(result)  # type: ignore[arg-type]

@@ -55,6 +55,26 @@ def spy_batches(worker: StreamWorker) -> list[tuple[str, set[str], list[str]]]:
     return batches
 
 
+def spy_preparing(worker: StreamWorker) -> list[float | None]:
+    """`enrich_model_swap_preparing` as each swap's preparation ends (before the swap sets it back)."""
+    follower = worker.control.__self__  # type: ignore[union-attr]  # the bound ModelFollower.run
+    prepare = follower._prepare
+    seen: list[float | None] = []
+
+    async def recording(desired: Any, current: Any) -> Any:
+        try:
+            return await prepare(desired, current)
+        finally:
+            seen.append(preparing(worker))
+
+    follower._prepare = recording
+    return seen
+
+
+def preparing(worker: StreamWorker) -> float | None:
+    return worker.metrics.registry.get_sample_value("enrich_model_swap_preparing")
+
+
 def reported(bootstrap: str, control: str, group: str, worker: StreamWorker) -> WorkerReport | None:
     record = read_control(bootstrap, control).get(worker_key(group, worker.worker_id))
     return record if isinstance(record, WorkerReport) else None
@@ -131,6 +151,7 @@ def test_rollout_set_swaps_under_traffic_without_loss_or_mixed_batches(
     listings = sample_listings(900, id_prefix="H", seed=11)
     worker = build_worker(swap_config(kafka, redis_server, tiny_model_dir, topics, group))
     batches = spy_batches(worker)
+    prepared = spy_preparing(worker)
     common = ("--kafka-bootstrap", bootstrap, "--topic", control)
 
     async def scenario() -> None:
@@ -154,6 +175,7 @@ def test_rollout_set_swaps_under_traffic_without_loss_or_mixed_batches(
     assert {d for d, _, _ in batches} == {a, b}
     assert_switched_once(worker, batches, digest_of, topics[0], set(ids), a, b)
     assert counter(worker, "enrich_model_swaps") == 1
+    assert prepared == [1.0] and preparing(worker) == 0.0  # 1 while preparing B only
 
     code, out = cli(capsys, "rollout", "status", "--group", group, *common)
     assert code == 0, out
@@ -193,6 +215,7 @@ def test_a_model_that_does_not_fit_is_refused_and_the_worker_keeps_its_own(
 
     # The same model reaching the worker anyway (written straight to the topic): refused, counted, reported.
     worker = build_worker(swap_config(kafka, redis_server, tiny_model_dir, topics, group))
+    prepared = spy_preparing(worker)
     listings = sample_listings(200, id_prefix="Q", seed=5)
 
     async def scenario() -> None:
@@ -213,6 +236,7 @@ def test_a_model_that_does_not_fit_is_refused_and_the_worker_keeps_its_own(
     samples = {s.labels.get("outcome"): s.value for m in worker.metrics.registry.collect() for s in m.samples
                if s.name == "enrich_model_swaps_total"}  # fmt: skip
     assert samples == {"failed": 1.0}
+    assert prepared == [1.0] and preparing(worker) == 0.0  # back to 0 after the refusal too
     events = read_events(bootstrap, topics[1], expected=len(listings), timeout_s=15)
     assert len(events) == len(listings) and {e["model"]["digest"] for e in events} == {a}
     report = reported(bootstrap, control, group, worker)

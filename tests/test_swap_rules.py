@@ -1,9 +1,18 @@
 """The model-swap scenario's rules on hand-made timelines: each passes the legitimate case and fails the
-fault it is there to catch (devtools/reliability/swap_rules.py)."""
+fault it is there to catch (devtools/reliability/swap_rules.py); and where its kill lands
+(devtools/reliability/swap_kill.py: the watch against a real /metrics endpoint, the verdict on hand-made
+logs)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from devtools.reliability.swap_kill import Watch, kill_landing, prepare_times_ms, watch_preparation
 from devtools.reliability.swap_rules import LATE_SLACK_S, OutEvent, Switch, check_models, swap_pauses
+from workers.runtime.metrics import MetricsServer, WorkerMetrics, start_http_endpoint
 
 A, B, C = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64
 W = "w-0"
@@ -88,3 +97,53 @@ def test_the_pause_is_the_longest_gap_within_a_swap_and_the_steady_gaps_leave_sw
     pauses = swap_pauses(times, [(0.95, 1.6)])
     assert pauses.per_swap_ms == [510.0]
     assert pauses.median_gap_ms == pauses.max_gap_ms == 10.0
+
+
+@pytest.fixture
+def endpoint() -> Iterator[tuple[WorkerMetrics, str]]:
+    metrics = WorkerMetrics()
+    server: MetricsServer = start_http_endpoint(metrics, 0, lambda: True, lambda: True)
+    yield metrics, f"{server.url}/metrics"
+    server.close()
+
+
+def test_the_watch_returns_at_the_first_scrape_that_reads_the_worker_preparing(
+    endpoint: tuple[WorkerMetrics, str],
+) -> None:
+    metrics, url = endpoint
+    metrics.model_swap_preparing.set(1)
+    watch = watch_preparation(url, 0.0, lambda: False)
+    assert watch.preparing_after_ms is not None and watch.scrapes == 1 and not watch.gave_up
+
+
+def test_the_watch_gives_up_when_the_swap_went_by_between_two_scrapes_or_was_reported(
+    endpoint: tuple[WorkerMetrics, str],
+) -> None:
+    metrics, url = endpoint
+    metrics.model_swaps.labels(outcome="done").inc()
+    assert watch_preparation(url, 0.0, lambda: False) == Watch(None, "switched", 1)
+    assert watch_preparation(url, 1.0, lambda: True) == Watch(None, "reported", 1)  # counter as before
+
+
+def log(*messages: str) -> str:
+    """A worker log as the harness sees it: its own start line, then the worker's JSON lines."""
+    return "--- start 06:47:13 ---\n" + "".join(json.dumps({"ts": "t", "msg": m}) + "\n" for m in messages)
+
+
+SWAPPED = ("model swapped sha256:84fdbe69039c -> sha256:263ebe7b84c4 (prepared in 0.023s, switched 0.004s "
+           "later; old model's last batch 0.031s after the switch)")  # fmt: skip
+
+
+def test_the_kill_landed_while_preparing_only_if_seen_preparing_and_the_switch_never_logged() -> None:
+    seen, missed = Watch(12.0, "", 3), Watch(None, "timeout", 900)
+    assert kill_landing(seen, log("partitions assigned: [0]"), reported=False) == "preparing"
+    assert kill_landing(seen, log(SWAPPED), reported=False) == "after switch"  # done between scrape and kill
+    assert kill_landing(Watch(None, "switched", 4), log(SWAPPED), reported=False) == "after switch"
+    assert kill_landing(Watch(None, "reported", 9), log(SWAPPED), reported=True) == "after report"
+    assert kill_landing(missed, log(), reported=False) == "before preparing"
+
+
+def test_the_preparation_times_come_from_the_swap_lines_of_every_incarnation() -> None:
+    text = log(SWAPPED, "partitions revoked: [0]") + log(SWAPPED.replace("0.023s", "1.5s"))
+    assert prepare_times_ms(text) == [23.0, 1500.0]
+    assert prepare_times_ms(log("model swap to sha256:aa failed; keeping sha256:bb: prepared in 1s")) == []

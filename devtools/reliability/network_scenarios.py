@@ -96,17 +96,9 @@ class MetricsSampler:
 
     def _run(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as reply:
-                    text = reply.read().decode()
-            except OSError:
-                continue  # the worker is starting, stopping or restarting
-            values = {}
-            for line in text.splitlines():
-                name, _, value = line.rpartition(" ")
-                if name.partition("{")[0] in self.names:
-                    values[name] = float(value)
-            self.samples.append((time.time(), values))
+            values = scrape(self.url, self.names)
+            if values is not None:  # else the worker is starting, stopping or restarting
+                self.samples.append((time.time(), values))
 
     def close(self) -> None:
         self._stop.set()
@@ -137,6 +129,22 @@ class MetricsSampler:
         if self.samples:
             out["circuit_last"] = int(self.samples[-1][1].get("enrich_circuit_state", 0))
         return out
+
+
+def scrape(url: str, names: tuple[str, ...], timeout_s: float = 2) -> dict[str, float] | None:
+    """One read of a worker's /metrics: the series named `names` (a labelled one under its full name);
+    None when the endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.partition("{")[0] in names:
+            values[name] = float(value)
+    return values
 
 
 def log_summary(log_path: Path, clock: FaultClock) -> dict[str, float]:

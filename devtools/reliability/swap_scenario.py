@@ -1,8 +1,9 @@
 """`enrich chaos model-swap`: hot swaps under load (issue 11). One worker enriches paced traffic while
 `enrich rollout set` (the same `set_desired` the command runs) swaps its model three times at random
 moments, A -> B -> A -> B, between two distinct tiny models; during one swap to B the worker is killed
-(-9) at a random moment and restarted, as a supervisor would, on its configured model A: it must follow the
-control topic to B by itself.
+(-9) the moment its /metrics show it preparing B (swap_kill.py; `kill_landed` in the details says where the
+kill did land) and restarted, as a supervisor would, on its configured model A: it must follow the control
+topic to B by itself.
 
 Accounted like every scenario (0 lost, duplicates within the kill's in-flight window) and checked by
 `swap_rules.check_models` (every event's digest one of the two and in force when its batch ran, per input
@@ -10,7 +11,8 @@ partition no going back, no old-model event after the swap's report) and the wor
 `enrich_mixed_batches_total` (scraped every 0.25 s, must stay 0). Every swap must be done: the incarnation
 then running reports the set digest within the recovery timeout. Each incarnation gets its own worker id
 (`<id>-<n>`), so its events and reports tell it apart. The swap pause (longest output gap while a swap
-is underway, next to the steady gaps between appends) goes into the details.
+is underway, next to the steady gaps between appends) goes into the details, and so do the preparation
+times the worker logged (`prepare_ms`, model load, backend and probe of each completed swap).
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devtools.harness.listings import Record, valid_listings
 from devtools.reliability.network_scenarios import MetricsSampler
 from devtools.reliability.run import Run, ScenarioResult, Services
+from devtools.reliability.swap_kill import (
+    SWAPS_TOTAL,
+    kill_landing,
+    prepare_times_ms,
+    swaps_done,
+    watch_preparation,
+)
 from devtools.reliability.swap_rules import ModelCheck, OutEvent, Switch, check_models, swap_pauses
 from devtools.services.ports import LOOPBACK, free_port
 from workers.model.served import ServedModel
@@ -38,11 +48,7 @@ if TYPE_CHECKING:  # scenarios.py registers this scenario: it imports this modul
 __all__ = ["model_swap", "second_model"]
 
 SWAPS = 3
-# The kill lands this long after `rollout set` returned (uniform): the worker sees the record within
-# milliseconds and spends ~0.2-1 s preparing the new model (ONNX session, probe) before it switches and
-# reports, so most draws kill it mid-swap; `killed_before_report` in the details says whether this one did.
-KILL_AFTER_SET_S = (0.05, 0.8)
-_MIXED, _SWAPS_METRIC = "enrich_mixed_batches_total", 'enrich_model_swaps_total{outcome="done"}'
+_MIXED = "enrich_mixed_batches_total"
 
 
 def second_model(services: Services) -> Path:
@@ -97,14 +103,16 @@ def model_swap(services: Services, options: ChaosOptions) -> ScenarioResult:
     control_topic = f"chaos-model-swap-{time.time_ns():x}.control"
     kafka.create_topic(control_topic, 1, config={"cleanup.policy": "compact"})
     metrics_port = free_port()
+    # INFO: the worker logs each swap ("prepared in ...") and the kill's landing is read from its log.
     env = {"ENRICH_SESSION_TIMEOUT_MS": str(options.session_timeout_ms), **options.worker_env,
            "ENRICH_CONTROL_TOPIC": control_topic, "ENRICH_CONTROL_REPORT_S": "0.5",
-           "ENRICH_METRICS_PORT": str(metrics_port), "ENRICH_METRICS_HOST": LOOPBACK}  # fmt: skip
+           "ENRICH_METRICS_PORT": str(metrics_port), "ENRICH_METRICS_HOST": LOOPBACK,
+           "ENRICH_LOG_LEVEL": "INFO"}  # fmt: skip
     run = Run(services, "model-swap", worker_env=env)
     base_id, group = run.worker.env["ENRICH_WORKER_ID"], run.worker.env["ENRICH_GROUP_ID"]
     run.worker.env["ENRICH_WORKER_ID"] = f"{base_id}-0"
     control = _Control(kafka.bootstrap_servers, control_topic, group)
-    sampler = MetricsSampler(metrics_port, interval_s=0.25, names=(_MIXED, _SWAPS_METRIC.partition("{")[0]))
+    sampler = MetricsSampler(metrics_port, interval_s=0.25, names=(_MIXED, SWAPS_TOTAL))
     target = RolloutTarget(kafka.bootstrap_servers, control_topic, group, set_by="enrich chaos model-swap")
     rng = random.Random(options.seed)
     produced: dict[str, float] = {}
@@ -122,6 +130,31 @@ def model_swap(services: Services, options: ChaosOptions) -> ScenarioResult:
         run.step(seconds)
         control.poll()
 
+    def reported(worker_id: str, digest: str) -> bool:
+        control.poll()
+        return control.runs(worker_id, digest) is not None
+
+    def set_and_kill(model_dir: Path, digest: str) -> dict[str, object]:
+        """Set `model_dir`, kill -9 the worker the moment it reads as preparing it (else once the watch
+        gives up), restart it on model A; where the kill landed."""
+        done_before = swaps_done(sampler.url)
+        log_from = run.worker.log_path.stat().st_size
+        set_desired(target, str(model_dir), wait_s=0, stale_s=60)
+        killed = run.worker.env["ENRICH_WORKER_ID"]
+        watch = watch_preparation(sampler.url, done_before, partial(reported, killed, digest))
+        run.fault()
+        run.worker.kill()
+        ended[killed] = time.time()
+        run.fault_over()
+        with run.worker.log_path.open("rb") as log:  # all the killed incarnation wrote since the set
+            log.seek(log_from)
+            killed_log = log.read().decode(errors="replace")
+        run.worker.env["ENRICH_WORKER_ID"] = f"{base_id}-{len(ended)}"
+        run.worker.start()
+        landed = kill_landing(watch, killed_log, reported(killed, digest))
+        return {"kill_landed": landed, "preparing_seen_after_ms": watch.preparing_after_ms,
+                "watch_gave_up": watch.gave_up or None, "watch_scrapes": watch.scrapes}  # fmt: skip
+
     try:
         listings = valid_listings(None, prefix="S", seed=options.seed, unique_titles=options.unique_titles)
         run.produce(_stamped(listings, options, swaps_over, produced), options.rate)
@@ -134,20 +167,13 @@ def model_swap(services: Services, options: ChaosOptions) -> ScenarioResult:
             pause_until = time.monotonic() + rng.uniform(*options.kill_delay_s)
             while time.monotonic() < pause_until:
                 step(min(0.2, max(0.0, pause_until - time.monotonic())))
-            set_desired(target, str(model_dir), wait_s=0, stale_s=60)
+            if index == kill_at:
+                details.update(kill_swap=index + 1, **set_and_kill(model_dir, digest))
+            else:
+                set_desired(target, str(model_dir), wait_s=0, stale_s=60)
             while len(control.desired) <= index:  # the record `set` wrote: its set_at starts the swap
                 control.poll(0.5)
             set_at = _stamp(control.desired[-1].set_at)
-            if index == kill_at:
-                step(rng.uniform(*KILL_AFTER_SET_S))
-                killed = run.worker.env["ENRICH_WORKER_ID"]
-                run.fault()
-                run.worker.kill()
-                ended[killed] = time.time()
-                run.fault_over()
-                run.worker.env["ENRICH_WORKER_ID"] = f"{base_id}-{len(ended)}"
-                run.worker.start()
-                details.update(kill_swap=index + 1, killed_before_report=control.runs(killed, digest) is None)
             worker_id = run.worker.env["ENRICH_WORKER_ID"]
             deadline = time.monotonic() + options.recovery_timeout_s
             while control.runs(worker_id, digest) is None and time.monotonic() < deadline and not run.gave_up:
@@ -178,7 +204,7 @@ def model_swap(services: Services, options: ChaosOptions) -> ScenarioResult:
     result.details.update(
         **check.summary(), swap_pause_ms=pauses.per_swap_ms, kill_swap_gap_ms=kill_gap,
         steady_gap_ms={"median": pauses.median_gap_ms, "p99": pauses.p99_gap_ms, "max": pauses.max_gap_ms},
-        mixed_batches=mixed,
+        mixed_batches=mixed, prepare_ms=prepare_times_ms(run.worker.log_path.read_text(errors="replace")),
     )  # fmt: skip
     result.checks.update({
         f"{done} of {SWAPS} swaps done": done < SWAPS,

@@ -135,6 +135,11 @@ class WorkerMetrics:
         self.model_swaps = Counter(  # outcome: done, failed (the worker keeps its model)
             "enrich_model_swaps", "Hot swaps of the served model (enrich rollout)", ["outcome"], registry=r
         )
+        self.model_swap_preparing = Gauge(  # 1 from the swap's start to its model checked (or refused)
+            "enrich_model_swap_preparing",
+            "1 while a hot swap prepares its new model (load, backend, probe inference); else 0",
+            registry=r,
+        )
         self.mixed_batches = Counter(  # must stay 0: a batch holds one model's items (see between_batches)
             "enrich_mixed_batches", "Batches whose items were tokenized by different models", registry=r
         )

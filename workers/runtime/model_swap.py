@@ -161,6 +161,8 @@ class ModelFollower:
         self._last_tried = desired
         old = self.worker.serving
         started = time.monotonic()
+        preparing = self.worker.metrics.model_swap_preparing
+        preparing.set(1)
         try:
             serving = await self._prepare(desired, old)
         except (EnrichError, OSError, ValueError, KeyError) as exc:
@@ -173,6 +175,9 @@ class ModelFollower:
                       self.last_error)  # fmt: skip
             self.report()
             return False
+        finally:  # also when the follower is cancelled at shutdown meanwhile
+            preparing.set(0)
+        prepared = time.monotonic()
         await self.worker.between_batches(partial(setattr, self.worker, "serving", serving))
         switched = time.monotonic()
         info = self.worker.metrics.model_info
@@ -185,9 +190,9 @@ class ModelFollower:
             await old.wait_idle()
         finally:  # also when the follower is cancelled at shutdown meanwhile
             await old.backend.close()  # the cache's Redis client is shared with the new model: kept
-        log.info("model swapped %s -> %s (prepared in %.2fs; old model's last batch %.3fs after the switch)",
-                 old.model.short_digest, serving.model.short_digest, switched - started,
-                 time.monotonic() - switched)  # fmt: skip
+        log.info("model swapped %s -> %s (prepared in %.3fs, switched %.3fs later; old model's last batch "
+                 "%.3fs after the switch)", old.model.short_digest, serving.model.short_digest,
+                 prepared - started, switched - prepared, time.monotonic() - switched)  # fmt: skip
         self.report()
         return True
 
