@@ -37,6 +37,7 @@ def test_bench_runs_every_measure_at_a_tiny_size(
     passes = saved["passes"]
     assert passes == json.loads(json.dumps(results["passes"]))
     assert passes["triton-model"]["events"] == 200
+    assert saved["model"]["chosen"].startswith("given directory (") and ", base " in saved["model"]["chosen"]
     # The matched replays sent exactly the batches the workers reported on /metrics.
     for name in ("triton-model", "onnx-model"):
         mix = mix_from_labels(passes[name]["batch_mix"])

@@ -67,7 +67,7 @@ def choose_model(options: BenchOptions) -> tuple[Path, str]:
     from training.build import ensure_model
 
     if options.model_dir is not None:
-        return options.model_dir, f"given directory ({options.model_dir.parent.parent.name})"
+        return options.model_dir, f"given directory ({_model_name(options.model_dir)})"
     if options.model in ("auto", "minilm"):
         minilm = _newest_exported(options.model_root, base="minilm")
         if minilm is not None:
@@ -78,6 +78,16 @@ def choose_model(options: BenchOptions) -> tuple[Path, str]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     reason = "tiny (no exported MiniLM under models/)" if options.model == "auto" else "tiny (--model tiny)"
     return ensure_model(options.model_root, FIXTURE_OFFERS, "tiny"), reason
+
+
+def _model_name(model_dir: Path) -> str:
+    """"<name> <version>, base <base model>" from model_info.json; the folder's name when unreadable."""
+    try:
+        info = json.loads((model_dir / "model_info.json").read_text())
+    except (OSError, ValueError):
+        return model_dir.name
+    return f"{info.get('name', model_dir.parent.name)} {info.get('version', model_dir.name)}, base " \
+           f"{info.get('base_model', '?')}"  # fmt: skip
 
 
 def _newest_exported(model_root: Path, base: str) -> Path | None:
