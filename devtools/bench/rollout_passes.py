@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from devtools.harness.listings import expect_output, listing_records
 from devtools.harness.producer import PacedProducer
 from devtools.harness.reader import OutputCollector
 from devtools.harness.worker_process import WorkerPool
+from devtools.reliability.network_scenarios import scrape
 from devtools.reliability.swap_rules import swap_pauses
 from devtools.services.ports import free_ports
 from workers.model.identity import compute_digest
@@ -94,12 +94,12 @@ class _RolloutWorker:
         raise RuntimeError(f"{self.name}: the worker did not report as expected within {timeout_s:.0f} s")
 
     def metric_total(self, name: str, having: str = "") -> float:
-        """The sum of a counter over its labels (those of lines containing `having`), from /metrics."""
+        """The sum of a counter over its labels (the series whose name contains `having`), from /metrics."""
         assert self.pool is not None
-        with urllib.request.urlopen(self.pool.metrics_urls[0] + "/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith((name + "{", name + " ")) and having in line)  # fmt: skip
+        values = scrape(self.pool.metrics_urls[0] + "/metrics", (name,), timeout_s=5)
+        if values is None:
+            raise RuntimeError(f"{self.name}: the worker's /metrics did not answer")
+        return sum(value for series, value in values.items() if having in series)
 
     def close(self) -> None:
         if self.pool is not None:
