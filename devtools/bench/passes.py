@@ -134,15 +134,27 @@ class BenchContext:
             raise RuntimeError(f"{what}: {collector.count}/{count} attribute events "
                                f"({'worker exited' if not pool.alive() else 'timed out'})\n{pool.log_tail()}")
 
+    def _await_group(self, group: str, members: int, pool: WorkerPool) -> None:
+        from devtools.reliability.group_state import wait_until_settled
+
+        if not wait_until_settled(self.kafka.bootstrap_servers, group, members, self.timeout_s,
+                                  between=lambda: time.sleep(0.2) or pool.alive()):  # fmt: skip
+            raise RuntimeError(f"group {group}: {members} workers never all held partitions\n"
+                               f"{pool.log_tail()}")
+
     def backlog_pass(self, name: str, titles: list[str], count: int, overrides: Mapping[str, str], *,
                      workers: int = 1, profile_to: Path | None = None) -> PassResult:  # fmt: skip
         """Produce `count` listings first, then start the workers and time how fast they drain them."""
         topics = self._topics(name)
-        self._backlog(topics[0], name, titles, count)
+        if workers == 1:
+            self._backlog(topics[0], name, titles, count)
         collector = OutputCollector(self.kafka.bootstrap_servers, topics[1])
         env = self._env(topics, f"bench-{name}-{self._serial}", overrides)
         pool = WorkerPool(workers, env, self.run_dir / name, profile_to, metrics_ports=free_ports(workers))
         try:
+            if workers > 1:  # else the first worker drains the backlog alone while the group forms
+                self._await_group(env["ENRICH_GROUP_ID"], workers, pool)
+                self._backlog(topics[0], name, titles, count)
             self._await(collector, pool, 1, name)
             cpu_before, started = self._cpu(pool.pids), time.perf_counter()
             self._await(collector, pool, count, name)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-__all__ = ["GroupState", "GroupWatcher", "aiokafka_security"]
+__all__ = ["GroupState", "GroupWatcher", "aiokafka_security", "wait_until_settled"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,29 @@ class GroupWatcher:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
             self._loop.close()
+
+
+def _pause() -> bool:
+    time.sleep(0.25)
+    return True
+
+
+def wait_until_settled(bootstrap_servers: str, group: str, members: int, timeout_s: float, *,
+                       properties: Mapping[str, str] | None = None,
+                       between: Callable[[], bool] | None = None) -> bool:  # fmt: skip
+    """Whether `group` became stable with `members` members, each with partitions, within `timeout_s`.
+    `between()` runs between reads (default: a 0.25 s sleep); it returns False to stop waiting early."""
+    watcher = GroupWatcher(bootstrap_servers, properties)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if watcher.describe(group, timeout_s=10).settled_with(members):
+                    return True
+            except Exception:  # coordinator moving (a broker was killed) or not yet knowing the group
+                pass
+            if not (between or _pause)():
+                return False
+        return False
+    finally:
+        watcher.close()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from devtools.harness.listings import Record, valid_listings
 from devtools.harness.worker_process import WorkerProcess
-from devtools.reliability.group_state import GroupWatcher
+from devtools.reliability.group_state import wait_until_settled
 from devtools.reliability.hostile import hostile_records, mixed
 from devtools.reliability.network_scenarios import partition, slow_redis, slow_triton
 from devtools.reliability.run import Run, ScenarioResult, Services
@@ -291,19 +291,13 @@ def _step(run: Run, other: WorkerProcess, seconds: float) -> None:
 def _wait_for_members(run: Run, other: WorkerProcess, group: str, count: int, timeout_s: float) -> bool:
     """Wait until the group is stable with `count` members, each with partitions assigned."""
     kafka = run.services.kafka
-    watcher = GroupWatcher(kafka.bootstrap_servers, kafka.client_properties)  # not librdkafka: see its module
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if watcher.describe(group, timeout_s=10).settled_with(count):
-                    return True
-            except Exception:  # coordinator moving (a broker was killed): ask again
-                pass
-            _step(run, other, 0.25)
-        return False
-    finally:
-        watcher.close()
+
+    def step() -> bool:
+        _step(run, other, 0.25)
+        return True
+
+    return wait_until_settled(kafka.bootstrap_servers, group, count, timeout_s,
+                              properties=kafka.client_properties, between=step)  # fmt: skip
 
 
 SCENARIOS: dict[str, Callable[[Services, ChaosOptions], ScenarioResult]] = {
