@@ -144,7 +144,8 @@ class BenchContext:
 
     def backlog_pass(self, name: str, titles: list[str], count: int, overrides: Mapping[str, str], *,
                      workers: int = 1, profile_to: Path | None = None) -> PassResult:  # fmt: skip
-        """Produce `count` listings first, then start the workers and time how fast they drain them."""
+        """Produce `count` listings, start the workers, and time how fast they drain them. One worker: the
+        backlog is there before it starts; several: it is produced once all of them hold partitions."""
         topics = self._topics(name)
         if workers == 1:
             self._backlog(topics[0], name, titles, count)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from devtools.harness.producer import PacedProducer
 from devtools.harness.reader import OutputCollector
 from devtools.harness.worker_process import WorkerPool
 from devtools.reliability.network_scenarios import scrape
-from devtools.reliability.swap_rules import swap_pauses
+from devtools.reliability.swap_rules import stamp_seconds, swap_pauses
 from devtools.services.ports import free_ports
 from workers.model.identity import compute_digest
 from workers.rollout import RolloutTarget, set_desired
@@ -136,10 +135,6 @@ def shadow_pass(ctx: BenchContext, name: str, titles: list[str], count: int, ove
     return PassResult(name, count, 1, rate, round(seconds, 3), hits, cpu, dict(overrides)), shadow
 
 
-def _stamp(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def swap_pass(ctx: BenchContext, name: str, titles: list[str], rate: float, duration_s: float,
               overrides: dict[str, str], models: tuple[Path, Path]) -> Measured:  # fmt: skip
     """Paced traffic; `rollout set` to models[1] at 1/3 of the pass and back to models[0] at 2/3."""
@@ -158,8 +153,9 @@ def swap_pass(ctx: BenchContext, name: str, titles: list[str], rate: float, dura
             digest = compute_digest(model_dir)
             set_at = time.time()
             set_desired(worker.target, str(model_dir), wait_s=0, stale_s=60)
-            report = worker.report(lambda r, d=digest, t=set_at: r.digest == d and _stamp(r.reported_at) >= t)
-            windows.append((set_at, _stamp(report.reported_at)))
+            report = worker.report(
+                lambda r, d=digest, t=set_at: r.digest == d and stamp_seconds(r.reported_at) >= t)
+            windows.append((set_at, stamp_seconds(report.reported_at)))
         if not producer.wait(duration_s + 60) or producer.errors:
             raise RuntimeError(f"{name}: producing failed: {producer.errors[:3] or 'timed out'}")
         produced = _WARM + producer.produced

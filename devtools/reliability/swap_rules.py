@@ -43,8 +43,10 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
-__all__ = ["LATE_SLACK_S", "ModelCheck", "OutEvent", "Pauses", "Switch", "check_models", "swap_pauses"]
+__all__ = ["LATE_SLACK_S", "ModelCheck", "OutEvent", "Pauses", "Switch", "check_models", "stamp_seconds",
+           "swap_pauses"]
 
 LATE_SLACK_S = 0.5
 _EXAMPLES = 5
@@ -189,6 +191,11 @@ class Pauses:
     median_gap_ms: float
     p99_gap_ms: float
     max_gap_ms: float
+
+
+def stamp_seconds(iso: str) -> float:
+    """A control record's timestamp (`set_at`, `reported_at`, `since`: ISO 8601, `Z`) as epoch seconds."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def swap_pauses(output_times: Sequence[float], swaps: Sequence[tuple[float, float]],

@@ -21,7 +21,6 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,14 @@ from devtools.reliability.swap_kill import (
     swaps_done,
     watch_preparation,
 )
-from devtools.reliability.swap_rules import ModelCheck, OutEvent, Switch, check_models, swap_pauses
+from devtools.reliability.swap_rules import (
+    ModelCheck,
+    OutEvent,
+    Switch,
+    check_models,
+    stamp_seconds,
+    swap_pauses,
+)
 from devtools.services.ports import LOOPBACK, free_port
 from workers.model.served import ServedModel
 from workers.rollout import RolloutTarget, set_desired
@@ -63,10 +69,6 @@ def second_model(services: Services) -> Path:
     return build_tiny_model(services.run_dir / "model-swap-b", FIXTURE_OFFERS, seed=29)
 
 
-def _stamp(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 class _Control:
     """Follows the control topic: the desired records and the reports of this group, in order."""
 
@@ -86,9 +88,9 @@ class _Control:
 
     def runs(self, worker_id: str, digest: str) -> WorkerReport | None:
         """The first report of `worker_id` running `digest` after the last desired record was set."""
-        since = _stamp(self.desired[-1].set_at) if self.desired else 0.0
+        since = stamp_seconds(self.desired[-1].set_at) if self.desired else 0.0
         return next((r for r in self.reports if r.worker_id == worker_id and r.digest == digest
-                     and _stamp(r.reported_at) >= since), None)  # fmt: skip
+                     and stamp_seconds(r.reported_at) >= since), None)  # fmt: skip
 
     def close(self) -> None:
         self._reader.close()
@@ -173,7 +175,7 @@ def model_swap(services: Services, options: ChaosOptions) -> ScenarioResult:
                 set_desired(target, str(model_dir), wait_s=0, stale_s=60)
             while len(control.desired) <= index:  # the record `set` wrote: its set_at starts the swap
                 control.poll(0.5)
-            set_at = _stamp(control.desired[-1].set_at)
+            set_at = stamp_seconds(control.desired[-1].set_at)
             worker_id = run.worker.env["ENRICH_WORKER_ID"]
             deadline = time.monotonic() + options.recovery_timeout_s
             while control.runs(worker_id, digest) is None and time.monotonic() < deadline and not run.gave_up:
@@ -182,7 +184,7 @@ def model_swap(services: Services, options: ChaosOptions) -> ScenarioResult:
             if report is None:
                 break
             done += 1
-            window = (set_at, _stamp(report.reported_at))
+            window = (set_at, stamp_seconds(report.reported_at))
             if index == kill_at:
                 kill_window = window
             else:
@@ -226,9 +228,9 @@ def _check(run: Run, control: _Control, events: list[tuple[str, str, str, float]
         for listing_id, digest, worker, appended in events
         if listing_id in position and listing_id in produced
     ]  # fmt: skip
-    switches = [Switch(r.worker_id, r.digest, _stamp(r.since), _stamp(r.reported_at))
+    switches = [Switch(r.worker_id, r.digest, stamp_seconds(r.since), stamp_seconds(r.reported_at))
                 for r in control.reports]  # fmt: skip
-    desired = [(_stamp(d.set_at), d.digest) for d in control.desired]
+    desired = [(stamp_seconds(d.set_at), d.digest) for d in control.desired]
     return check_models(outs, models=models, configured=configured, desired=desired, switches=switches,
                         ended=ended)  # fmt: skip
 
