@@ -75,3 +75,42 @@ def test_cv_cli_trains_one_model_per_fold_and_reports_both_metrics(tmp_path: Pat
         assert f"| {row} | {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f} |" in markdown
     assert "| Brand | " in markdown
     assert not list(out.glob(".fold-*"))  # per-fold scratch (the tiny base) is removed
+
+
+def test_a_rerun_keeps_the_finished_folds_of_the_same_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pure logic: the training of a fold is replaced by canned metrics; only the bookkeeping is tested."""
+    import training.cv as cv
+    from training.config import TrainConfig
+
+    trained: list[int] = []
+    issues = (
+        "values_not_in_title", "attributes_with_several_values", "values_of_unseen_attributes",
+        "offers_of_unseen_categories",
+    )  # fmt: skip
+
+    def fake_fold(config, train, test, run_dir, teacher_config=None):
+        trained.append(len(trained))
+        f1 = 0.5 + len(trained) / 100
+        micro = {"f1": f1, "precision": f1, "recall": f1}
+        return {
+            "micro": micro, "literature": {"micro": micro, "macro": micro},
+            "category_accuracy": 1.0, "category_macro_f1": 1.0, "train_seconds": 1.0,
+            "per_attribute": {"Brand": {"tp": 1, "fn": 0, "f1": f1}}, "data_issues": dict.fromkeys(issues, 0),
+        }  # fmt: skip
+
+    monkeypatch.setattr(cv, "_fold_metrics", fake_fold)
+    config = TrainConfig(data_path=str(FIXTURE_OFFERS), progress=False)
+    out = tmp_path / "cv"
+    first = json.loads((cv.run_cv(config, 3, out) / "cv.json").read_text())
+    assert len(trained) == 3 and first["folds_kept_from_earlier_runs"] == []
+    (out / "fold-1.json").unlink()
+    (out / "fold-2.json").write_text("{not json")  # a fold cut off while it was written
+    second = json.loads((cv.run_cv(config.replace(num_threads=1), 3, out) / "cv.json").read_text())
+    assert len(trained) == 5 and second["folds_kept_from_earlier_runs"] == [0]
+    assert second["per_fold"][0] == first["per_fold"][0]
+    assert "folds 1 kept from earlier runs" in (out / "cv.md").read_text()
+    cv.run_cv(config.replace(learning_rate=3e-4), 3, out)  # another configuration: nothing kept
+    assert len(trained) == 8
+    assert cv.run_cv(config, 3, out, fold_seed=1) and len(trained) == 11

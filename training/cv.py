@@ -9,6 +9,11 @@ round-robin within each category in the order of a salted hash (stratified by ca
 ``seed``). Per fold the training side is split again with the config's own hash split (``dev_fraction``,
 ``split_salt``) for early stopping; the held-out fold is scored once, after training, with the serving
 decode (torch outputs, ``workers.model`` decoding).
+
+Resumable: each finished fold is written to ``<out>/fold-<k>.json`` with a fingerprint of everything that
+decides its result (configs, folds, fold seed, the training file's bytes); a later run with the same
+``--out`` keeps the folds whose fingerprint matches and trains only the rest (a teacher CV takes hours on a
+small machine and may be stopped).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from training.config import TrainConfig
 from training.data import Offer, add_extra_offers, load_offers, split_offers
 from training.metrics import data_issues
 
-__all__ = ["assign_folds", "format_markdown", "run_cv", "summarise"]
+__all__ = ["assign_folds", "fold_fingerprint", "format_markdown", "run_cv", "summarise"]
 
 
 def assign_folds(offers: Sequence[Offer], folds: int, seed: int = 0) -> list[int]:
@@ -109,6 +114,40 @@ def _fold_metrics(
     return metrics
 
 
+_NOT_RESULT_FIELDS = ("progress", "num_threads", "output_root", "version", "save_checkpoints")
+
+
+def fold_fingerprint(
+    config: TrainConfig, teacher_config: TrainConfig | None, folds: int, fold_seed: int, data: bytes
+) -> str:
+    """What a fold's result depends on; fields that only change speed or where files go are left out."""
+
+    def fields(c: TrainConfig | None) -> dict[str, Any] | None:
+        if c is None:
+            return None
+        return {k: v for k, v in c.to_dict().items() if k not in _NOT_RESULT_FIELDS}
+
+    identity = {
+        "config": fields(config),
+        "teacher": fields(teacher_config),
+        "folds": folds,
+        "fold_seed": fold_seed,
+        "data_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _kept_fold(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The metrics of an earlier run's fold, if it was run with the same fingerprint."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+        return None
+    return saved.get("metrics")
+
+
 def _mean_sd(values: Sequence[float]) -> dict[str, float]:
     return {
         "mean": statistics.fmean(values),
@@ -165,6 +204,13 @@ def _distillation_lines(summary: dict[str, Any]) -> list[str]:
     return []
 
 
+def _kept_note(summary: dict[str, Any]) -> str:
+    kept = summary.get("folds_kept_from_earlier_runs") or []
+    if not kept:
+        return ""
+    return f" (this run; folds {', '.join(str(k + 1) for k in kept)} kept from earlier runs)"
+
+
 def format_markdown(summary: dict[str, Any]) -> str:
     """The CV report: headline figures (mean ± sd) and the per-attribute table."""
     rows = [
@@ -184,7 +230,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Data `{config['data_path']}`, base `{config['base_model']}`, max {config['epochs']} epochs, "
         f"augment {config['augment']}, seed {config['seed']}, fold seed {summary['fold_seed']}; "
-        f"{summary['seconds']:.0f} s. Metric definitions: docs/model-quality.md.",
+        f"{summary['seconds']:.0f} s{_kept_note(summary)}. Metric definitions: docs/model-quality.md.",
         *_distillation_lines(summary),
         "",
         "| metric | mean ± sd | per fold |",
@@ -235,14 +281,25 @@ def run_cv(
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out_dir or Path(config.output_root) / "cv" / f"{config.name}-{stamp}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    fold_metrics = []
+    fingerprint = fold_fingerprint(
+        config, teacher_config, folds, fold_seed, Path(config.data_path).read_bytes()
+    )
+    fold_metrics, kept = [], []
     for fold in range(folds):
+        saved = _kept_fold(out_dir / f"fold-{fold}.json", fingerprint)
+        if saved is not None:
+            fold_metrics.append(saved)
+            kept.append(fold)
+            print(f"fold {fold + 1}/{folds}: kept from an earlier run ({out_dir / f'fold-{fold}.json'})")
+            continue
         test = [o for o, f in zip(offers, assignment, strict=True) if f == fold]
         train = [o for o, f in zip(offers, assignment, strict=True) if f != fold]
         metrics = _fold_metrics(config, train, test, out_dir / f".fold-{fold}", teacher_config)
         shutil.rmtree(out_dir / f".fold-{fold}", ignore_errors=True)  # the tiny base, when there is one
         metrics["fold"], metrics["test_offers"] = fold, len(test)
         fold_metrics.append(metrics)
+        record = {"fingerprint": fingerprint, "metrics": metrics}
+        (out_dir / f"fold-{fold}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
         if config.progress:
             print(
                 f"fold {fold + 1}/{folds}: strict micro-F1 {metrics['micro']['f1']:.4f}, literature "
@@ -259,6 +316,8 @@ def run_cv(
         offers=len(offers),
         fold_seed=fold_seed,
         seconds=round(time.perf_counter() - started, 1),
+        folds_kept_from_earlier_runs=kept,
+        fingerprint=fingerprint,
         data_issues={k: sum(t[k] for t in totals) for k, v in totals[0].items() if isinstance(v, int)},
         per_fold=fold_metrics,
     )

@@ -235,4 +235,3 @@ def check_teacher_split(teacher_dir: Path, config: Any) -> None:
             f"{config.data_path}, salt {config.split_salt!r}, dev fraction {config.dev_fraction}): it may "
             "have seen the student's dev offers; train the teacher on the same split"
         )
-
