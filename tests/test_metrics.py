@@ -10,7 +10,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -267,3 +267,45 @@ def _python_info_labels() -> dict[str, str]:
     major, minor, patchlevel = platform.python_version_tuple()
     return {"implementation": platform.python_implementation(), "major": major, "minor": minor,
             "patchlevel": patchlevel, "version": platform.python_version()}  # fmt: skip
+
+
+@pytest.mark.services
+def test_intake_goes_on_while_a_lag_measurement_waits_for_the_broker(
+    kafka, tiny_model_dir: Path, new_topic: Callable[..., str]
+) -> None:
+    """The lag is measured in the background: while the probe waits, listings keep flowing. (Measured
+    on the worker's own consumer, a lag query waited behind that consumer's long-polling fetch, 0.5 s
+    per partition, and the intake loop waited for it.)"""
+    from workers.stages.lag import LagProbe
+
+    class HeldProbe(LagProbe):
+        def __init__(self) -> None:
+            super().__init__({})
+            self.asked, self.release = asyncio.Event(), asyncio.Event()
+
+        async def lag(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+            self.asked.set()
+            await self.release.wait()
+            return {tp: 0 for tp in partitions}
+
+    bootstrap = kafka.bootstrap_servers
+    topics = (new_topic(partitions=2, prefix="in"), new_topic(prefix="out"), new_topic(prefix="dlq"))
+    worker = build_worker(make_config(bootstrap, tiny_model_dir, topics, "g-lag-held"))
+    probe = worker._lag_probe = HeldProbe()
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        seen["asked"] = await _until(probe.asked.is_set)
+        await asyncio.to_thread(produce_records, bootstrap, topics[0], sample_listings(20, id_prefix="H"))
+        seen["flowed"] = await _until(lambda: counter(worker, "enrich_events_out") >= 20)
+        seen["held"], seen["lags"] = not probe.release.is_set(), _lags(worker.metrics)
+        probe.release.set()
+        seen["reported"] = await _until(lambda: set(_lags(worker.metrics)) == {0, 1})
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert seen["asked"] and seen["flowed"] and seen["held"], seen
+    assert seen["lags"] == {} and seen["reported"], seen

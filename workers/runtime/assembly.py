@@ -39,6 +39,7 @@ from workers.stages.emit import AttributeEmitter
 from workers.stages.guard import StaleUpdateGuard
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
+from workers.stages.lag import LagProbe
 from workers.stages.review import ReviewTap, load_thresholds, unknown_names
 from workers.stages.serving import Serving
 from workers.stages.validate import ListingValidator
@@ -125,6 +126,7 @@ def build_worker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,
         dead_letters=dead_letters, serving=serving, batcher=batcher, enricher=enricher, emitter=emitter,
         producer=delivery, tracker=tracker, commits=commits, metrics=metrics, broker=broker,
+        lag_probe=LagProbe(consumer_settings(kafka, f"{config.worker_id}-lag")),
     )  # fmt: skip
     if replay_id is None:  # a replay runs the model it was given
         # Hot swap, shadow and canary: follows the control topic.

@@ -23,15 +23,15 @@ if TYPE_CHECKING:
     from workers.stages.commit_policy import CommitPolicy
     from workers.stages.consume import KafkaSource
     from workers.stages.item import WorkItem
+    from workers.stages.lag import LagProbe
     from workers.stages.serving import Serving
 
 __all__ = ["SHUTDOWN_FLUSH_S", "GroupMember"]
 
 log = logging.getLogger("workers.runtime.worker")
 
-# The lag is asked of the broker (one committed-offsets request, one list-offsets request per partition)
-# on the consume thread: every few seconds is fresh enough for a 15 s scrape and costs intake nothing
-# measurable; at every commit tick (100 ms in the tests) it would.
+# The lag is asked of the broker by the lag probe (workers.stages.lag) in the background: every few
+# seconds is fresh enough for a 15 s scrape; at every commit tick (100 ms in the tests) it would be noise.
 _LAG_EVERY_S = 5.0
 # At shutdown, after the drain and the last commit: the longest wait for outstanding deliveries (dead
 # letters, attribute events). deploy/k8s sizes terminationGracePeriodSeconds from it.
@@ -58,6 +58,8 @@ class GroupMember:
     _closing: bool
     _loop: asyncio.AbstractEventLoop | None
     _next_lag: float
+    _lag_probe: LagProbe | None
+    _lag_task: asyncio.Task[None] | None
     _control_stop: asyncio.Event
     _control_task: asyncio.Task[None] | None
 
@@ -82,15 +84,30 @@ class GroupMember:
         except TimeoutError:
             log.warning("the control task did not stop in time; cancelled")
 
-
     async def _commit_tick(self) -> None:
         await self._commits.tick(self._finish_in_flight)
-        if time.monotonic() >= self._next_lag:
-            lags = await self._source.lag()
-            if lags is not None:
-                # Only what is still assigned: no callback ran meanwhile (they run inside consume()).
-                self.metrics.set_lags({tp: lag for tp, lag in lags.items() if tp in self._source.assigned})
+        probe, task = self._lag_probe, self._lag_task
+        if probe is not None and time.monotonic() >= self._next_lag and (task is None or task.done()):
             self._next_lag = time.monotonic() + _LAG_EVERY_S
+            self._lag_task = asyncio.get_running_loop().create_task(self._refresh_lag(probe))
+
+    async def _refresh_lag(self, probe: LagProbe) -> None:
+        """In the background: intake never waits for the broker's answer."""
+        try:
+            lags = await probe.lag(sorted(self._source.assigned))
+        except Exception:  # the gauge keeps its last values; the next tick tries again
+            log.exception("lag not measured")
+            return
+        if lags is not None:
+            # Only what is still assigned now: a rebalance may have run while the probe asked.
+            self.metrics.set_lags({tp: lag for tp, lag in lags.items() if tp in self._source.assigned})
+
+    async def _stop_lag_probe(self) -> None:
+        task, self._lag_task = self._lag_task, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)  # bounded by the probe's own budget
+        if self._lag_probe is not None:
+            await self._lag_probe.close()
 
     async def _finish_in_flight(self, partitions: list[TopicPartitionKey] | None) -> None:
         """Release every open batch and wait (bounded) until the tracked offsets are finished."""
@@ -132,6 +149,7 @@ class GroupMember:
 
     async def abandon(self) -> None:
         """Close the clients of a worker that never ran (its start-up check refused the model)."""
+        await self._stop_lag_probe()
         await self._source.close()
         self._producer.close()
         await self.serving.backend.close()
@@ -150,6 +168,7 @@ class GroupMember:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._closing = True
+            await self._stop_lag_probe()
             await self._source.close()
             await self._producer.flush(SHUTDOWN_FLUSH_S)
             # Destroy the librdkafka producer now, not whenever the garbage collector breaks our cycles.

@@ -45,6 +45,7 @@ from workers.stages.dead_letter import DeadLetterWriter
 from workers.stages.emit import AttributeEmitter
 from workers.stages.infer import BatchEnricher
 from workers.stages.item import WorkItem
+from workers.stages.lag import LagProbe
 from workers.stages.serving import Serving
 from workers.stages.trial import Trial, batch_key, serving_for, timed
 from workers.stages.validate import ListingValidator
@@ -85,6 +86,7 @@ class StreamWorker(GroupMember):
         commits: CommitPolicy,
         metrics: WorkerMetrics,
         broker: BrokerHealth | None = None,
+        lag_probe: LagProbe | None = None,
     ) -> None:
         self._kafka, self._batch_config, self.worker_id = kafka, batch, worker_id
         self._source, self._validator, self._dead_letters = source, validator, dead_letters
@@ -109,6 +111,7 @@ class StreamWorker(GroupMember):
         self._read_epoch = 0  # the tracker epoch the consumer's positions belong to (see _intake_once)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_lag = 0.0
+        self._lag_probe, self._lag_task = lag_probe, None  # the lag gauge (None: not measured)
         # Read at scrape time: a partition assigned while intake is paused starts paused (KafkaSource).
         metrics.paused_partitions.set_function(lambda: len(source.assigned) if source.paused else 0)
         # The control task (hot swap: `workers.runtime.model_swap.ModelFollower.run`), set by the assembly.

@@ -29,8 +29,6 @@ __all__ = ["KafkaSource", "consumer_settings", "make_consumer"]
 log = logging.getLogger(__name__)
 
 PartitionsCallback = Callable[[list[tuple[str, int]]], None]
-# A lag query blocks the consume thread; with the broker away it must not hold intake for long.
-_LAG_QUERY_TIMEOUT_S = 2.0
 T = TypeVar("T")
 
 
@@ -74,7 +72,7 @@ def make_consumer(
 
 
 class KafkaSource:
-    """The input side of one worker: subscribe, batch-consume in a thread, pause/resume, lag; and the
+    """The input side of one worker: subscribe, batch-consume in a thread, pause/resume; and the
     consumer calls of the commit policy (`commit`, `consumer_group_metadata`), from any thread.
 
     confluent-kafka lets one thread into a consumer at a time (a re-entrant call from a callback's own
@@ -229,37 +227,6 @@ class KafkaSource:
         from confluent_kafka import TopicPartition
 
         return [TopicPartition(topic, partition) for topic, partition in sorted(self.assigned)]
-
-    async def lag(self) -> dict[tuple[str, int], int] | None:
-        """Per assigned partition: records between the group's committed offset and the high watermark,
-        both asked of the broker; on the consume thread, between two `consume` calls. None when the
-        broker did not answer in time (the caller keeps what it had)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._lag)
-
-    def _lag(self) -> dict[tuple[str, int], int] | None:
-        from confluent_kafka import KafkaException
-
-        partitions = self._assignment()
-        if not partitions:
-            return {}
-        # Not the cached watermark: librdkafka updates it from fetch responses, and a paused partition
-        # is not fetched, so its lag froze at the moment of the pause while the backlog grew behind it.
-        # The committed offset, not the position, is what a restarted or new owner resumes from, and
-        # what KEDA's kafka scaler counts: records consumed but unfinished are still lag.
-        try:
-            committed = self.consumer.committed(partitions, timeout=_LAG_QUERY_TIMEOUT_S)
-            lags: dict[tuple[str, int], int] = {}
-            for tp in committed:
-                low, high = self.consumer.get_watermark_offsets(
-                    tp, timeout=_LAG_QUERY_TIMEOUT_S, cached=False
-                )
-                # Never committed: everything from the earliest offset (auto.offset.reset=earliest) is owed.
-                lags[(tp.topic, tp.partition)] = max(0, high - (tp.offset if tp.offset >= 0 else low))
-        except KafkaException as exc:
-            log.debug("lag not measured: %s", exc)
-            return None
-        return lags
 
     async def close(self) -> None:
         """Leave the group (runs the revoke callback for what is still assigned) and stop the thread."""
