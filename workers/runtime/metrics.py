@@ -30,6 +30,7 @@ from prometheus_client import (
 
 from workers.contract.errors import ReasonCode
 from workers.contract.events import parse_event_time
+from workers.runtime.batch_histogram import BatchHistogram
 
 __all__ = [
     "CIRCUIT_STATE_VALUES",
@@ -122,7 +123,7 @@ class WorkerMetrics:
         stale_help = "Outputs not sent: a newer listing_version was already emitted"
         self.stale_dropped = Counter("enrich_stale_dropped", stale_help, registry=r)
         about = "Listing event_time to its attribute event acknowledged by the broker"
-        self.freshness_s = Histogram("enrich_freshness_seconds", about, buckets=_FRESH_BUCKETS, registry=r)
+        self.freshness_s = BatchHistogram("enrich_freshness_seconds", about, _FRESH_BUCKETS, registry=r)
         self.backend_failures = Counter(
             "enrich_backend_failures", "Failed inference calls (retried)", registry=r
         )
@@ -179,9 +180,7 @@ class WorkerMetrics:
 
     def observe_freshness(self, event_times: Iterable[float], now: float) -> None:
         """`now - t` for each event time (UNIX seconds); a clock ahead of ours counts as 0."""
-        observe = self.freshness_s.observe
-        for event_time in event_times:
-            observe(max(now - event_time, 0.0))
+        self.freshness_s.observe_many([now - t if t < now else 0.0 for t in event_times])
 
     def set_circuit_state(self, state: str) -> None:
         """Suitable as ``CircuitBreaker(on_state_change=...)``."""
