@@ -280,7 +280,7 @@ def test_intake_goes_on_while_a_lag_measurement_waits_for_the_broker(
 
     class HeldProbe(LagProbe):
         def __init__(self) -> None:
-            super().__init__({})
+            super().__init__(worker._kafka, "held-probe")
             self.asked, self.release = asyncio.Event(), asyncio.Event()
 
         async def lag(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:

@@ -126,7 +126,7 @@ def build_worker(
         kafka=kafka, batch=batch, worker_id=config.worker_id, source=source, validator=validator,
         dead_letters=dead_letters, serving=serving, batcher=batcher, enricher=enricher, emitter=emitter,
         producer=delivery, tracker=tracker, commits=commits, metrics=metrics, broker=broker,
-        lag_probe=LagProbe(consumer_settings(kafka, f"{config.worker_id}-lag")),
+        lag_probe=LagProbe(kafka, f"{config.worker_id}-lag"),
     )  # fmt: skip
     if replay_id is None:  # a replay runs the model it was given
         # Hot swap, shadow and canary: follows the control topic.

@@ -20,9 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from workers.stages.consume import consumer_settings
+
+if TYPE_CHECKING:
+    from workers.runtime.config import KafkaConfig
 
 __all__ = ["LagProbe"]
 
@@ -36,12 +41,10 @@ _MEASUREMENT_BUDGET_S = 4.0
 
 class LagProbe:
     """`lag(partitions)`: committed offset → high watermark per partition; None when the broker did not
-    answer in time. `settings` are the worker consumer's (group id, bootstrap, security)."""
+    answer in time. A consumer of `kafka`'s group, bootstrap and security settings, named `client_id`."""
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        # No callbacks (the commit callback is the worker's); log_level 0: the worker's consumer already
-        # logs an unreachable broker, and the probe's failures show as a gauge that keeps its last values.
-        self._settings = {**{k: v for k, v in settings.items() if not callable(v)}, "log_level": 0}
+    def __init__(self, kafka: KafkaConfig, client_id: str) -> None:
+        self._kafka, self._client_id = kafka, client_id
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="kafka-lag")
         self._consumer: Any = None
         self._closed = False
@@ -58,7 +61,9 @@ class LagProbe:
         if self._closed:
             return {}
         if self._consumer is None:
-            self._consumer = Consumer(self._settings)
+            # log_level 0: the worker's consumer already logs an unreachable broker, and the probe's
+            # failures show as a gauge that keeps its last values.
+            self._consumer = Consumer(consumer_settings(self._kafka, self._client_id, extra={"log_level": 0}))
         deadline = time.monotonic() + _MEASUREMENT_BUDGET_S
         try:
             committed = self._consumer.committed(
