@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from workers.stages.consume import consumer_settings
+from workers.stages.consume import make_consumer
 
 if TYPE_CHECKING:
     from workers.runtime.config import KafkaConfig
@@ -56,14 +56,14 @@ class LagProbe:
         return await loop.run_in_executor(self._thread, self._measure, list(partitions))
 
     def _measure(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int] | None:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         if self._closed:
             return {}
         if self._consumer is None:
             # log_level 0: the worker's consumer already logs an unreachable broker, and the probe's
             # failures show as a gauge that keeps its last values.
-            self._consumer = Consumer(consumer_settings(self._kafka, self._client_id, extra={"log_level": 0}))
+            self._consumer = make_consumer(self._kafka, self._client_id, extra={"log_level": 0})
         deadline = time.monotonic() + _MEASUREMENT_BUDGET_S
         try:
             committed = self._consumer.committed(
