@@ -75,6 +75,17 @@ def test_cv_cli_trains_one_model_per_fold_and_reports_both_metrics(tmp_path: Pat
         assert f"| {row} | {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f} |" in markdown
     assert "| Brand | " in markdown
     assert not list(out.glob(".fold-*"))  # per-fold scratch (the tiny base) is removed
+    held_out = [
+        json.loads(line) for k in range(2) for line in (out / f"fold-{k}.predictions.jsonl").open()
+    ]  # every offer's out-of-fold prediction, for tuning decoding without retraining
+    assert sorted(p["title"] for p in held_out) == sorted(
+        json.loads(line)["input"] for line in FIXTURE_OFFERS.open()
+    )
+    some = next(p for p in held_out if p["attributes"])
+    assert {"category", "category_confidence"} <= set(some)
+    assert {"name", "value", "confidence", "start", "end"} == set(some["attributes"][0])
+    first = some["attributes"][0]
+    assert some["title"][first["start"] : first["end"]] == first["value"]
 
 
 def test_a_rerun_keeps_the_finished_folds_of_the_same_configuration(

@@ -13,7 +13,9 @@ decode (torch outputs, ``workers.model`` decoding).
 Resumable: each finished fold is written to ``<out>/fold-<k>.json`` with a fingerprint of everything that
 decides its result (configs, folds, fold seed, the training file's bytes); a later run with the same
 ``--out`` keeps the folds whose fingerprint matches and trains only the rest (a teacher CV takes hours on a
-small machine and may be stopped).
+small machine and may be stopped). Next to it, ``fold-<k>.predictions.jsonl`` (and
+``fold-<k>.teacher.predictions.jsonl``) hold every held-out offer's decoded prediction with its confidences,
+so decoding-time levers (thresholds, constraints) can be tuned and scored across folds without retraining.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,10 @@ def _test_metrics(
     )
     metrics = score(test_offers, predictions)
     metrics.pop("category_report_text")
+    metrics["predictions"] = [
+        {"title": offer.text, **asdict(prediction)}
+        for offer, prediction in zip(test_offers, predictions, strict=True)
+    ]
     metrics["data_issues"] = data_issues(test_offers, labels)
     metrics["best_epoch"] = max(result.history, key=lambda h: h["dev_f1"])["epoch"]
     metrics["train_seconds"] = round(result.seconds, 1)
@@ -146,6 +153,11 @@ def _kept_fold(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
         return None
     return saved.get("metrics")
+
+
+def _write_predictions(path: Path, predictions: list[dict[str, Any]] | None) -> None:
+    if predictions is not None:
+        path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
 
 
 def _mean_sd(values: Sequence[float]) -> dict[str, float]:
@@ -297,6 +309,10 @@ def run_cv(
         metrics = _fold_metrics(config, train, test, out_dir / f".fold-{fold}", teacher_config)
         shutil.rmtree(out_dir / f".fold-{fold}", ignore_errors=True)  # the tiny base, when there is one
         metrics["fold"], metrics["test_offers"] = fold, len(test)
+        _write_predictions(out_dir / f"fold-{fold}.predictions.jsonl", metrics.pop("predictions", None))
+        if "teacher" in metrics:
+            teacher_predictions = metrics["teacher"].pop("predictions", None)
+            _write_predictions(out_dir / f"fold-{fold}.teacher.predictions.jsonl", teacher_predictions)
         fold_metrics.append(metrics)
         record = {"fingerprint": fingerprint, "metrics": metrics}
         (out_dir / f"fold-{fold}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
