@@ -19,8 +19,21 @@ command -v redis-server >/dev/null || { echo "setup: installing redis-server (ap
 command -v java >/dev/null || { echo "setup: installing a JDK (apt)"; apt_install openjdk-17-jre-headless; }
 command -v mvn >/dev/null || { echo "setup: installing maven (apt)"; apt_install maven; }
 
+require_free_gib() {
+    local free_gib=$(($(df -Pk "$1" | awk 'NR == 2 {print $4}') / 1024 / 1024))
+    if [ "$free_gib" -lt "$2" ]; then
+        echo "setup: $1 has $free_gib GiB free; installing the Python dependencies needs about $2 GiB" \
+            "there. Free some space and run it again." >&2
+        exit 1
+    fi
+}
+
 stamp="$venv/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
+    # torch's CUDA build takes ~7 GiB in .venv and pip unpacks the wheels in TMPDIR first: say so up front
+    # instead of pip failing half-way with "No space left on device".
+    require_free_gib "$root" 8
+    require_free_gib "${TMPDIR:-/tmp}" 4
     echo "setup: creating $venv (first run downloads torch: several minutes)"
     [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
     "$venv/bin/pip" install -q -U pip wheel setuptools
