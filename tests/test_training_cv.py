@@ -10,11 +10,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.model_fixtures import FIXTURE_OFFERS
 from training.cv import assign_folds
 from training.data import Offer, load_offers
+from workers.model.decode import ModelLabels, decode_attributes, decode_category
 
 
 def test_folds_are_stratified_deterministic_and_keep_identical_titles_together() -> None:
@@ -86,6 +88,23 @@ def test_cv_cli_trains_one_model_per_fold_and_reports_both_metrics(tmp_path: Pat
     assert {"name", "value", "confidence", "start", "end"} == set(some["attributes"][0])
     first = some["attributes"][0]
     assert some["title"][first["start"] : first["end"]] == first["value"]
+    # the raw outputs decode again to exactly the saved predictions
+    raw = np.load(out / "fold-0.outputs.npz")
+    labels = ModelLabels.from_dict(json.loads(str(raw["labels"])))
+    decoded = [json.loads(line) for line in (out / "fold-0.predictions.jsonl").open()]
+    ends = np.cumsum(raw["lengths"])
+    assert len(decoded) == len(ends) == raw["category_probs"].shape[0] and ends[-1] == len(raw["offsets"])
+    for index, (saved, end) in enumerate(zip(decoded, ends, strict=True)):
+        start = end - raw["lengths"][index]
+        category, _ = decode_category(raw["category_probs"][index], labels)
+        attributes = decode_attributes(
+            saved["title"], [tuple(o) for o in raw["offsets"][start:end]], raw["tag_probs"][start:end],
+            labels, labels.attributes_by_category.get(category),
+        )  # fmt: skip
+        assert category == saved["category"]
+        assert [(a.name, a.value, a.start) for a in attributes] == [
+            (a["name"], a["value"], a["start"]) for a in saved["attributes"]
+        ]
 
 
 def test_a_rerun_keeps_the_finished_folds_of_the_same_configuration(

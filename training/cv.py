@@ -14,8 +14,9 @@ Resumable: each finished fold is written to ``<out>/fold-<k>.json`` with a finge
 decides its result (configs, folds, fold seed, the training file's bytes); a later run with the same
 ``--out`` keeps the folds whose fingerprint matches and trains only the rest (a teacher CV takes hours on a
 small machine and may be stopped). Next to it, ``fold-<k>.predictions.jsonl`` (and
-``fold-<k>.teacher.predictions.jsonl``) hold every held-out offer's decoded prediction with its confidences,
-so decoding-time levers (thresholds, constraints) can be tuned and scored across folds without retraining.
+``fold-<k>.teacher.…``) hold every held-out offer's decoded prediction with its confidences, and
+``fold-<k>.outputs.npz`` the model's raw probabilities with the token offsets and labels, so decoding-time
+levers (thresholds, constraints, lexicons) can be tuned and scored across folds without retraining.
 """
 
 from __future__ import annotations
@@ -65,16 +66,25 @@ def assign_folds(offers: Sequence[Offer], folds: int, seed: int = 0) -> list[int
 def _test_metrics(
     config: TrainConfig, result: Any, encoder: Any, labels: Any, test_offers: list[Offer]
 ) -> dict[str, Any]:
-    """Score a fitted model once on the held-out fold, with the serving decode."""
+    """Score a fitted model once on the held-out fold, with the serving decode. The decoded predictions
+    and the model's raw outputs go along (``predictions``, ``outputs``) to be saved next to the fold."""
     from training.evaluate import predict
     from training.metrics import score
     from training.model import torch_runner
 
+    run_batch, batches = torch_runner(result.model), []
+
+    def recorded(input_ids: Any, attention_mask: Any) -> Any:
+        batches.append(run_batch(input_ids, attention_mask))
+        return batches[-1]
+
+    texts = [offer.text for offer in test_offers]
     predictions = predict(
-        [offer.text for offer in test_offers],
-        torch_runner(result.model),
+        texts,
+        recorded,
         encoder,
         labels,
+        batch_size=_PREDICT_BATCH,
         decode_method=config.decode_method,
         restrict_to_category=config.restrict_to_category,
     )
@@ -84,10 +94,36 @@ def _test_metrics(
         {"title": offer.text, **asdict(prediction)}
         for offer, prediction in zip(test_offers, predictions, strict=True)
     ]
+    metrics["outputs"] = _raw_outputs(texts, encoder, labels, batches)
     metrics["data_issues"] = data_issues(test_offers, labels)
     metrics["best_epoch"] = max(result.history, key=lambda h: h["dev_f1"])["epoch"]
     metrics["train_seconds"] = round(result.seconds, 1)
     return metrics
+
+
+_PREDICT_BATCH = 64
+
+
+def _raw_outputs(texts: list[str], encoder: Any, labels: Any, batches: list[Any]) -> dict[str, Any]:
+    """Each title's tag probabilities for its real tokens (concatenated; ``lengths`` splits them), the
+    tokens' character offsets and the category probabilities: enough to decode again with other options."""
+    import numpy as np
+
+    tags, offsets, lengths, categories = [], [], [], []
+    for batch, first in zip(batches, range(0, len(texts), _PREDICT_BATCH), strict=True):
+        tag_probs, category_probs = batch
+        for row, item in enumerate(encoder.encode(texts[first : first + _PREDICT_BATCH])):
+            tags.append(np.asarray(tag_probs[row][: len(item.offsets)], dtype=np.float32))
+            offsets.append(np.asarray(item.offsets, dtype=np.int32).reshape(-1, 2))
+            lengths.append(len(item.offsets))
+            categories.append(np.asarray(category_probs[row], dtype=np.float32))
+    return {
+        "tag_probs": np.concatenate(tags),
+        "offsets": np.concatenate(offsets),
+        "lengths": np.asarray(lengths, dtype=np.int32),
+        "category_probs": np.stack(categories),
+        "labels": json.dumps(labels.to_dict()),
+    }
 
 
 def _fold_metrics(
@@ -155,9 +191,16 @@ def _kept_fold(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return saved.get("metrics")
 
 
-def _write_predictions(path: Path, predictions: list[dict[str, Any]] | None) -> None:
+def _write_held_out(out_dir: Path, stem: str, metrics: dict[str, Any]) -> None:
+    """``<stem>.predictions.jsonl`` (decoded) and ``<stem>.outputs.npz`` (raw), popped from ``metrics``."""
+    import numpy as np
+
+    predictions, outputs = metrics.pop("predictions", None), metrics.pop("outputs", None)
     if predictions is not None:
-        path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+        (out_dir / f"{stem}.predictions.jsonl").write_text(lines)
+    if outputs is not None:
+        np.savez_compressed(out_dir / f"{stem}.outputs.npz", **outputs)
 
 
 def _mean_sd(values: Sequence[float]) -> dict[str, float]:
@@ -309,10 +352,9 @@ def run_cv(
         metrics = _fold_metrics(config, train, test, out_dir / f".fold-{fold}", teacher_config)
         shutil.rmtree(out_dir / f".fold-{fold}", ignore_errors=True)  # the tiny base, when there is one
         metrics["fold"], metrics["test_offers"] = fold, len(test)
-        _write_predictions(out_dir / f"fold-{fold}.predictions.jsonl", metrics.pop("predictions", None))
+        _write_held_out(out_dir, f"fold-{fold}", metrics)
         if "teacher" in metrics:
-            teacher_predictions = metrics["teacher"].pop("predictions", None)
-            _write_predictions(out_dir / f"fold-{fold}.teacher.predictions.jsonl", teacher_predictions)
+            _write_held_out(out_dir, f"fold-{fold}.teacher", metrics["teacher"])
         fold_metrics.append(metrics)
         record = {"fingerprint": fingerprint, "metrics": metrics}
         (out_dir / f"fold-{fold}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
