@@ -105,6 +105,20 @@ def test_cv_cli_trains_one_model_per_fold_and_reports_both_metrics(tmp_path: Pat
         assert [(a.name, a.value, a.start) for a in attributes] == [
             (a["name"], a["value"], a["start"]) for a in saved["attributes"]
         ]
+    # decoding levers scored on those outputs (the command checks its plain decode gives the CV's figures)
+    decoded_cv = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "cv-decode", str(out)],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    report = json.loads((out / "cv-decode.json").read_text())
+    plain = report["plain decode (as served)"]["strict_micro_f1"]
+    assert plain["values"] == pytest.approx(f1) and plain["gain"]["mean"] == 0
+    assert set(report) == {
+        "plain decode (as served)",
+        "per-attribute thresholds, tuned on the other folds",
+        "several values per attribute",
+    }
+    assert (out / "cv-decode.md").read_text() in decoded_cv.stdout
 
 
 def test_a_rerun_keeps_the_finished_folds_of_the_same_configuration(

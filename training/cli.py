@@ -1,4 +1,4 @@
-"""`enrich train | cv | augment | evaluate | export`: torch etc. imported in the handlers only."""
+"""`enrich train | cv | cv-decode | augment | evaluate | export`: torch etc. imported in the handlers only."""
 
 from __future__ import annotations
 
@@ -60,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cv.add_argument("--out", type=Path, help="report folder (default: <output_root>/cv/<name>-<UTC time>)")
     cv.set_defaults(func=_cv)
 
+    decode_cv = subparsers.add_parser(
+        "cv-decode",
+        help="score decoding levers (per-attribute thresholds, several values) on a finished cv's saved "
+        "outputs, tuned on the other folds; no retraining",
+    )
+    decode_cv.add_argument("cv_dir", type=Path, help="the --out folder of a finished `enrich cv`")
+    decode_cv.add_argument("--teacher", action="store_true", help="the CV's teachers instead of its models")
+    decode_cv.add_argument(
+        "--data-path", type=Path, help="the CV's training file (default: from its cv.json)"
+    )
+    decode_cv.set_defaults(func=_decode_cv)
+
     export = subparsers.add_parser("export", help="ONNX export + parity check + Triton CPU repository")
     export.add_argument("model_dir", type=Path, help="models/<name>/<version>")
     export.add_argument("--triton-repo", type=Path, help="CPU model repository (default: triton_repo/cpu)")
@@ -115,6 +127,30 @@ def _cv(args: argparse.Namespace) -> int:
     out_dir = run_cv(config, args.folds, args.out, args.fold_seed, teacher_config=teacher)
     print((out_dir / "cv.md").read_text())
     print(f"written: {out_dir / 'cv.json'}, {out_dir / 'cv.md'}")
+    return 0
+
+
+def _decode_cv(args: argparse.Namespace) -> int:
+    from training.decode_cv import format_markdown, load_held_out, run_decode_cv
+
+    summary = json.loads((args.cv_dir / "cv.json").read_text())
+    data_path = args.data_path or summary["config"]["data_path"]
+    held_out = load_held_out(
+        args.cv_dir, data_path, summary["folds"], summary["fold_seed"], teacher=args.teacher
+    )
+    report = run_decode_cv(held_out)
+    recorded = [(m["teacher"] if args.teacher else m)["micro"]["f1"] for m in summary["per_fold"]]
+    replayed = report["plain decode (as served)"]["strict_micro_f1"]["values"]
+    if any(abs(a - b) > 1e-6 for a, b in zip(recorded, replayed, strict=True)):
+        raise SystemExit(
+            f"the saved outputs decode to {replayed}, the CV recorded {recorded}: not the same run"
+        )
+    stem = "cv-decode.teacher" if args.teacher else "cv-decode"
+    markdown = format_markdown(report, len(held_out))
+    (args.cv_dir / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (args.cv_dir / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    print(f"written: {args.cv_dir / f'{stem}.json'}, {args.cv_dir / f'{stem}.md'}")
     return 0
 
 
