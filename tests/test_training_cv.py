@@ -113,11 +113,7 @@ def test_cv_cli_trains_one_model_per_fold_and_reports_both_metrics(tmp_path: Pat
     report = json.loads((out / "cv-decode.json").read_text())
     plain = report["plain decode (as served)"]["strict_micro_f1"]
     assert plain["values"] == pytest.approx(f1) and plain["gain"]["mean"] == 0
-    assert set(report) == {
-        "plain decode (as served)",
-        "per-attribute thresholds, tuned on the other folds",
-        "several values per attribute",
-    }
+    assert {"plain decode (as served)", "per-attribute thresholds, tuned on the other folds"} < set(report)
     assert (out / "cv-decode.md").read_text() in decoded_cv.stdout
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from training.cv import assign_folds
 from training.data import Offer, load_offers
 from training.evaluate import Prediction
 from training.metrics import normalise_value, score
-from workers.model.decode import ModelLabels, decode_attributes, decode_category
+from workers.model.decode import Attribute, ModelLabels, decode_attributes, decode_category
 
 __all__ = [
     "HeldOutFold",
@@ -154,10 +154,30 @@ def _variants() -> dict[str, Variant]:
         )
         return decode_fold(folds[k], thresholds=tuned)
 
+    def widened(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
+        lexicon = known_values([o for j, f in enumerate(folds) if j != k for o in f.offers])
+        return [
+            replace(p, attributes=widen_to_known_values(o.text, p.attributes, lexicon))
+            for o, p in zip(folds[k].offers, decode_fold(folds[k]), strict=True)
+        ]
+
+    def filled(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
+        lexicon = known_values([o for j, f in enumerate(folds) if j != k for o in f.offers], min_count=2)
+        allowed = folds[k].labels.attributes_by_category
+        return [
+            replace(
+                p,
+                attributes=fill_from_known_values(o.text, p.attributes, allowed.get(p.category, ()), lexicon),
+            )
+            for o, p in zip(folds[k].offers, decode_fold(folds[k]), strict=True)
+        ]
+
     return {
         "plain decode (as served)": plain,
+        "spans widened to a longer value seen in training": widened,
         "per-attribute thresholds, tuned on the other folds": thresholds,
         "several values per attribute": several,
+        "empty attributes filled with a value seen twice in training": filled,
     }
 
 
@@ -204,3 +224,75 @@ def format_markdown(report: dict[str, Any], folds: int) -> str:
             ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def known_values(offers: Sequence[Offer], min_count: int = 1) -> dict[str, dict[str, str]]:
+    """attribute -> casefolded value -> its most frequent spelling, for values seen ``min_count`` times."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for offer in offers:
+        for name, value in offer.values:
+            if value.strip():
+                spellings = counts.setdefault((name, value.strip().casefold()), {})
+                spellings[value.strip()] = spellings.get(value.strip(), 0) + 1
+    lexicon: dict[str, dict[str, str]] = {}
+    for (name, folded), spellings in counts.items():
+        if sum(spellings.values()) >= min_count:
+            lexicon.setdefault(name, {})[folded] = max(spellings, key=spellings.__getitem__)
+    return lexicon
+
+
+def _occurrences(title: str, values: dict[str, str]) -> list[tuple[int, int]]:
+    """Where the known values stand in the title as whole words (case-insensitive), longest first."""
+    folded, found = title.casefold(), []
+    if len(folded) != len(title):  # casefolding changed the length (ß -> ss): offsets would be wrong
+        return []
+    for value in values:
+        start = folded.find(value)
+        while start >= 0:
+            end = start + len(value)
+            before = folded[start - 1] if start else " "
+            after = folded[end] if end < len(folded) else " "
+            if not before.isalnum() and not after.isalnum():
+                found.append((start, end))
+            start = folded.find(value, start + 1)
+    return sorted(found, key=lambda span: (span[0] - span[1], span[0]))
+
+
+def widen_to_known_values(
+    title: str, attributes: list[Attribute], lexicon: dict[str, dict[str, str]]
+) -> list[Attribute]:
+    """A predicted span inside a longer known value of the same attribute becomes that value ("Oxford" in
+    "Wing-Tip Oxford" when "wing-tip oxford" was seen); a span already known, or inside none, stays."""
+    widened = []
+    for attribute in attributes:
+        values = lexicon.get(attribute.name, {})
+        if attribute.value.casefold() not in values:
+            for start, end in _occurrences(title, values):
+                if (
+                    start <= attribute.start
+                    and attribute.end <= end
+                    and end - start > attribute.end - attribute.start
+                ):
+                    attribute = replace(attribute, value=title[start:end], start=start, end=end)
+                    break
+        widened.append(attribute)
+    return widened
+
+
+def fill_from_known_values(
+    title: str, attributes: list[Attribute], allowed: Sequence[str], lexicon: dict[str, dict[str, str]]
+) -> list[Attribute]:
+    """An allowed attribute the model left empty gets the longest known value standing in the title as whole
+    words, if it overlaps no predicted span (confidence 0.5: a lexicon match, not the model's)."""
+    taken = [(a.start, a.end) for a in attributes]
+    filled = list(attributes)
+    predicted = {a.name for a in attributes}
+    for name in allowed:
+        if name in predicted:
+            continue
+        for start, end in _occurrences(title, lexicon.get(name, {})):
+            if all(end <= s or e <= start for s, e in taken):
+                filled.append(Attribute(name, title[start:end], 0.5, start, end))
+                taken.append((start, end))
+                break
+    return filled
