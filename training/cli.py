@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     decode_cv.add_argument(
         "--data-path", type=Path, help="the CV's training file (default: from its cv.json)"
     )
+    decode_cv.add_argument(
+        "--partial", action="store_true", help="a CV still running: score the folds finished so far"
+    )
+    decode_cv.add_argument("--folds", type=int, default=5, help="with --partial: the CV's --folds")
+    decode_cv.add_argument("--fold-seed", type=int, default=0, help="with --partial: the CV's --fold-seed")
     decode_cv.set_defaults(func=_decode_cv)
 
     export = subparsers.add_parser("export", help="ONNX export + parity check + Triton CPU repository")
@@ -133,13 +138,24 @@ def _cv(args: argparse.Namespace) -> int:
 def _decode_cv(args: argparse.Namespace) -> int:
     from training.decode_cv import format_markdown, load_held_out, run_decode_cv
 
-    summary = json.loads((args.cv_dir / "cv.json").read_text())
+    finished = (args.cv_dir / "cv.json").is_file()
+    summary = json.loads((args.cv_dir / "cv.json").read_text()) if finished else {}
+    if not finished and not (args.partial and args.data_path):
+        raise SystemExit(
+            f"{args.cv_dir}: no cv.json (not finished); --partial --data-path FILE scores its folds"
+        )
     data_path = args.data_path or summary["config"]["data_path"]
+    folds, fold_seed = summary.get("folds", args.folds), summary.get("fold_seed", args.fold_seed)
     held_out = load_held_out(
-        args.cv_dir, data_path, summary["folds"], summary["fold_seed"], teacher=args.teacher
+        args.cv_dir, data_path, folds, fold_seed, teacher=args.teacher, partial=args.partial
     )
+    if len(held_out) < 2:
+        raise SystemExit(f"{args.cv_dir}: {len(held_out)} fold(s) with saved outputs; tuning needs 2")
     report = run_decode_cv(held_out)
-    recorded = [(m["teacher"] if args.teacher else m)["micro"]["f1"] for m in summary["per_fold"]]
+    recorded = []
+    for fold in held_out:
+        metrics = json.loads((args.cv_dir / f"fold-{fold.fold}.json").read_text())["metrics"]
+        recorded.append((metrics["teacher"] if args.teacher else metrics)["micro"]["f1"])
     replayed = report["plain decode (as served)"]["strict_micro_f1"]["values"]
     if any(abs(a - b) > 1e-6 for a, b in zip(recorded, replayed, strict=True)):
         raise SystemExit(

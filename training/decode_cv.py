@@ -40,23 +40,35 @@ MIN_PREDICTIONS_TO_TUNE = 20
 
 @dataclass(frozen=True)
 class HeldOutFold:
-    """One fold's held-out offers with its model's raw outputs for each (``rows[i]`` is offer i's)."""
+    """One fold's held-out offers with its model's raw outputs for each (``rows[i]`` is offer i's), and the
+    offers its model trained on (all the other folds: what a lexicon may be learned from)."""
 
+    fold: int
     offers: list[Offer]
     labels: ModelLabels
     rows: list[tuple[list[tuple[int, int]], np.ndarray, np.ndarray]]  # offsets, tag_probs, category_probs
+    training_side: list[Offer]
 
 
 def load_held_out(
-    cv_dir: Path, data_path: Path | str, folds: int, fold_seed: int, *, teacher: bool = False
+    cv_dir: Path,
+    data_path: Path | str,
+    folds: int,
+    fold_seed: int,
+    *,
+    teacher: bool = False,
+    partial: bool = False,
 ) -> list[HeldOutFold]:
     """Every fold's held-out offers (the fold assignment `enrich cv` used) with ``fold-<k>.outputs.npz``
-    (``fold-<k>.teacher.outputs.npz`` with ``teacher``)."""
+    (``fold-<k>.teacher.outputs.npz`` with ``teacher``); with ``partial`` the folds not finished yet are
+    left out instead of refused."""
     offers = load_offers(data_path)
     assignment = assign_folds(offers, folds, fold_seed)
     held_out = []
     for fold in range(folds):
         path = cv_dir / (f"fold-{fold}.teacher.outputs.npz" if teacher else f"fold-{fold}.outputs.npz")
+        if not path.is_file() and partial:
+            continue
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (a fold not finished, or run before outputs were kept)")
         raw = np.load(path)
@@ -70,7 +82,8 @@ def load_held_out(
             offsets = [(int(s), int(e)) for s, e in raw["offsets"][start:end]]
             rows.append((offsets, raw["tag_probs"][start:end], raw["category_probs"][index]))
         labels = ModelLabels.from_dict(json.loads(str(raw["labels"])))
-        held_out.append(HeldOutFold(test, labels, rows))
+        training_side = [o for o, f in zip(offers, assignment, strict=True) if f != fold]
+        held_out.append(HeldOutFold(fold, test, labels, rows, training_side))
     return held_out
 
 
@@ -148,21 +161,21 @@ def _variants() -> dict[str, Variant]:
         return decode_fold(folds[k], several_values=True)
 
     def thresholds(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
-        others = [f for j, f in enumerate(folds) if j != k]
+        others = [f for j, f in enumerate(folds) if j != k]  # the other folds' held-out offers
         tuned = tune_thresholds(
             [o for f in others for o in f.offers], [p for f in others for p in decode_fold(f)]
         )
         return decode_fold(folds[k], thresholds=tuned)
 
     def widened(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
-        lexicon = known_values([o for j, f in enumerate(folds) if j != k for o in f.offers])
+        lexicon = known_values(folds[k].training_side)
         return [
             replace(p, attributes=widen_to_known_values(o.text, p.attributes, lexicon))
             for o, p in zip(folds[k].offers, decode_fold(folds[k]), strict=True)
         ]
 
     def filled(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
-        lexicon = known_values([o for j, f in enumerate(folds) if j != k for o in f.offers], min_count=2)
+        lexicon = known_values(folds[k].training_side, min_count=2)
         allowed = folds[k].labels.attributes_by_category
         return [
             replace(
