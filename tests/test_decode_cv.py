@@ -6,13 +6,7 @@ from __future__ import annotations
 import random
 
 from training.data import Offer
-from training.decode_cv import (
-    MIN_PREDICTIONS_TO_TUNE,
-    fill_from_known_values,
-    known_values,
-    tune_thresholds,
-    widen_to_known_values,
-)
+from training.decode_cv import MIN_PREDICTIONS_TO_TUNE, tune_thresholds
 from training.evaluate import Prediction
 from training.metrics import score
 from workers.model.decode import Attribute
@@ -68,50 +62,3 @@ def test_tuning_never_lowers_the_f1_of_the_offers_it_was_tuned_on() -> None:
         for p in predictions
     ]
     assert score(offers, kept)["micro"]["f1"] >= score(offers, predictions)["micro"]["f1"] - 1e-12
-
-
-def test_known_values_keep_the_most_frequent_spelling_and_a_minimum_count() -> None:
-    offers = [
-        Offer("a", "Shoes", (("Shoe type", "Wing-Tip Oxford"),)),
-        Offer("b", "Shoes", (("Shoe type", "wing-tip oxford"), ("Color", "Olive"))),
-        Offer("c", "Shoes", (("Shoe type", "Wing-Tip Oxford"),)),
-    ]
-    assert known_values(offers) == {
-        "Shoe type": {"wing-tip oxford": "Wing-Tip Oxford"},
-        "Color": {"olive": "Olive"},
-    }
-    assert known_values(offers, min_count=2) == {"Shoe type": {"wing-tip oxford": "Wing-Tip Oxford"}}
-
-
-def test_a_span_inside_a_longer_known_value_is_widened_to_it_and_nothing_else_moves() -> None:
-    lexicon = {
-        "Shoe type": {"wing-tip oxford": "Wing-Tip Oxford", "oxford": "Oxford"},
-        "Color": {"olive": "Olive"},
-    }
-    title = "Mens WING-TIP Oxford Shoes, Olive Green"
-    oxford = Attribute("Shoe type", "Oxford", 0.8, title.index("Oxford"), title.index("Oxford") + 6)
-    olive = Attribute("Color", "Olive", 0.9, title.index("Olive"), title.index("Olive") + 5)
-    # both are known values: a known value is never widened ("Olive Green" is not one anyway)
-    assert widen_to_known_values(title, [oxford, olive], lexicon) == [oxford, olive]
-    unknown = {"Shoe type": {"wing-tip oxford": "Wing-Tip Oxford"}}
-    widened = widen_to_known_values(title, [oxford], unknown)
-    assert widened == [Attribute("Shoe type", "WING-TIP Oxford", 0.8, 5, 20)]  # the title's own spelling
-    # a known value must stand as whole words: "Tip Oxfords" does not hold "tip oxford"
-    tip = Attribute("Shoe type", "Tip", 0.5, 0, 3)
-    assert widen_to_known_values("Tip Oxfords", [tip], {"Shoe type": {"tip oxford": "Tip Oxford"}}) == [tip]
-
-
-def test_an_empty_allowed_attribute_is_filled_from_known_values_without_overlapping_spans() -> None:
-    lexicon = {
-        "Brand": {"lavazza": "Lavazza"},
-        "Roast type": {"dark roast": "Dark Roast"},
-        "Flavor": {"dark": "Dark"},
-    }
-    title = "Lavazza Dark Roast Coffee"
-    roast = Attribute("Roast type", "Dark Roast", 0.9, 8, 18)
-    filled = fill_from_known_values(title, [roast], ["Brand", "Roast type", "Flavor"], lexicon)
-    assert filled == [
-        roast,
-        Attribute("Brand", "Lavazza", 0.5, 0, 7),
-    ]  # "Dark" overlaps the roast: not a flavor
-    assert fill_from_known_values(title, [roast], ["Roast type"], lexicon) == [roast]  # Brand not allowed

@@ -136,7 +136,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _decode_cv(args: argparse.Namespace) -> int:
-    from training.decode_cv import format_markdown, load_held_out, run_decode_cv
+    from training.decode_cv import MODEL_ALONE, format_markdown, load_held_out, run_decode_cv
 
     finished = (args.cv_dir / "cv.json").is_file()
     summary = json.loads((args.cv_dir / "cv.json").read_text()) if finished else {}
@@ -156,7 +156,7 @@ def _decode_cv(args: argparse.Namespace) -> int:
     for fold in held_out:
         metrics = json.loads((args.cv_dir / f"fold-{fold.fold}.json").read_text())["metrics"]
         recorded.append((metrics["teacher"] if args.teacher else metrics)["micro"]["f1"])
-    replayed = report["plain decode (as served)"]["strict_micro_f1"]["values"]
+    replayed = report[MODEL_ALONE]["strict_micro_f1"]["values"]
     if any(abs(a - b) > 1e-6 for a, b in zip(recorded, replayed, strict=True)):
         raise SystemExit(
             f"the saved outputs decode to {replayed}, the CV recorded {recorded}: not the same run"

@@ -87,6 +87,7 @@ def _test_metrics(
         batch_size=_PREDICT_BATCH,
         decode_method=config.decode_method,
         restrict_to_category=config.restrict_to_category,
+        known_values=False,  # the model alone: `enrich cv-decode` adds the lexicon, fold by fold
     )
     metrics = score(test_offers, predictions)
     metrics.pop("category_report_text")

@@ -5,7 +5,9 @@ are. Each fold's model already scored its held-out offers once and `enrich cv` k
 (``fold-<k>.outputs.npz``); here every variant decodes those outputs again with the serving code, and
 whatever a variant tunes (per-attribute confidence thresholds) is tuned on the *other* folds' held-out
 offers and applied to this fold (cross-fitting), so each fold's figure comes from offers its tuning never
-saw. Gains are paired per fold against the plain decode, which must reproduce the CV's own figures.
+saw; the known values (`workers.model.lexicon`) of a fold are those of its training side, as `enrich train`
+on those offers builds them. Gains are paired per fold against the model alone, which must reproduce
+the CV's own figures.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,18 @@ from training.cv import assign_folds
 from training.data import Offer, load_offers
 from training.evaluate import Prediction
 from training.metrics import normalise_value, score
-from workers.model.decode import Attribute, ModelLabels, decode_attributes, decode_category
+from workers.model.decode import ModelLabels, decode_attributes, decode_category
+from workers.model.lexicon import (
+    KnownValues,
+    apply_known_values,
+    build_known_values,
+    fill_from_known_values,
+    widen_to_known_values,
+)
 
 __all__ = [
+    "MODEL_ALONE",
+    "SERVED",
     "HeldOutFold",
     "decode_fold",
     "format_markdown",
@@ -41,13 +52,14 @@ MIN_PREDICTIONS_TO_TUNE = 20
 @dataclass(frozen=True)
 class HeldOutFold:
     """One fold's held-out offers with its model's raw outputs for each (``rows[i]`` is offer i's), and the
-    offers its model trained on (all the other folds: what a lexicon may be learned from)."""
+    known values of its training side (what `enrich train` on those offers puts in its labels.json: every
+    labelled value, the early-stopping offers' too)."""
 
     fold: int
     offers: list[Offer]
     labels: ModelLabels
     rows: list[tuple[list[tuple[int, int]], np.ndarray, np.ndarray]]  # offsets, tag_probs, category_probs
-    training_side: list[Offer]
+    known: KnownValues
 
 
 def load_held_out(
@@ -83,15 +95,21 @@ def load_held_out(
             rows.append((offsets, raw["tag_probs"][start:end], raw["category_probs"][index]))
         labels = ModelLabels.from_dict(json.loads(str(raw["labels"])))
         training_side = [o for o, f in zip(offers, assignment, strict=True) if f != fold]
-        held_out.append(HeldOutFold(fold, test, labels, rows, training_side))
+        known = build_known_values(pair for offer in training_side for pair in offer.values)
+        held_out.append(HeldOutFold(fold, test, labels, rows, known))
     return held_out
 
 
 def decode_fold(
-    fold: HeldOutFold, *, several_values: bool = False, thresholds: dict[str, float] | None = None
+    fold: HeldOutFold,
+    *,
+    several_values: bool = False,
+    thresholds: dict[str, float] | None = None,
+    lexicon: Callable[[str, list[Any], Sequence[str], KnownValues], list[Any]] | None = None,
 ) -> list[Prediction]:
-    """The serving decode (Viterbi, category restriction, word snapping) on the saved outputs; with
-    ``thresholds`` an attribute whose confidence is below its threshold is dropped."""
+    """The span decode (Viterbi, category restriction, word snapping) on the saved outputs; ``lexicon`` then
+    corrects the spans with the fold's known values; with ``thresholds`` an attribute whose confidence is
+    below its threshold is dropped."""
     predictions = []
     for offer, (offsets, tag_probs, category_probs) in zip(fold.offers, fold.rows, strict=True):
         category, confidence = decode_category(category_probs, fold.labels)
@@ -103,6 +121,10 @@ def decode_fold(
             fold.labels.attributes_by_category.get(category),
             one_per_attribute=not several_values,
         )
+        if lexicon is not None:
+            attributes = lexicon(
+                offer.text, attributes, fold.labels.attributes_by_category.get(category, ()), fold.known
+            )
         if thresholds:
             attributes = [a for a in attributes if a.confidence >= thresholds.get(a.name, 0.0)]
         predictions.append(Prediction(category, confidence, attributes))
@@ -153,13 +175,19 @@ def tune_thresholds(offers: Sequence[Offer], predictions: Sequence[Prediction]) 
 Variant = Callable[[int, list[HeldOutFold]], list[Prediction]]
 
 
+def _widen(title: str, attributes: list[Any], allowed: Sequence[str], known: KnownValues) -> list[Any]:
+    return widen_to_known_values(title, attributes, known)
+
+
+def _fill(title: str, attributes: list[Any], allowed: Sequence[str], known: KnownValues) -> list[Any]:
+    return fill_from_known_values(title, attributes, allowed, known)
+
+
+MODEL_ALONE = "model alone (the CV's figure)"
+SERVED = "+ known values, both rules (as served)"
+
+
 def _variants() -> dict[str, Variant]:
-    def plain(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
-        return decode_fold(folds[k])
-
-    def several(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
-        return decode_fold(folds[k], several_values=True)
-
     def thresholds(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
         others = [f for j, f in enumerate(folds) if j != k]  # the other folds' held-out offers
         tuned = tune_thresholds(
@@ -167,30 +195,13 @@ def _variants() -> dict[str, Variant]:
         )
         return decode_fold(folds[k], thresholds=tuned)
 
-    def widened(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
-        lexicon = known_values(folds[k].training_side)
-        return [
-            replace(p, attributes=widen_to_known_values(o.text, p.attributes, lexicon))
-            for o, p in zip(folds[k].offers, decode_fold(folds[k]), strict=True)
-        ]
-
-    def filled(k: int, folds: list[HeldOutFold]) -> list[Prediction]:
-        lexicon = known_values(folds[k].training_side, min_count=2)
-        allowed = folds[k].labels.attributes_by_category
-        return [
-            replace(
-                p,
-                attributes=fill_from_known_values(o.text, p.attributes, allowed.get(p.category, ()), lexicon),
-            )
-            for o, p in zip(folds[k].offers, decode_fold(folds[k]), strict=True)
-        ]
-
     return {
-        "plain decode (as served)": plain,
-        "spans widened to a longer value seen in training": widened,
-        "per-attribute thresholds, tuned on the other folds": thresholds,
-        "several values per attribute": several,
-        "empty attributes filled with a value seen twice in training": filled,
+        MODEL_ALONE: lambda k, folds: decode_fold(folds[k]),
+        "+ known values: spans widened": lambda k, folds: decode_fold(folds[k], lexicon=_widen),
+        "+ known values: empty attributes filled": lambda k, folds: decode_fold(folds[k], lexicon=_fill),
+        SERVED: lambda k, folds: decode_fold(folds[k], lexicon=apply_known_values),
+        "+ per-attribute thresholds, tuned on the other folds": thresholds,
+        "several values per attribute": lambda k, folds: decode_fold(folds[k], several_values=True),
     }
 
 
@@ -212,7 +223,7 @@ def run_decode_cv(held_out: list[HeldOutFold]) -> dict[str, Any]:
             strict.append(metrics["micro"]["f1"])
             literature.append(metrics["literature"]["micro"]["f1"])
         report[name] = {"strict_micro_f1": _mean_sd(strict), "literature_micro_f1": _mean_sd(literature)}
-    plain = report["plain decode (as served)"]
+    plain = report[MODEL_ALONE]
     for entry in report.values():
         for metric in ("strict_micro_f1", "literature_micro_f1"):
             gains = [a - b for a, b in zip(entry[metric]["values"], plain[metric]["values"], strict=True)]
@@ -237,75 +248,3 @@ def format_markdown(report: dict[str, Any], folds: int) -> str:
             ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def known_values(offers: Sequence[Offer], min_count: int = 1) -> dict[str, dict[str, str]]:
-    """attribute -> casefolded value -> its most frequent spelling, for values seen ``min_count`` times."""
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for offer in offers:
-        for name, value in offer.values:
-            if value.strip():
-                spellings = counts.setdefault((name, value.strip().casefold()), {})
-                spellings[value.strip()] = spellings.get(value.strip(), 0) + 1
-    lexicon: dict[str, dict[str, str]] = {}
-    for (name, folded), spellings in counts.items():
-        if sum(spellings.values()) >= min_count:
-            lexicon.setdefault(name, {})[folded] = max(spellings, key=spellings.__getitem__)
-    return lexicon
-
-
-def _occurrences(title: str, values: dict[str, str]) -> list[tuple[int, int]]:
-    """Where the known values stand in the title as whole words (case-insensitive), longest first."""
-    folded, found = title.casefold(), []
-    if len(folded) != len(title):  # casefolding changed the length (ß -> ss): offsets would be wrong
-        return []
-    for value in values:
-        start = folded.find(value)
-        while start >= 0:
-            end = start + len(value)
-            before = folded[start - 1] if start else " "
-            after = folded[end] if end < len(folded) else " "
-            if not before.isalnum() and not after.isalnum():
-                found.append((start, end))
-            start = folded.find(value, start + 1)
-    return sorted(found, key=lambda span: (span[0] - span[1], span[0]))
-
-
-def widen_to_known_values(
-    title: str, attributes: list[Attribute], lexicon: dict[str, dict[str, str]]
-) -> list[Attribute]:
-    """A predicted span inside a longer known value of the same attribute becomes that value ("Oxford" in
-    "Wing-Tip Oxford" when "wing-tip oxford" was seen); a span already known, or inside none, stays."""
-    widened = []
-    for attribute in attributes:
-        values = lexicon.get(attribute.name, {})
-        if attribute.value.casefold() not in values:
-            for start, end in _occurrences(title, values):
-                if (
-                    start <= attribute.start
-                    and attribute.end <= end
-                    and end - start > attribute.end - attribute.start
-                ):
-                    attribute = replace(attribute, value=title[start:end], start=start, end=end)
-                    break
-        widened.append(attribute)
-    return widened
-
-
-def fill_from_known_values(
-    title: str, attributes: list[Attribute], allowed: Sequence[str], lexicon: dict[str, dict[str, str]]
-) -> list[Attribute]:
-    """An allowed attribute the model left empty gets the longest known value standing in the title as whole
-    words, if it overlaps no predicted span (confidence 0.5: a lexicon match, not the model's)."""
-    taken = [(a.start, a.end) for a in attributes]
-    filled = list(attributes)
-    predicted = {a.name for a in attributes}
-    for name in allowed:
-        if name in predicted:
-            continue
-        for start, end in _occurrences(title, lexicon.get(name, {})):
-            if all(end <= s or e <= start for s, e in taken):
-                filled.append(Attribute(name, title[start:end], 0.5, start, end))
-                taken.append((start, end))
-                break
-    return filled

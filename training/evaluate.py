@@ -18,6 +18,7 @@ import numpy as np
 from training.metrics import data_issues, normalise_value, score
 from workers.model.decode import Attribute, ModelLabels, decode_attributes, decode_category
 from workers.model.encode import TitleEncoder
+from workers.model.lexicon import apply_known_values
 
 __all__ = [
     "Prediction",
@@ -50,8 +51,10 @@ def predict(
     decode_method: str = "viterbi",
     restrict_to_category: bool = True,
     snap_to_words: bool = True,
+    known_values: bool = True,
 ) -> list[Prediction]:
-    """Encode, run, decode: exactly the worker's steps."""
+    """Encode, run, decode: exactly the worker's steps (``known_values=False``: the model alone, without
+    the lexicon of `workers.model.lexicon`)."""
     predictions: list[Prediction] = []
     for first in range(0, len(texts), batch_size):
         chunk = list(texts[first : first + batch_size])
@@ -69,6 +72,8 @@ def predict(
                 method=decode_method,
                 snap_to_words=snap_to_words,
             )
+            if known_values:
+                attributes = apply_known_values(text, attributes, allowed, labels.known_values)
             predictions.append(Prediction(category, confidence, attributes))
     return predictions
 
@@ -175,7 +180,8 @@ def evaluate_model_dir(
 ) -> dict[str, Any]:
     """Score a model directory on an OA-Mine file, through ONNX Runtime when model.onnx exists.
 
-    ``dev_split`` scores only the dev side of the split recorded in the model's metrics.json;
+    ``dev_split`` scores only the dev side of the split recorded in the model's metrics.json, with the model
+    alone (its known values include the dev titles' values: `workers.model.lexicon`);
     ``compare_decoding`` adds micro-F1 for every decoding variant (viterbi/argmax x restricted or not).
     """
     from training.data import load_offers, split_offers
@@ -201,21 +207,25 @@ def evaluate_model_dir(
         labels,
         decode_method=decode_method,
         restrict_to_category=restrict_to_category,
+        known_values=not dev_split,  # `enrich train` puts the dev titles' values in the lexicon too
     )
     metrics = score(offers, predictions)
+    metrics["known_values"] = bool(labels.known_values) and not dev_split
     metrics["data_issues"] = data_issues(offers, labels)
     metrics.update(backend=backend, data_path=str(data_path), model_dir=str(model_dir), dev_split=dev_split)
     if compare_decoding:
-        # (method, restrict to the predicted category, snap to words): one knob off at a time
+        # (method, restrict to the predicted category, snap to words, known values): one knob off at a time
         variants = [
-            ("viterbi", True, True),
-            ("viterbi", False, True),
-            ("viterbi", True, False),
-            ("argmax", True, True),
-            ("argmax", False, False),
+            ("viterbi", True, True, True),
+            ("viterbi", True, True, False),
+            ("viterbi", False, True, True),
+            ("viterbi", True, False, True),
+            ("argmax", True, True, True),
+            ("argmax", False, False, False),
         ]
         metrics["decoding_variants"] = {
-            f"{method}{' +category' if restrict else ''}{' +words' if snap else ''}": score(
+            f"{method}{' +category' if restrict else ''}{' +words' if snap else ''}"
+            f"{' +known values' if known else ''}": score(
                 offers,
                 predict(
                     texts,
@@ -225,9 +235,10 @@ def evaluate_model_dir(
                     decode_method=method,
                     restrict_to_category=restrict,
                     snap_to_words=snap,
+                    known_values=known,
                 ),
             )["micro"]
-            for method, restrict, snap in variants
+            for method, restrict, snap, known in variants
         }
     return metrics
 
@@ -243,6 +254,10 @@ def print_report(metrics: dict[str, Any], as_json: bool) -> None:
     )
     if "data_issues" in metrics:
         print(format_data_issues(metrics["data_issues"]))
+    if metrics.get("dev_split"):
+        print(
+            "decoded with the model alone: its known values include the dev titles' (workers.model.lexicon)"
+        )
     for variant, micro in metrics.get("decoding_variants", {}).items():
         print(
             f"decoding {variant:<38} P {micro['precision']:.4f} R {micro['recall']:.4f} F1 {micro['f1']:.4f}"

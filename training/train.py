@@ -13,7 +13,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from training.model import AttributeModel, new_model, save_model, torch_runner
 from training.model_card import write_model_card
 from workers.model.decode import ModelLabels
 from workers.model.encode import TitleEncoder
+from workers.model.lexicon import build_known_values
 from workers.model.scripts import script_shares
 
 __all__ = ["FitResult", "prepare", "train"]
@@ -164,6 +165,7 @@ def evaluate_dev(
         labels,
         decode_method=config.decode_method,
         restrict_to_category=config.restrict_to_category,
+        known_values=False,  # the epoch is the model's own best; the lexicon's gain is measured apart
     )
     return score(dev, predictions)
 
@@ -362,6 +364,11 @@ def train(config: TrainConfig) -> Path:
     if config.augment and config.compare_without_augmentation:
         baseline = fit(config, base_dir, labels, encoder, train_offers, dev_offers, None)
         metrics["without_augmentation"] = _summary(baseline)
+    # The lexicon holds every labelled value, the dev offers' too: the dev figures above are the model's
+    # alone (evaluate_dev), and a served model should know every value its owners have labelled.
+    known = build_known_values(pair for offer in [*train_offers, *dev_offers] for pair in offer.values)
+    metrics["data"]["known_values"] = sum(len(values) for values in known.values())
+    labels = replace(labels, known_values=known)
     save_model(result.model, model_dir)
     write_model_dir(model_dir, config, base_dir, labels, metrics, [offer.text for offer in fit_offers])
     return model_dir

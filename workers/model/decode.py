@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,13 @@ class Attribute:
 
 @dataclass(frozen=True)
 class ModelLabels:
-    """The label maps a model was trained with (``labels.json`` in the model directory)."""
+    """The label maps a model was trained with (``labels.json`` in the model directory), and the values of
+    its training titles (``known_values``: a lexicon for `workers.model.lexicon`; empty in older models)."""
 
     tags: tuple[str, ...]
     categories: tuple[str, ...]
     attributes_by_category: dict[str, tuple[str, ...]]
+    known_values: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tags or self.tags[0] != "O":
@@ -54,6 +56,10 @@ class ModelLabels:
             tags=tuple(data["tags"]),
             categories=tuple(data["categories"]),
             attributes_by_category={c: tuple(a) for c, a in data["attributes_by_category"].items()},
+            known_values={
+                name: {value: (str(spelling), int(count)) for value, (spelling, count) in values.items()}
+                for name, values in data.get("known_values", {}).items()
+            },
         )
 
     @classmethod
@@ -62,7 +68,10 @@ class ModelLabels:
 
     @classmethod
     def from_attributes(
-        cls, attributes: Sequence[str], attributes_by_category: dict[str, Sequence[str]]
+        cls,
+        attributes: Sequence[str],
+        attributes_by_category: dict[str, Sequence[str]],
+        known_values: dict[str, dict[str, tuple[str, int]]] | None = None,
     ) -> ModelLabels:
         tags = ["O"]
         for name in attributes:
@@ -71,14 +80,21 @@ class ModelLabels:
             tags=tuple(tags),
             categories=tuple(sorted(attributes_by_category)),
             attributes_by_category={c: tuple(a) for c, a in sorted(attributes_by_category.items())},
+            known_values=known_values or {},
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "tags": list(self.tags),
             "categories": list(self.categories),
             "attributes_by_category": {c: list(a) for c, a in self.attributes_by_category.items()},
         }
+        if self.known_values:  # absent, not empty, so a model without one keeps its labels.json (and digest)
+            data["known_values"] = {
+                name: {value: list(entry) for value, entry in values.items()}
+                for name, values in self.known_values.items()
+            }
+        return data
 
     @property
     def tag_attributes(self) -> list[str | None]:

@@ -2,7 +2,8 @@
 
 The span and category decoding itself (constrained Viterbi, character offsets) lives in
 `workers.model.decode`, shared with training's evaluation so the metric measures what is served;
-`decode_title` is the one step per title that the worker and `enrich predict` both run. With a
+`decode_title` is the one step per title that the worker and `enrich predict` both run; it corrects the
+spans with the model's known values (`workers.model.lexicon`). With a
 `CoverageCheck` the confidences of a title the model cannot read (a script absent from its training
 titles, mostly [UNK] tokens) are scaled down and the category is flagged (`workers.model.coverage`).
 """
@@ -16,6 +17,7 @@ from workers.contract.results import ListingResult
 from workers.model.coverage import CoverageCheck
 from workers.model.decode import ModelLabels, decode_attributes, decode_category
 from workers.model.encode import EncodedText
+from workers.model.lexicon import apply_known_values
 from workers.stages.item import WorkItem
 
 __all__ = ["decode_batch", "decode_title"]
@@ -32,9 +34,9 @@ def decode_title(
     """Category, then the attributes valid for it, as the emitted JSON (normalised values included);
     confidences capped by the title's coverage when the model records its training scripts."""
     category, confidence = decode_category(category_probs, labels)
-    attributes = decode_attributes(
-        title, encoded.offsets, tag_probs, labels, labels.attributes_by_category.get(category)
-    )
+    allowed = labels.attributes_by_category.get(category)
+    attributes = decode_attributes(title, encoded.offsets, tag_probs, labels, allowed)
+    attributes = apply_known_values(title, attributes, allowed, labels.known_values)
     if coverage is None:
         return ListingResult.from_decoded(category, confidence, attributes)
     measured = coverage.measure(title, encoded)
