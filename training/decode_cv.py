@@ -27,7 +27,7 @@ from training.evaluate import Prediction
 from training.metrics import normalise_value, score
 from workers.model.decode import ModelLabels, decode_attributes, decode_category
 from workers.model.lexicon import (
-    KnownValues,
+    Lexicon,
     apply_known_values,
     build_known_values,
     fill_from_known_values,
@@ -59,7 +59,7 @@ class HeldOutFold:
     offers: list[Offer]
     labels: ModelLabels
     rows: list[tuple[list[tuple[int, int]], np.ndarray, np.ndarray]]  # offsets, tag_probs, category_probs
-    known: KnownValues
+    known: Lexicon
 
 
 def load_held_out(
@@ -95,7 +95,7 @@ def load_held_out(
             rows.append((offsets, raw["tag_probs"][start:end], raw["category_probs"][index]))
         labels = ModelLabels.from_dict(json.loads(str(raw["labels"])))
         training_side = [o for o, f in zip(offers, assignment, strict=True) if f != fold]
-        known = build_known_values(pair for offer in training_side for pair in offer.values)
+        known = Lexicon(build_known_values(pair for offer in training_side for pair in offer.values))
         held_out.append(HeldOutFold(fold, test, labels, rows, known))
     return held_out
 
@@ -105,7 +105,7 @@ def decode_fold(
     *,
     several_values: bool = False,
     thresholds: dict[str, float] | None = None,
-    lexicon: Callable[[str, list[Any], Sequence[str], KnownValues], list[Any]] | None = None,
+    lexicon: Callable[[str, list[Any], Sequence[str], Lexicon], list[Any]] | None = None,
 ) -> list[Prediction]:
     """The span decode (Viterbi, category restriction, word snapping) on the saved outputs; ``lexicon`` then
     corrects the spans with the fold's known values; with ``thresholds`` an attribute whose confidence is
@@ -175,11 +175,11 @@ def tune_thresholds(offers: Sequence[Offer], predictions: Sequence[Prediction]) 
 Variant = Callable[[int, list[HeldOutFold]], list[Prediction]]
 
 
-def _widen(title: str, attributes: list[Any], allowed: Sequence[str], known: KnownValues) -> list[Any]:
+def _widen(title: str, attributes: list[Any], allowed: Sequence[str], known: Lexicon) -> list[Any]:
     return widen_to_known_values(title, attributes, known)
 
 
-def _fill(title: str, attributes: list[Any], allowed: Sequence[str], known: KnownValues) -> list[Any]:
+def _fill(title: str, attributes: list[Any], allowed: Sequence[str], known: Lexicon) -> list[Any]:
     return fill_from_known_values(title, attributes, allowed, known)
 
 

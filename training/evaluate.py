@@ -73,7 +73,7 @@ def predict(
                 snap_to_words=snap_to_words,
             )
             if known_values:
-                attributes = apply_known_values(text, attributes, allowed, labels.known_values)
+                attributes = apply_known_values(text, attributes, allowed, labels.lexicon)
             predictions.append(Prediction(category, confidence, attributes))
     return predictions
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from workers.model.lexicon import Lexicon
 from workers.model.scripts import joins_word
 
 __all__ = ["Attribute", "ModelLabels", "decode_attributes", "decode_category"]
@@ -95,6 +97,11 @@ class ModelLabels:
                 for name, values in self.known_values.items()
             }
         return data
+
+    @cached_property
+    def lexicon(self) -> Lexicon:
+        """The known values, indexed for decoding (`workers.model.lexicon`)."""
+        return Lexicon(self.known_values)
 
     @property
     def tag_attributes(self) -> list[str | None]:

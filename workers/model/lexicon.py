@@ -12,13 +12,16 @@ micro-F1; see README "Model and data". Two rules, applied in this order:
    seen at least ``FILL_MIN_COUNT`` times in training that stands in the title as whole words and overlaps
    no predicted span, at confidence ``FILL_CONFIDENCE`` (a lexicon match, not the model's belief).
 
-The lexicon travels inside ``labels.json`` (``known_values``), so it is part of the model's digest.
+The values travel inside ``labels.json`` (``known_values``), so they are part of the model's digest;
+`ModelLabels.lexicon` indexes them once per model.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ __all__ = [
     "FILL_CONFIDENCE",
     "FILL_MIN_COUNT",
     "KnownValues",
+    "Lexicon",
     "apply_known_values",
     "build_known_values",
     "fill_from_known_values",
@@ -55,33 +59,75 @@ def build_known_values(pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, 
     return known
 
 
-def _occurrences(title: str, values: Mapping[str, tuple[str, int]], min_count: int) -> list[tuple[int, int]]:
-    """Where values seen ``min_count`` times stand in the title as whole words (case-insensitive), longest
-    first, then leftmost."""
-    folded, found = title.casefold(), []
-    if len(folded) != len(title):  # casefolding changed the length ("ß" -> "ss"): offsets would be wrong
-        return []
-    for value, (_, count) in values.items():
-        if count < min_count:
-            continue
-        start = folded.find(value)
-        while start >= 0:
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _first_word(value: str) -> str:
+    match = _WORD.match(value)
+    return match.group() if match else ""
+
+
+@lru_cache(maxsize=16)  # one title is looked up once per allowed attribute, one after the other
+def _title_words(title: str) -> tuple[str, tuple[tuple[int, str], ...]] | None:
+    """The casefolded title and where each of its words starts; None when casefolding changes the length
+    ("ß" -> "ss"), as offsets would then be wrong."""
+    folded = title.casefold()
+    if len(folded) != len(title):
+        return None
+    return folded, tuple((m.start(), m.group()) for m in _WORD.finditer(folded))
+
+
+class Lexicon:
+    """Known values indexed by attribute and first word: finding them in a title costs one dict lookup per
+    word of the title, not one search per known value (OA-Mine has 784 brands)."""
+
+    def __init__(self, known: KnownValues) -> None:
+        self.known = known
+        self._index: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        for name, values in known.items():
+            by_word = self._index.setdefault(name, {})
+            for value, (_, count) in values.items():
+                by_word.setdefault(_first_word(value), []).append((value, count))
+
+    def __bool__(self) -> bool:
+        return bool(self.known)
+
+    def is_known(self, name: str, value: str) -> bool:
+        return value.casefold() in self.known.get(name, {})
+
+    def occurrences(self, title: str, name: str, min_count: int) -> list[tuple[int, int]]:
+        """Where values of ``name`` seen ``min_count`` times stand in the title as whole words
+        (case-insensitive), longest first, then leftmost."""
+        by_word = self._index.get(name)
+        words = _title_words(title) if by_word else None
+        if words is None:
+            return []
+        folded, starts = words
+        candidates = [(start, entry) for start, word in starts for entry in by_word.get(word, ())]
+        for value, count in by_word.get("", ()):  # values that begin with a sign ("#1"): may start anywhere
+            start = folded.find(value)
+            while start >= 0:
+                candidates.append((start, (value, count)))
+                start = folded.find(value, start + 1)
+        found = []
+        for start, (value, count) in candidates:
             end = start + len(value)
-            if not (start and folded[start - 1].isalnum()) and not (
-                end < len(folded) and folded[end].isalnum()
+            if (
+                count >= min_count
+                and folded.startswith(value, start)
+                and not (start and folded[start - 1].isalnum())
+                and not (end < len(folded) and folded[end].isalnum())
             ):
                 found.append((start, end))
-            start = folded.find(value, start + 1)
-    return sorted(found, key=lambda span: (span[0] - span[1], span[0]))
+        return sorted(found, key=lambda span: (span[0] - span[1], span[0]))
 
 
-def widen_to_known_values(title: str, attributes: list[Attribute], known: KnownValues) -> list[Attribute]:
+def widen_to_known_values(title: str, attributes: list[Attribute], lexicon: Lexicon) -> list[Attribute]:
     """Rule 1 (module docstring): an unknown span inside a longer known value of its attribute becomes it."""
     widened = []
     for attribute in attributes:
-        values = known.get(attribute.name, {})
-        if values and attribute.value.casefold() not in values:
-            for start, end in _occurrences(title, values, 1):
+        if not lexicon.is_known(attribute.name, attribute.value):
+            for start, end in lexicon.occurrences(title, attribute.name, 1):
                 if (
                     start <= attribute.start
                     and attribute.end <= end
@@ -94,7 +140,7 @@ def widen_to_known_values(title: str, attributes: list[Attribute], known: KnownV
 
 
 def fill_from_known_values(
-    title: str, attributes: list[Attribute], allowed: Sequence[str], known: KnownValues
+    title: str, attributes: list[Attribute], allowed: Sequence[str], lexicon: Lexicon
 ) -> list[Attribute]:
     """Rule 2 (module docstring): an empty allowed attribute gets a frequent known value in the title."""
     from workers.model.decode import Attribute
@@ -102,9 +148,9 @@ def fill_from_known_values(
     taken = [(a.start, a.end) for a in attributes]
     filled, predicted = list(attributes), {a.name for a in attributes}
     for name in allowed:
-        if name in predicted or name not in known:
+        if name in predicted:
             continue
-        for start, end in _occurrences(title, known[name], FILL_MIN_COUNT):
+        for start, end in lexicon.occurrences(title, name, FILL_MIN_COUNT):
             if all(end <= s or e <= start for s, e in taken):
                 filled.append(Attribute(name, title[start:end], FILL_CONFIDENCE, start, end))
                 taken.append((start, end))
@@ -113,10 +159,10 @@ def fill_from_known_values(
 
 
 def apply_known_values(
-    title: str, attributes: list[Attribute], allowed: Sequence[str] | None, known: KnownValues
+    title: str, attributes: list[Attribute], allowed: Sequence[str] | None, lexicon: Lexicon
 ) -> list[Attribute]:
     """Both rules; fill only where the attributes are restricted to a category's (``allowed``)."""
-    if not known:
+    if not lexicon:
         return attributes
-    attributes = widen_to_known_values(title, attributes, known)
-    return attributes if allowed is None else fill_from_known_values(title, attributes, allowed, known)
+    attributes = widen_to_known_values(title, attributes, lexicon)
+    return attributes if allowed is None else fill_from_known_values(title, attributes, allowed, lexicon)

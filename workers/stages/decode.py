@@ -36,7 +36,7 @@ def decode_title(
     category, confidence = decode_category(category_probs, labels)
     allowed = labels.attributes_by_category.get(category)
     attributes = decode_attributes(title, encoded.offsets, tag_probs, labels, allowed)
-    attributes = apply_known_values(title, attributes, allowed, labels.known_values)
+    attributes = apply_known_values(title, attributes, allowed, labels.lexicon)
     if coverage is None:
         return ListingResult.from_decoded(category, confidence, attributes)
     measured = coverage.measure(title, encoded)
