@@ -62,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     decode_cv = subparsers.add_parser(
         "cv-decode",
-        help="score decoding levers (per-attribute thresholds, several values) on a finished cv's saved "
-        "outputs, tuned on the other folds; no retraining",
+        help="score decode-time levers (known values, per-attribute thresholds, several values) on a "
+        "cv's saved outputs, tuned on the other folds; no retraining",
     )
     decode_cv.add_argument("cv_dir", type=Path, help="the --out folder of a finished `enrich cv`")
     decode_cv.add_argument("--teacher", action="store_true", help="the CV's teachers instead of its models")
