@@ -25,7 +25,7 @@ from training.cv import assign_folds
 from training.data import Offer, load_offers
 from training.evaluate import Prediction
 from training.metrics import normalise_value, score
-from workers.model.decode import ModelLabels, decode_attributes, decode_category
+from workers.model.decode import ModelLabels, decode_listing
 from workers.model.lexicon import (
     Lexicon,
     apply_known_values,
@@ -105,26 +105,19 @@ def decode_fold(
     *,
     several_values: bool = False,
     thresholds: dict[str, float] | None = None,
-    lexicon: Callable[[str, list[Any], Sequence[str], Lexicon], list[Any]] | None = None,
+    rule: Callable[[str, list[Any], Sequence[str], Lexicon], list[Any]] | None = None,
 ) -> list[Prediction]:
-    """The span decode (Viterbi, category restriction, word snapping) on the saved outputs; ``lexicon`` then
-    corrects the spans with the fold's known values; with ``thresholds`` an attribute whose confidence is
+    """The serving decode of the saved outputs, the model alone; ``rule`` then corrects the spans with the
+    fold's known values (`workers.model.lexicon`); with ``thresholds`` an attribute whose confidence is
     below its threshold is dropped."""
     predictions = []
     for offer, (offsets, tag_probs, category_probs) in zip(fold.offers, fold.rows, strict=True):
-        category, confidence = decode_category(category_probs, fold.labels)
-        attributes = decode_attributes(
-            offer.text,
-            offsets,
-            tag_probs,
-            fold.labels,
-            fold.labels.attributes_by_category.get(category),
-            one_per_attribute=not several_values,
+        category, confidence, attributes = decode_listing(
+            offer.text, offsets, tag_probs, category_probs, fold.labels, one_per_attribute=not several_values
         )
-        if lexicon is not None:
-            attributes = lexicon(
-                offer.text, attributes, fold.labels.attributes_by_category.get(category, ()), fold.known
-            )
+        if rule is not None:
+            allowed = fold.labels.attributes_by_category.get(category, ())
+            attributes = rule(offer.text, attributes, allowed, fold.known)
         if thresholds:
             attributes = [a for a in attributes if a.confidence >= thresholds.get(a.name, 0.0)]
         predictions.append(Prediction(category, confidence, attributes))
@@ -197,9 +190,9 @@ def _variants() -> dict[str, Variant]:
 
     return {
         MODEL_ALONE: lambda k, folds: decode_fold(folds[k]),
-        "+ known values: spans widened": lambda k, folds: decode_fold(folds[k], lexicon=_widen),
-        "+ known values: empty attributes filled": lambda k, folds: decode_fold(folds[k], lexicon=_fill),
-        SERVED: lambda k, folds: decode_fold(folds[k], lexicon=apply_known_values),
+        "+ known values: spans widened": lambda k, folds: decode_fold(folds[k], rule=_widen),
+        "+ known values: empty attributes filled": lambda k, folds: decode_fold(folds[k], rule=_fill),
+        SERVED: lambda k, folds: decode_fold(folds[k], rule=apply_known_values),
         "+ per-attribute thresholds, tuned on the other folds": thresholds,
         "several values per attribute": lambda k, folds: decode_fold(folds[k], several_values=True),
     }

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from training.metrics import data_issues, normalise_value, score
-from workers.model.decode import Attribute, ModelLabels, decode_attributes, decode_category
+from workers.model.decode import Attribute, ModelLabels, decode_listing
 from workers.model.encode import TitleEncoder
-from workers.model.lexicon import apply_known_values
 
 __all__ = [
     "Prediction",
@@ -61,20 +60,18 @@ def predict(
         encoded = encoder.encode(chunk)
         tag_probs, category_probs = run_batch(*encoder.pad_to_bucket(encoded))
         for row, (text, item) in enumerate(zip(chunk, encoded, strict=True)):
-            category, confidence = decode_category(category_probs[row], labels)
-            allowed = labels.attributes_by_category.get(category) if restrict_to_category else None
-            attributes = decode_attributes(
+            decoded = decode_listing(
                 text,
                 item.offsets,
                 tag_probs[row],
+                category_probs[row],
                 labels,
-                allowed,
                 method=decode_method,
+                restrict_to_category=restrict_to_category,
                 snap_to_words=snap_to_words,
+                lexicon=labels.lexicon if known_values else None,
             )
-            if known_values:
-                attributes = apply_known_values(text, attributes, allowed, labels.lexicon)
-            predictions.append(Prediction(category, confidence, attributes))
+            predictions.append(Prediction(*decoded))
     return predictions
 
 

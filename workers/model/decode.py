@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from workers.model.lexicon import Lexicon
+from workers.model.lexicon import Lexicon, apply_known_values
 from workers.model.scripts import joins_word
 
-__all__ = ["Attribute", "ModelLabels", "decode_attributes", "decode_category"]
+__all__ = ["Attribute", "ModelLabels", "decode_attributes", "decode_category", "decode_listing"]
 
 _NEG_INF = -1e30
 _EPS = 1e-12
@@ -398,3 +398,35 @@ def decode_category(category_probs: np.ndarray, labels: ModelLabels) -> tuple[st
         raise ValueError(f"category_probs must be [{len(labels.categories)}], got {category_probs.shape}")
     index = int(category_probs.argmax())
     return labels.categories[index], float(category_probs[index])
+
+
+def decode_listing(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    tag_probs: np.ndarray,
+    category_probs: np.ndarray,
+    labels: ModelLabels,
+    *,
+    method: str = "viterbi",
+    restrict_to_category: bool = True,
+    snap_to_words: bool = True,
+    one_per_attribute: bool = True,
+    lexicon: Lexicon | None = None,
+) -> tuple[str, float, list[Attribute]]:
+    """One title: its category, then its attributes (restricted to the category's), then the known values
+    (``lexicon``, `workers.model.lexicon`). The worker, `enrich predict`, evaluation and CV decode here."""
+    category, confidence = decode_category(category_probs, labels)
+    allowed = labels.attributes_by_category.get(category) if restrict_to_category else None
+    attributes = decode_attributes(
+        text,
+        offsets,
+        tag_probs,
+        labels,
+        allowed,
+        method=method,
+        one_per_attribute=one_per_attribute,
+        snap_to_words=snap_to_words,
+    )
+    if lexicon is not None:
+        attributes = apply_known_values(text, attributes, allowed, lexicon)
+    return category, confidence, attributes

@@ -15,9 +15,8 @@ import numpy as np
 from workers.backends import ModelOutputs
 from workers.contract.results import ListingResult
 from workers.model.coverage import CoverageCheck
-from workers.model.decode import ModelLabels, decode_attributes, decode_category
+from workers.model.decode import ModelLabels, decode_listing
 from workers.model.encode import EncodedText
-from workers.model.lexicon import apply_known_values
 from workers.stages.item import WorkItem
 
 __all__ = ["decode_batch", "decode_title"]
@@ -33,10 +32,9 @@ def decode_title(
 ) -> ListingResult:
     """Category, then the attributes valid for it, as the emitted JSON (normalised values included);
     confidences capped by the title's coverage when the model records its training scripts."""
-    category, confidence = decode_category(category_probs, labels)
-    allowed = labels.attributes_by_category.get(category)
-    attributes = decode_attributes(title, encoded.offsets, tag_probs, labels, allowed)
-    attributes = apply_known_values(title, attributes, allowed, labels.lexicon)
+    category, confidence, attributes = decode_listing(
+        title, encoded.offsets, tag_probs, category_probs, labels, lexicon=labels.lexicon
+    )
     if coverage is None:
         return ListingResult.from_decoded(category, confidence, attributes)
     measured = coverage.measure(title, encoded)
