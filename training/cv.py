@@ -36,7 +36,7 @@ from training.config import TrainConfig
 from training.data import Offer, add_extra_offers, load_offers, split_offers
 from training.metrics import data_issues
 
-__all__ = ["assign_folds", "fold_fingerprint", "format_markdown", "run_cv", "summarise"]
+__all__ = ["assign_folds", "fold_fingerprint", "format_markdown", "mean_sd", "run_cv", "summarise"]
 
 
 def assign_folds(offers: Sequence[Offer], folds: int, seed: int = 0) -> list[int]:
@@ -204,7 +204,8 @@ def _write_held_out(out_dir: Path, stem: str, metrics: dict[str, Any]) -> None:
         np.savez_compressed(out_dir / f"{stem}.outputs.npz", **outputs)
 
 
-def _mean_sd(values: Sequence[float]) -> dict[str, float]:
+def mean_sd(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample sd (0 for one value) and the values themselves."""
     return {
         "mean": statistics.fmean(values),
         "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -239,12 +240,12 @@ def summarise(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if m["tp"] + m["fn"]:
                 entry["f1"].append(m["f1"])
     per_attribute = {
-        name: {"gold": e["gold"], "folds": len(e["f1"]), **_mean_sd(e["f1"] or [0.0])}
+        name: {"gold": e["gold"], "folds": len(e["f1"]), **mean_sd(e["f1"] or [0.0])}
         for name, e in sorted(attributes.items())
     }
     return {
         "folds": len(fold_metrics),
-        **{k: _mean_sd(v) for k, v in headline.items()},
+        **{k: mean_sd(v) for k, v in headline.items()},
         "per_attribute": per_attribute,
     }
 

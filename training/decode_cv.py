@@ -13,7 +13,6 @@ the CV's own figures.
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from training.cv import assign_folds
+from training.cv import assign_folds, mean_sd
 from training.data import Offer, load_offers
 from training.evaluate import Prediction
 from training.metrics import normalise_value, score
@@ -198,14 +197,6 @@ def _variants() -> dict[str, Variant]:
     }
 
 
-def _mean_sd(values: Sequence[float]) -> dict[str, Any]:
-    return {
-        "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": list(values),
-    }
-
-
 def run_decode_cv(held_out: list[HeldOutFold]) -> dict[str, Any]:
     """Every variant on every fold: strict and literature micro-F1, mean ± sd, and the paired gain."""
     report: dict[str, Any] = {}
@@ -215,12 +206,12 @@ def run_decode_cv(held_out: list[HeldOutFold]) -> dict[str, Any]:
             metrics = score(held_out[k].offers, variant(k, held_out))
             strict.append(metrics["micro"]["f1"])
             literature.append(metrics["literature"]["micro"]["f1"])
-        report[name] = {"strict_micro_f1": _mean_sd(strict), "literature_micro_f1": _mean_sd(literature)}
+        report[name] = {"strict_micro_f1": mean_sd(strict), "literature_micro_f1": mean_sd(literature)}
     plain = report[MODEL_ALONE]
     for entry in report.values():
         for metric in ("strict_micro_f1", "literature_micro_f1"):
             gains = [a - b for a, b in zip(entry[metric]["values"], plain[metric]["values"], strict=True)]
-            entry[metric]["gain"] = _mean_sd(gains)
+            entry[metric]["gain"] = mean_sd(gains)
             entry[metric]["folds_up"] = sum(g > 0 for g in gains)
     return report
 
