@@ -45,6 +45,9 @@ class TrainConfig:
     batch_size: int = _opt(16, "training batch size")
     learning_rate: float = _opt(1e-4, "peak learning rate of the encoder (AdamW)")
     head_learning_rate: float = _opt(1e-3, "peak learning rate of the tagging and category heads")
+    layer_lr_decay: float = _opt(
+        1.0, "layer-wise learning-rate decay: each encoder layer below the top gets this times the rate above"
+    )
     weight_decay: float = _opt(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = _opt(0.1, "fraction of steps with linear warmup; linear decay afterwards")
     category_loss_weight: float = _opt(0.5, "weight of the category loss next to the tagging loss")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -131,11 +132,30 @@ def length_grouped_batches(
     return [batches[i] for i in shuffled]
 
 
+_LAYER_INDEX = re.compile(r"\.layer\.(\d+)\.")
+
+
+def encoder_learning_rate(name: str, num_layers: int, config: TrainConfig) -> float:
+    """The peak rate of one encoder parameter under layer-wise decay.
+
+    The top layer gets ``learning_rate``, each layer below it ``layer_lr_decay`` times the one above, the
+    embeddings (and anything below layer 0) one step less than layer 0: general features low in the
+    network move less than the task-specific ones at the top. A decay of 1.0 is one rate for all.
+    """
+    match = _LAYER_INDEX.search(name)
+    depth_from_top = num_layers - int(match.group(1)) - 1 if match else num_layers
+    return config.learning_rate * config.layer_lr_decay**depth_from_top
+
+
 def make_optimizer(model: AttributeModel, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
     """AdamW (no decay on biases/LayerNorm; heads at their own rate) with linear warmup and decay."""
+    num_layers = int(model.config.num_hidden_layers)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
-        rate = config.learning_rate if name.startswith("encoder.") else config.head_learning_rate
+        if name.startswith("encoder."):
+            rate = encoder_learning_rate(name, num_layers, config)
+        else:
+            rate = config.head_learning_rate
         decay = 0.0 if parameter.ndim < 2 else config.weight_decay
         groups.setdefault((rate, decay), []).append(parameter)
     optimizer = torch.optim.AdamW(
