@@ -138,9 +138,10 @@ _LAYER_INDEX = re.compile(r"\.layer\.(\d+)\.")
 def encoder_learning_rate(name: str, num_layers: int, config: TrainConfig) -> float:
     """The peak rate of one encoder parameter under layer-wise decay.
 
-    The top layer gets ``learning_rate``, each layer below it ``layer_lr_decay`` times the one above, the
-    embeddings (and anything below layer 0) one step less than layer 0: general features low in the
-    network move less than the task-specific ones at the top. A decay of 1.0 is one rate for all.
+    The top layer gets ``learning_rate``, each layer below it ``layer_lr_decay`` times the one above, and
+    every encoder parameter outside a numbered layer (the embeddings; mpnet's shared relative-position bias)
+    one step less than layer 0: general features low in the network move less than the task-specific ones at
+    the top. A decay of 1.0 is one rate for all.
     """
     match = _LAYER_INDEX.search(name)
     depth_from_top = num_layers - int(match.group(1)) - 1 if match else num_layers
